@@ -1,0 +1,176 @@
+"""Precomputed image features in one HDF5 file: the format, its reader and its writer.
+
+Layout (written by ``preprocess/extract_image_features.py`` through :class:`ImageFeatureWriter`)::
+
+    image_ids  [N]        UTF-8 strings, the key every text line refers to
+    patches    [N, P, D]  float16 or float32, patch tokens of the vision backbone
+    global     [N, D]     same dtype, one vector per image (pooled / CLS)
+    attrs                 free-form provenance (backbone, image size, ...)
+
+Readers never share an open handle across ``fork``: the file is opened lazily by whichever
+process reads first, so every data-loader worker gets its own handle, and a dataset keeps only
+an int64 row index per example (memory independent of how many images the file holds).
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+import torch
+
+PATCHES = "patches"
+GLOBAL = "global"
+IMAGE_IDS = "image_ids"
+ROWS_WRITTEN = "rows_written"
+
+
+class ImageFeatureError(ValueError):
+    """Bad or inconsistent image-feature input; the message names the file and what was expected."""
+
+
+def read_image_ids(path) -> List[str]:
+    """One image id per line; blank lines are an error because they would shift alignment."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageFeatureError(f"image-id list not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        ids = [line.rstrip("\r\n") for line in f]
+    for line_no, image_id in enumerate(ids, start=1):
+        if not image_id.strip():
+            raise ImageFeatureError(f"{path}:{line_no}: empty image id (expected one id per line)")
+    return ids
+
+
+class ImageFeatureStore:
+    """Read-only, fork-safe access to one feature file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        if not os.path.isfile(self.path):
+            raise ImageFeatureError(f"image-feature file not found: {self.path}")
+        with h5py.File(self.path, "r") as f:
+            missing = [k for k in (IMAGE_IDS, PATCHES, GLOBAL) if k not in f]
+            if missing:
+                raise ImageFeatureError(
+                    f"{self.path}: not an m3p feature file, missing dataset(s) {missing} "
+                    f"(expected {IMAGE_IDS}, {PATCHES} [N,P,D], {GLOBAL} [N,D])"
+                )
+            n, self.num_patches, self.feature_dim = f[PATCHES].shape
+            if f[GLOBAL].shape != (n, self.feature_dim) or f[IMAGE_IDS].shape != (n,):
+                raise ImageFeatureError(
+                    f"{self.path}: inconsistent shapes {IMAGE_IDS}{f[IMAGE_IDS].shape}, "
+                    f"{PATCHES}{f[PATCHES].shape}, {GLOBAL}{f[GLOBAL].shape}"
+                )
+            self.num_images = n
+            self.attrs = dict(f.attrs)
+        self._file: Optional[h5py.File] = None
+        self._owner_pid: Optional[int] = None
+
+    def rows_for(self, image_ids: Sequence[str], source: str) -> np.ndarray:
+        """Row of every id, in order; ``source`` names the id list for error messages."""
+        with h5py.File(self.path, "r") as f:
+            stored = f[IMAGE_IDS].asstr()[()]
+        row_of: Dict[str, int] = {image_id: row for row, image_id in enumerate(stored)}
+        rows = np.empty(len(image_ids), dtype=np.int64)
+        for line_no, image_id in enumerate(image_ids, start=1):
+            row = row_of.get(image_id)
+            if row is None:
+                raise ImageFeatureError(
+                    f"{source}:{line_no}: image id {image_id!r} is not in {self.path} "
+                    f"({len(stored)} images; extract features for this split first)"
+                )
+            rows[line_no - 1] = row
+        return rows
+
+    def read(self, row: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(patches [P, D], global [D]) of one image, as stored (float16 or float32)."""
+        f = self._handle()
+        return torch.from_numpy(f[PATCHES][row]), torch.from_numpy(f[GLOBAL][row])
+
+    def _handle(self) -> h5py.File:
+        # Re-open after a fork: HDF5 handles must not be shared between processes.
+        if self._file is None or self._owner_pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._owner_pid = os.getpid()
+        return self._file
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_owner_pid"] = None
+        return state
+
+
+def _fingerprint(image_ids: Sequence[str], attrs: dict) -> str:
+    digest = hashlib.sha256(json.dumps([list(image_ids), attrs], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class ImageFeatureWriter:
+    """Atomic, resumable writer.
+
+    Rows go to ``<path>.partial``; :meth:`close` renames it to ``path`` once every row is there.
+    Re-opening after an interruption continues at the first unwritten row, provided the id list
+    and attributes are the same (a fingerprint is stored), otherwise it starts over.
+    """
+
+    def __init__(self, path, image_ids: Sequence[str], num_patches: int, feature_dim: int,
+                 dtype: str = "float16", attrs: Optional[dict] = None):
+        if len(set(image_ids)) != len(image_ids):
+            raise ImageFeatureError(f"{path}: duplicate image ids in the list to extract")
+        self.path = Path(path)
+        self.partial_path = self.path.with_name(self.path.name + ".partial")
+        attrs = dict(attrs or {})
+        fingerprint = _fingerprint(image_ids, {**attrs, "shape": [num_patches, feature_dim, dtype]})
+        self._file = self._open_or_resume(fingerprint)
+        if self._file is None:
+            self._file = h5py.File(self.partial_path, "w")
+            self._file.create_dataset(IMAGE_IDS, data=list(image_ids), dtype=h5py.string_dtype())
+            n = len(image_ids)
+            self._file.create_dataset(PATCHES, (n, num_patches, feature_dim), dtype=dtype,
+                                      chunks=(1, num_patches, feature_dim))
+            self._file.create_dataset(GLOBAL, (n, feature_dim), dtype=dtype,
+                                      chunks=(min(n, 256), feature_dim) if n else None)
+            self._file.attrs.update(attrs)
+            self._file.attrs["fingerprint"] = fingerprint
+            self._file.attrs[ROWS_WRITTEN] = 0
+        self.num_images = len(image_ids)
+
+    def _open_or_resume(self, fingerprint: str) -> Optional[h5py.File]:
+        if not self.partial_path.exists():
+            return None
+        try:
+            f = h5py.File(self.partial_path, "a")
+        except OSError:  # truncated by a crash mid-write: start over
+            self.partial_path.unlink()
+            return None
+        if f.attrs.get("fingerprint") == fingerprint:
+            return f
+        f.close()
+        self.partial_path.unlink()
+        return None
+
+    @property
+    def rows_written(self) -> int:
+        return int(self._file.attrs[ROWS_WRITTEN])
+
+    def write(self, patches: np.ndarray, global_vectors: np.ndarray) -> None:
+        """Append the next rows ([B, P, D] and [B, D]) and record progress."""
+        start = self.rows_written
+        end = start + len(patches)
+        if end > self.num_images:
+            raise ImageFeatureError(f"{self.path}: more rows written than the {self.num_images} ids")
+        self._file[PATCHES][start:end] = patches
+        self._file[GLOBAL][start:end] = global_vectors
+        self._file.attrs[ROWS_WRITTEN] = end
+        self._file.flush()
+
+    def close(self) -> None:
+        done = self.rows_written == self.num_images
+        self._file.close()
+        if done:
+            os.replace(self.partial_path, self.path)

@@ -1,0 +1,1 @@
+from .m3p_transformer import M3PEncoder, M3PTransformerModel  # noqa: F401

@@ -1,0 +1,1 @@
+from .multimodal_translation import MultimodalTranslationConfig, MultimodalTranslationTask  # noqa: F401

@@ -1,0 +1,426 @@
+"""Generate a synthetic, multi-way parallel image-caption corpus where the image matters.
+
+Each example is a drawn scene (1 or 2 coloured shapes on a 3x3 grid) with a caption in
+every requested language. The "degraded" captions mask the colour and shape words, which
+only the image can recover, so a multimodal model should beat a text-only one on them.
+
+Usage (from the repository root):
+    python -m preprocess.make_synthetic_corpus --output-dir DIR [--num-train 3000]
+        [--num-valid 200] [--num-test 200] [--langs en,de,fr,cs] [--image-size 96] [--seed 1]
+
+Output in DIR, all files of a split aligned line by line:
+    images/{split}_{index:06d}.png
+    {split}.image_ids           image file names
+    {split}.{lang}              clean captions
+    {split}.degraded.{lang}     captions with colour and shape words replaced by [MASK]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SPLITS = ("train", "valid", "test")
+MASK_TOKEN = "[MASK]"
+BACKGROUND_RGB = (200, 200, 200)
+MIN_IMAGE_SIZE = 32
+
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 70, 220),
+    "yellow": (245, 215, 20),
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
+    "orange": (255, 140, 0),
+    "purple": (140, 40, 170),
+}
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
+# Side of the object's bounding box as a fraction of the image side. Large stays below
+# the 1/3 grid cell so objects in different cells can never overlap.
+SIZES = {"small": 0.22, "large": 0.32}
+# Row-major, so sorting by index gives reading order.
+GRID_CELLS = (
+    "top left", "top", "top right",
+    "left", "centre", "right",
+    "bottom left", "bottom", "bottom right",
+)
+
+
+def _with_endings(stem: str, endings: dict[str, str]) -> dict[str, str]:
+    return {gender: stem + ending for gender, ending in endings.items()}
+
+
+_GERMAN_ENDINGS = {"m": "er", "n": "es", "f": "e"}  # strong endings after ein/eine
+_CZECH_ENDINGS = {"m": "ý", "f": "á", "n": "é"}
+
+# Per language: the order of words in one object phrase, the article, and the
+# vocabulary. Shapes map to (noun, grammatical gender); an adjective or article is either
+# an invariable string or a dict gender -> inflected form.
+LEXICONS = {
+    "en": {
+        "word_order": ("article", "size", "colour", "shape", "position"),
+        "article": "a",
+        "conjunction": "and",
+        "shapes": {
+            "circle": ("circle", None), "square": ("square", None),
+            "triangle": ("triangle", None), "star": ("star", None),
+            "cross": ("cross", None), "diamond": ("diamond", None),
+        },
+        "colours": {
+            "red": "red", "green": "green", "blue": "blue", "yellow": "yellow",
+            "black": "black", "white": "white", "orange": "orange", "purple": "purple",
+        },
+        "sizes": {"small": "small", "large": "large"},
+        "positions": {
+            "top left": "at the top left", "top": "at the top",
+            "top right": "at the top right", "left": "on the left",
+            "centre": "in the centre", "right": "on the right",
+            "bottom left": "at the bottom left", "bottom": "at the bottom",
+            "bottom right": "at the bottom right",
+        },
+    },
+    "de": {
+        "word_order": ("article", "size", "colour", "shape", "position"),
+        "article": {"m": "ein", "n": "ein", "f": "eine"},
+        "conjunction": "und",
+        "shapes": {
+            "circle": ("Kreis", "m"), "square": ("Quadrat", "n"),
+            "triangle": ("Dreieck", "n"), "star": ("Stern", "m"),
+            "cross": ("Kreuz", "n"), "diamond": ("Raute", "f"),
+        },
+        "colours": {
+            "red": _with_endings("rot", _GERMAN_ENDINGS),
+            "green": _with_endings("grün", _GERMAN_ENDINGS),
+            "blue": _with_endings("blau", _GERMAN_ENDINGS),
+            "yellow": _with_endings("gelb", _GERMAN_ENDINGS),
+            "black": _with_endings("schwarz", _GERMAN_ENDINGS),
+            "white": _with_endings("weiß", _GERMAN_ENDINGS),
+            "orange": _with_endings("orangefarben", _GERMAN_ENDINGS),
+            "purple": _with_endings("violett", _GERMAN_ENDINGS),
+        },
+        "sizes": {
+            "small": _with_endings("klein", _GERMAN_ENDINGS),
+            "large": _with_endings("groß", _GERMAN_ENDINGS),
+        },
+        "positions": {
+            "top left": "oben links", "top": "oben", "top right": "oben rechts",
+            "left": "links", "centre": "in der Mitte", "right": "rechts",
+            "bottom left": "unten links", "bottom": "unten", "bottom right": "unten rechts",
+        },
+    },
+    "fr": {
+        # Size adjectives precede the noun, colour adjectives follow it.
+        "word_order": ("article", "size", "shape", "colour", "position"),
+        "article": {"m": "un", "f": "une"},
+        "conjunction": "et",
+        "shapes": {
+            "circle": ("cercle", "m"), "square": ("carré", "m"),
+            "triangle": ("triangle", "m"), "star": ("étoile", "f"),
+            "cross": ("croix", "f"), "diamond": ("losange", "m"),
+        },
+        "colours": {
+            "red": "rouge",
+            "green": {"m": "vert", "f": "verte"},
+            "blue": {"m": "bleu", "f": "bleue"},
+            "yellow": "jaune",
+            "black": {"m": "noir", "f": "noire"},
+            "white": {"m": "blanc", "f": "blanche"},
+            "orange": "orange",
+            "purple": {"m": "violet", "f": "violette"},
+        },
+        "sizes": {
+            "small": {"m": "petit", "f": "petite"},
+            "large": {"m": "grand", "f": "grande"},
+        },
+        "positions": {
+            "top left": "en haut à gauche", "top": "en haut",
+            "top right": "en haut à droite", "left": "à gauche",
+            "centre": "au centre", "right": "à droite",
+            "bottom left": "en bas à gauche", "bottom": "en bas",
+            "bottom right": "en bas à droite",
+        },
+    },
+    "cs": {
+        "word_order": ("size", "colour", "shape", "position"),
+        "conjunction": "a",
+        "shapes": {
+            "circle": ("kruh", "m"), "square": ("čtverec", "m"),
+            "triangle": ("trojúhelník", "m"), "star": ("hvězda", "f"),
+            "cross": ("kříž", "m"), "diamond": ("kosočtverec", "m"),
+        },
+        "colours": {
+            "red": _with_endings("červen", _CZECH_ENDINGS),
+            "green": _with_endings("zelen", _CZECH_ENDINGS),
+            "blue": _with_endings("modr", _CZECH_ENDINGS),
+            "yellow": _with_endings("žlut", _CZECH_ENDINGS),
+            "black": _with_endings("čern", _CZECH_ENDINGS),
+            "white": _with_endings("bíl", _CZECH_ENDINGS),
+            "orange": _with_endings("oranžov", _CZECH_ENDINGS),
+            "purple": _with_endings("fialov", _CZECH_ENDINGS),
+        },
+        "sizes": {
+            "small": _with_endings("mal", _CZECH_ENDINGS),
+            "large": _with_endings("velk", _CZECH_ENDINGS),
+        },
+        "positions": {
+            "top left": "vlevo nahoře", "top": "nahoře", "top right": "vpravo nahoře",
+            "left": "vlevo", "centre": "uprostřed", "right": "vpravo",
+            "bottom left": "vlevo dole", "bottom": "dole", "bottom right": "vpravo dole",
+        },
+    },
+}
+SUPPORTED_LANGS = tuple(LEXICONS)
+# Only the image can tell these apart, so the degraded captions hide them.
+MASKED_SLOTS = frozenset({"colour", "shape"})
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    colour: str
+    shape: str
+    size: str
+    cell: str
+
+    def __post_init__(self):
+        for field, allowed in (
+            ("colour", COLOURS), ("shape", SHAPES), ("size", SIZES), ("cell", GRID_CELLS)
+        ):
+            value = getattr(self, field)
+            if value not in allowed:
+                raise ValueError(f"unknown {field} {value!r}; expected one of {', '.join(allowed)}")
+
+
+def _check_scene(objects: Sequence[SceneObject]) -> None:
+    if not objects:
+        raise ValueError("a scene needs at least one object")
+    cells = [obj.cell for obj in objects]
+    if len(set(cells)) != len(cells):
+        raise ValueError(f"objects of one scene must use different grid cells, got {cells}")
+
+
+def _agree(form: str | dict[str, str], gender: str | None) -> str:
+    return form if isinstance(form, str) else form[gender]
+
+
+def _object_phrase(obj: SceneObject, lexicon: dict, masked: bool) -> str:
+    noun, gender = lexicon["shapes"][obj.shape]
+
+    def word(slot: str) -> str:
+        if masked and slot in MASKED_SLOTS:
+            return MASK_TOKEN
+        if slot == "shape":
+            return noun
+        if slot == "position":
+            return lexicon["positions"][obj.cell]
+        if slot == "article":
+            return _agree(lexicon["article"], gender)
+        if slot == "size":
+            return _agree(lexicon["sizes"][obj.size], gender)
+        return _agree(lexicon["colours"][obj.colour], gender)
+
+    return " ".join(word(slot) for slot in lexicon["word_order"])
+
+
+def render_caption(objects: Sequence[SceneObject], lang: str, masked: bool = False) -> str:
+    """Caption of a scene in `lang`, objects in reading order; `masked` hides colours and shapes."""
+    if lang not in LEXICONS:
+        raise ValueError(f"unsupported language {lang!r}; supported: {', '.join(SUPPORTED_LANGS)}")
+    _check_scene(objects)
+    lexicon = LEXICONS[lang]
+    in_reading_order = sorted(objects, key=lambda obj: GRID_CELLS.index(obj.cell))
+    phrases = [_object_phrase(obj, lexicon, masked) for obj in in_reading_order]
+    caption = f" {lexicon['conjunction']} ".join(phrases)
+    return caption[0].upper() + caption[1:] + "."
+
+
+def cell_centre(cell: str, image_size: int) -> tuple[float, float]:
+    """(x, y) pixel coordinates of the centre of a grid cell."""
+    row, column = divmod(GRID_CELLS.index(cell), 3)
+    cell_side = image_size / 3
+    return ((column + 0.5) * cell_side, (row + 0.5) * cell_side)
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """Vertices of a polygonal shape with half-extent r centred on (cx, cy)."""
+    if shape == "square":
+        return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    if shape == "triangle":
+        return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    if shape == "diamond":
+        return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
+    if shape == "cross":
+        w = r / 3  # half width of an arm
+        return [
+            (cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w),
+            (cx + r, cy + w), (cx + w, cy + w), (cx + w, cy + r), (cx - w, cy + r),
+            (cx - w, cy + w), (cx - r, cy + w), (cx - r, cy - w), (cx - w, cy - w),
+        ]
+    if shape == "star":
+        angles = -np.pi / 2 + np.arange(10) * np.pi / 5  # five points, first one up
+        radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
+        return [(cx + rad * np.cos(a), cy + rad * np.sin(a)) for a, rad in zip(angles, radii)]
+    raise ValueError(f"no polygon for shape {shape!r}")
+
+
+def render_image(objects: Sequence[SceneObject], image_size: int) -> Image.Image:
+    """Draw a scene: each object filled with its colour, centred on its grid cell."""
+    _check_scene(objects)
+    image = Image.new("RGB", (image_size, image_size), BACKGROUND_RGB)
+    draw = ImageDraw.Draw(image)
+    for obj in objects:
+        cx, cy = cell_centre(obj.cell, image_size)
+        r = SIZES[obj.size] * image_size / 2
+        fill = COLOURS[obj.colour]
+        if obj.shape == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        else:
+            draw.polygon(_shape_polygon(obj.shape, cx, cy, r), fill=fill)
+    return image
+
+
+def sample_scene(rng: np.random.Generator) -> list[SceneObject]:
+    """1 or 2 random objects in distinct cells, in reading order."""
+    num_objects = int(rng.integers(1, 3))
+    cells = sorted(int(i) for i in rng.choice(len(GRID_CELLS), size=num_objects, replace=False))
+    colour_names, size_names = tuple(COLOURS), tuple(SIZES)
+    return [
+        SceneObject(
+            colour=colour_names[int(rng.integers(len(colour_names)))],
+            shape=SHAPES[int(rng.integers(len(SHAPES)))],
+            size=size_names[int(rng.integers(len(size_names)))],
+            cell=GRID_CELLS[cell],
+        )
+        for cell in cells
+    ]
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # A hidden temporary name in the same directory keeps os.replace atomic and keeps
+    # half-written files out of globs such as images/*.png.
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp_path, "wb") as f:
+            f.write(data)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    """Write unless the file already holds exactly `data`; returns whether it wrote."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    _write_atomically(path, data)
+    return True
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_lines(path: Path, lines: Sequence[str]) -> None:
+    _write_atomically(path, "".join(line + "\n" for line in lines).encode("utf-8"))
+
+
+def _validate_arguments(counts: dict[str, int], langs: Sequence[str], image_size: int, seed: int) -> None:
+    for split, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+            raise ValueError(f"--num-{split} must be a positive integer, got {count!r}")
+    if not langs:
+        raise ValueError(f"no languages given; supported: {', '.join(SUPPORTED_LANGS)}")
+    unknown = [lang for lang in langs if lang not in LEXICONS]
+    if unknown:
+        raise ValueError(
+            f"unsupported language(s) {', '.join(unknown)}; supported: {', '.join(SUPPORTED_LANGS)}"
+        )
+    if len(set(langs)) != len(langs):
+        raise ValueError(f"duplicate language in {','.join(langs)}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"--image-size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+
+
+def make_corpus(
+    output_dir: str | os.PathLike,
+    num_train: int = 3000,
+    num_valid: int = 200,
+    num_test: int = 200,
+    langs: Sequence[str] = SUPPORTED_LANGS,
+    image_size: int = 96,
+    seed: int = 1,
+) -> dict[str, int]:
+    """Write the corpus to `output_dir` and return the number of lines per split."""
+    counts = {"train": num_train, "valid": num_valid, "test": num_test}
+    langs = list(langs)
+    _validate_arguments(counts, langs, image_size, seed)
+    output_dir = Path(output_dir)
+    image_dir = output_dir / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+
+    for split_index, split in enumerate(SPLITS):
+        # One generator per split, so changing one split's size leaves the others intact.
+        rng = np.random.default_rng([seed, split_index])
+        image_ids, captions, degraded = [], {lang: [] for lang in langs}, {lang: [] for lang in langs}
+        images_written = 0
+        for index in range(counts[split]):
+            scene = sample_scene(rng)
+            image_id = f"{split}_{index:06d}.png"
+            image_ids.append(image_id)
+            images_written += _write_if_changed(image_dir / image_id, _png_bytes(render_image(scene, image_size)))
+            for lang in langs:
+                captions[lang].append(render_caption(scene, lang))
+                degraded[lang].append(render_caption(scene, lang, masked=True))
+
+        _write_lines(output_dir / f"{split}.image_ids", image_ids)
+        for lang in langs:
+            _write_lines(output_dir / f"{split}.{lang}", captions[lang])
+            _write_lines(output_dir / f"{split}.degraded.{lang}", degraded[lang])
+        print(
+            f"{split}: {counts[split]} examples, langs {','.join(langs)}, "
+            f"{images_written} images written, {counts[split] - images_written} already up to date "
+            f"-> {output_dir}"
+        )
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, int]:
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocess.make_synthetic_corpus", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--output-dir", required=True, help="directory to write the corpus to")
+    parser.add_argument("--num-train", type=int, default=3000)
+    parser.add_argument("--num-valid", type=int, default=200)
+    parser.add_argument("--num-test", type=int, default=200)
+    parser.add_argument(
+        "--langs", default=",".join(SUPPORTED_LANGS),
+        help=f"comma-separated languages, from {','.join(SUPPORTED_LANGS)}",
+    )
+    parser.add_argument("--image-size", type=int, default=96, help="image side in pixels")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
+    try:
+        return make_corpus(
+            args.output_dir, args.num_train, args.num_valid, args.num_test,
+            langs, args.image_size, args.seed,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Translate test splits with fairseq's beam search and score each direction with sacreBLEU.
+
+    python scripts/evaluate.py --data DATA --checkpoint text=ckpt_text.pt --checkpoint cvlm=ckpt_cvlm.pt \
+        --splits test,test_degraded --beam 5 --output results.json
+
+Each checkpoint is loaded once and run over every direction it was trained on (or
+--lang-pairs). Hypotheses and references are detokenized (SentencePiece pieces joined), so the
+score is case-sensitive detokenized sacreBLEU, as in the paper. Prints a Markdown table of
+BLEU per direction and split, and writes the scores (and hypotheses) as JSON.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import sacrebleu
+import torch
+from fairseq import checkpoint_utils, utils
+from fairseq.dataclass.configs import GenerationConfig
+
+import m3p_fairseq  # noqa: F401  (registers the task and models)
+from m3p_fairseq.tasks.multimodal_translation import parse_lang_pairs
+
+
+def load(checkpoint: str, data: str):
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data})
+    use_cuda = torch.cuda.is_available()
+    for model in models:
+        model.eval()
+        if use_cuda:
+            model.cuda()
+    return models, task
+
+
+@torch.no_grad()
+def translate(models, task, split: str, src: str, tgt: str, beam: int, batch_size: int) -> Tuple[List[str], List[str]]:
+    """(hypotheses, references) of one direction, detokenized, in corpus order."""
+    task.cfg.source_lang, task.cfg.target_lang = src, tgt
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    generator = task.build_generator(models, GenerationConfig(beam=beam, max_len_b=200))
+    iterator = task.get_batch_iterator(
+        dataset=dataset, max_sentences=batch_size,
+        max_positions=utils.resolve_max_positions(task.max_positions(), *[m.max_positions() for m in models]),
+    ).next_epoch_itr(shuffle=False)
+    hypotheses: Dict[int, str] = {}
+    references: Dict[int, str] = {}
+    pad = task.target_dictionary.pad()
+    for sample in iterator:
+        if torch.cuda.is_available():
+            sample = utils.move_to_cuda(sample)
+        outputs = task.inference_step(generator, models, sample)
+        for i, sample_id in enumerate(sample["id"].tolist()):
+            hypotheses[sample_id] = task.target_dictionary.string(outputs[i][0]["tokens"].int().cpu(), "sentencepiece")
+            references[sample_id] = task.target_dictionary.string(
+                utils.strip_pad(sample["target"][i], pad).int().cpu(), "sentencepiece")
+    order = sorted(hypotheses)
+    return [hypotheses[i] for i in order], [references[i] for i in order]
+
+
+def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pairs=None,
+             beam: int = 5, batch_size: int = 64) -> dict:
+    results = {}
+    for name, checkpoint in checkpoints.items():
+        models, task = load(checkpoint, data)
+        pairs = lang_pairs or task.lang_pairs
+        for split in splits:
+            for src, tgt in pairs:
+                hypotheses, references = translate(models, task, split, src, tgt, beam, batch_size)
+                bleu = sacrebleu.corpus_bleu(hypotheses, [references])
+                results.setdefault(name, {}).setdefault(split, {})[f"{src}-{tgt}"] = {
+                    "bleu": round(bleu.score, 2), "signature": str(sacrebleu.BLEU().get_signature()),
+                    "sentences": len(hypotheses), "hypotheses": hypotheses,
+                }
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    columns = [(name, split) for name, by_split in results.items() for split in by_split]
+    directions = list(next(iter(next(iter(results.values())).values())))
+    lines = ["| direction | " + " | ".join(f"{name} {split}" for name, split in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for direction in directions + ["average"]:
+        cells = []
+        for name, split in columns:
+            scores = results[name][split]
+            value = (sum(s["bleu"] for s in scores.values()) / len(scores) if direction == "average"
+                     else scores[direction]["bleu"])
+            cells.append(f"{value:.1f}")
+        lines.append(f"| {direction} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="data directory (as for fairseq-generate)")
+    parser.add_argument("--checkpoint", action="append", required=True,
+                        help="NAME=PATH (or PATH); repeat to compare models")
+    parser.add_argument("--splits", default="test", help="comma-separated splits")
+    parser.add_argument("--lang-pairs", help="directions to score; default: those the model was trained on")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--output", type=Path, help="write scores and hypotheses as JSON here")
+    args = parser.parse_args(argv)
+    checkpoints = {}
+    for item in args.checkpoint:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (Path(item).stem, item)
+        if not os.path.isfile(path):
+            parser.error(f"--checkpoint {path}: file not found")
+        checkpoints[name] = path
+    results = evaluate(checkpoints, args.data, args.splits.split(","),
+                       parse_lang_pairs(args.lang_pairs) if args.lang_pairs else None, args.beam, args.batch_size)
+    print(markdown_table(results))
+    if args.output:
+        tmp = args.output.with_name(args.output.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The real command lines, in subprocesses: synthetic corpus -> timm features -> binarize ->
+fairseq-train (with images) -> resume -> fairseq-generate and fairseq-interactive."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+PYTHON = sys.executable
+
+
+def run(command, stdin=None):
+    result = subprocess.run([str(c) for c in command], cwd=REPO, input=stdin, capture_output=True, text=True)
+    assert result.returncode == 0, f"{command[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    raw, data, save_dir = work / "raw", work / "data-bin", work / "checkpoints"
+    run([PYTHON, "-m", "preprocess.make_synthetic_corpus", "--output-dir", raw, "--num-train", 40,
+         "--num-valid", 8, "--num-test", 10, "--langs", "en,de", "--image-size", 32, "--seed", 5])
+    run([PYTHON, "-m", "preprocess.extract_image_features", "--images-dir", raw / "images",
+         "--image-ids", raw / "train.image_ids", raw / "valid.image_ids", raw / "test.image_ids",
+         "--output", data / "image_features.h5", "--backbone", "vit_tiny_patch16_224",
+         "--random-init-seed", 0, "--image-size", 32, "--batch-size", 16])
+    run([PYTHON, "-m", "preprocess.binarize", "--raw-dir", raw, "--dest-dir", data,
+         "--lang-pairs", "en-de,de-en", "--spm-vocab-size", 150])
+    train = ["fairseq-train", data, "--user-dir", REPO / "m3p_fairseq", "--task", "multimodal_translation",
+             "--lang-pairs", "en-de,de-en", "--arch", "m3p_transformer_tiny", "--fusion", "cvlm",
+             "--encoder-layers", 1, "--decoder-layers", 1,
+             "--sampling-temperature", 3, "--sampling-temperature-init", 1, "--sampling-warmup-updates", 8,
+             "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", 0.1,
+             "--optimizer", "adam", "--lr", 1e-3, "--max-tokens", 400, "--save-dir", save_dir,
+             "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", 1, "--num-workers", 2]
+    first_log = run(train + ["--max-update", 6])
+    resumed_log = run(train + ["--max-update", 9])
+    return {"raw": raw, "data": data, "checkpoint": save_dir / "checkpoint_last.pt",
+            "first_log": first_log, "resumed_log": resumed_log}
+
+
+def test_training_ran_and_resumed_with_the_warmed_up_temperature(trained):
+    assert "num_updates 6" in trained["first_log"] or "num_updates=6" in trained["first_log"]
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 6 updates\)", trained["resumed_log"])
+    temperatures = [float(t) for t in re.findall(r"sampling temperature ([\d.]+)", trained["resumed_log"])]
+    # the first mix after the resume is drawn at update 6: tau = 1 + 6/8 * (3 - 1)
+    assert temperatures[0] == pytest.approx(2.5)
+    assert "with images" in trained["first_log"]
+
+
+def test_checkpoint_loads_with_weights_only(trained):
+    import m3p_fairseq  # noqa: F401  (registers the allow-list)
+
+    state = torch.load(trained["checkpoint"], map_location="cpu", weights_only=True)
+    assert state["args"] is not None or state["cfg"] is not None
+    probe = ("import torch, sys; torch.load(sys.argv[1], map_location='cpu', weights_only=True)")
+    without_plugin = subprocess.run([PYTHON, "-c", probe, str(trained["checkpoint"])], capture_output=True, text=True)
+    assert without_plugin.returncode != 0 and "weights_only" in without_plugin.stderr
+
+
+def test_fairseq_generate_with_images(trained):
+    out = run(["fairseq-generate", trained["data"], "--user-dir", REPO / "m3p_fairseq",
+               "--task", "multimodal_translation", "-s", "en", "-t", "de", "--gen-subset", "test",
+               "--path", trained["checkpoint"], "--beam", 5, "--batch-size", 4,
+               "--post-process", "sentencepiece", "--scoring", "sacrebleu"])
+    hypotheses = re.findall(r"^H-(\d+)\t", out, flags=re.M)
+    assert sorted(map(int, hypotheses)) == list(range(10))  # every test sentence, none dropped
+    sources = re.findall(r"^S-\d+\t(\S+)", out, flags=re.M)
+    assert set(sources) == {"__de__"}  # the target-language tag leads every source
+    assert re.search(r"Generate test with beam=5: BLEU = [\d.]+", out)
+
+
+def test_fairseq_interactive_with_image_ids(trained):
+    test_ids = (trained["raw"] / "test.image_ids").read_text().splitlines()
+    test_en = (trained["raw"] / "test.en").read_text().splitlines()
+    lines = "".join(f"{image_id}\t{sentence}\n" for image_id, sentence in zip(test_ids[:3], test_en[:3]))
+    out = run(["fairseq-interactive", trained["data"], "--user-dir", REPO / "m3p_fairseq",
+               "--task", "multimodal_translation", "-s", "en", "-t", "de",
+               "--image-features", trained["data"] / "image_features.h5",
+               "--path", trained["checkpoint"], "--beam", 5, "--buffer-size", 2, "--batch-size", 2,
+               "--bpe", "sentencepiece", "--sentencepiece-model", trained["data"] / "spm.model"], stdin=lines)
+    assert sorted(map(int, re.findall(r"^H-(\d+)\t", out, flags=re.M))) == [0, 1, 2]
+
+
+def test_fairseq_interactive_rejects_a_line_without_image_id(trained):
+    result = subprocess.run(
+        ["fairseq-interactive", str(trained["data"]), "--user-dir", str(REPO / "m3p_fairseq"),
+         "--task", "multimodal_translation", "-s", "en", "-t", "de",
+         "--image-features", str(trained["data"] / "image_features.h5"), "--path", str(trained["checkpoint"]),
+         "--bpe", "sentencepiece", "--sentencepiece-model", str(trained["data"] / "spm.model")],
+        cwd=REPO, input="A small red circle.\n", capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "input line 1: expected IMAGE_ID<TAB>sentence" in result.stderr

@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from m3p_fairseq.models.fusion import (
+    ConcatFusion,
+    ConditionalVisionLanguageMemory,
+    GatedFusion,
+    build_fusion,
+)
+from conftest import setup_task
+
+T, B, C, P = 5, 3, 8, 4
+
+
+def inputs(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    text = torch.randn(T, B, C, generator=generator)
+    padding = torch.zeros(B, T, dtype=torch.bool)
+    padding[1, :2] = True  # left-padded second sentence
+    padding[2, :1] = True
+    patches = torch.randn(P, B, C, generator=generator)
+    global_state = torch.randn(B, C, generator=generator)
+    return text, padding, patches, global_state
+
+
+def test_gated_fusion_shape_mask_and_bounded_gate():
+    text, padding, patches, global_state = inputs()
+    fusion = GatedFusion(C, 2, 0.0, 0.0).eval()
+    fused, mask = fusion(text, padding, patches, global_state)
+    assert fused.shape == (T, B, C)
+    assert torch.equal(mask, padding)
+    # H' - H = Λ ⊙ Wv with Λ in (0, 1): each dimension moves towards the image by less than Wv
+    delta = (fused - text) / global_state.unsqueeze(0)
+    assert torch.all(delta > 0) and torch.all(delta < 1)
+
+
+def test_concat_fusion_appends_patches_with_unpadded_mask():
+    text, padding, patches, global_state = inputs()
+    fused, mask = ConcatFusion(C, 2, 0.0, 0.0)(text, padding, patches, global_state)
+    assert fused.shape == (T + P, B, C)
+    assert mask.shape == (B, T + P)
+    assert torch.equal(mask[:, :T], padding)
+    assert not mask[:, T:].any()
+    assert torch.equal(fused[T:], patches)
+
+
+def test_cvlm_keeps_text_length_and_mask_and_attends_only_to_the_own_image():
+    text, padding, patches, global_state = inputs()
+    fusion = ConditionalVisionLanguageMemory(C, 2, 0.0, 0.0).eval()
+    fused, mask = fusion(text, padding, patches, global_state)
+    assert fused.shape == (T, B, C)
+    assert torch.equal(mask, padding)
+    # LayerNorm output: zero mean, unit variance per position
+    torch.testing.assert_close(fused.mean(-1), torch.zeros(T, B), atol=1e-5, rtol=0)
+    # changing sentence 0's image changes sentence 0 only
+    other_patches = patches.clone()
+    other_patches[:, 0] += 1.0
+    fused_other, _ = fusion(text, padding, other_patches, global_state)
+    assert not torch.allclose(fused_other[:, 0], fused[:, 0])
+    torch.testing.assert_close(fused_other[:, 1:], fused[:, 1:])
+    # queries are independent: changing one text position changes only that position
+    changed_text = text.clone()
+    changed_text[3, 1] += 1.0
+    fused_changed, _ = fusion(changed_text, padding, patches, global_state)
+    assert not torch.allclose(fused_changed[3, 1], fused[3, 1])
+    keep = torch.ones(T, B, dtype=torch.bool)
+    keep[3, 1] = False
+    torch.testing.assert_close(fused_changed[keep], fused[keep])
+
+
+def test_unknown_fusion():
+    with pytest.raises(ValueError, match="unknown fusion 'film'; choose from none, gated, concat, cvlm"):
+        build_fusion("film", C, 2, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("fusion, extra", [("none", 0), ("gated", 0), ("concat", 4), ("cvlm", 0)])
+def test_encoder_output_with_each_fusion(data_dir, fusion, extra):
+    task, cfg = setup_task(data_dir, "--fusion", fusion, "--image-encoder-layers", "1")
+    task.load_dataset("valid")
+    model = task.build_model(cfg.model).eval()
+    dataset = task.dataset("valid")
+    batch = dataset.collater([dataset[i] for i in range(4)])
+    net_input = batch["net_input"]
+    out = model.encoder(net_input["src_tokens"], net_input["src_lengths"],
+                        image_patches=net_input["image_patches"], image_global=net_input["image_global"])
+    src_len = net_input["src_tokens"].size(1)
+    assert out["encoder_out"][0].shape == (src_len + extra, 4, 128)
+    mask = out["encoder_padding_mask"][0]
+    assert mask.shape == (4, src_len + extra)
+    assert torch.equal(mask[:, :src_len], net_input["src_tokens"].eq(task.src_dict.pad()))
+    logits, _ = model(**net_input)
+    assert logits.shape[:2] == batch["target"].shape
+    assert torch.isfinite(logits).all()

@@ -1,0 +1,141 @@
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from m3p_fairseq.data.image_features import (
+    ImageFeatureError,
+    ImageFeatureStore,
+    ImageFeatureWriter,
+    read_image_ids,
+)
+from conftest import setup_task
+
+
+def features(n, p=3, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, p, d)).astype("float32"), rng.standard_normal((n, d)).astype("float32")
+
+
+def test_roundtrip_and_rows(tmp_path):
+    ids = ["b.jpg", "a.jpg", "c.jpg"]
+    patches, global_vectors = features(3)
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", {"backbone": "test"})
+    writer.write(patches, global_vectors)
+    writer.close()
+    assert not (tmp_path / "f.h5.partial").exists()
+    store = ImageFeatureStore(tmp_path / "f.h5")
+    assert (store.num_images, store.num_patches, store.feature_dim) == (3, 3, 5)
+    assert store.attrs["backbone"] == "test"
+    rows = store.rows_for(["c.jpg", "b.jpg", "c.jpg"], "list.txt")
+    assert rows.tolist() == [2, 0, 2]
+    got_patches, got_global = store.read(1)
+    np.testing.assert_array_equal(got_patches.numpy(), patches[1])
+    np.testing.assert_array_equal(got_global.numpy(), global_vectors[1])
+
+
+def test_float16_storage(tmp_path):
+    patches, global_vectors = features(2)
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["x", "y"], 3, 5, "float16")
+    writer.write(patches, global_vectors)
+    writer.close()
+    got, _ = ImageFeatureStore(tmp_path / "f.h5").read(0)
+    assert got.dtype == torch.float16
+    np.testing.assert_allclose(got.float().numpy(), patches[0], atol=1e-2)
+
+
+def test_missing_id_names_list_and_line(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5)
+    writer.write(*features(1))
+    writer.close()
+    with pytest.raises(ImageFeatureError, match=r"ids\.txt:2: image id 'zzz' is not in .*f\.h5"):
+        ImageFeatureStore(tmp_path / "f.h5").rows_for(["a", "zzz"], "ids.txt")
+
+
+def test_not_a_feature_file(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["data"] = np.zeros(3)
+    with pytest.raises(ImageFeatureError, match="missing dataset"):
+        ImageFeatureStore(tmp_path / "other.h5")
+    with pytest.raises(ImageFeatureError, match="not found"):
+        ImageFeatureStore(tmp_path / "absent.h5")
+
+
+def test_empty_line_in_id_list(tmp_path):
+    (tmp_path / "ids").write_text("a.jpg\n\nb.jpg\n")
+    with pytest.raises(ImageFeatureError, match=r"ids:2: empty image id"):
+        read_image_ids(tmp_path / "ids")
+
+
+def test_writer_resumes_after_interruption(tmp_path):
+    ids = [f"{i}.png" for i in range(6)]
+    patches, global_vectors = features(6)
+    first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", {"backbone": "vit"})
+    first.write(patches[:4], global_vectors[:4])
+    first.close()  # interrupted: not all rows written, so nothing is published
+    assert not (tmp_path / "f.h5").exists() and (tmp_path / "f.h5.partial").exists()
+
+    resumed = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", {"backbone": "vit"})
+    assert resumed.rows_written == 4
+    resumed.write(patches[4:], global_vectors[4:])
+    resumed.close()
+    store = ImageFeatureStore(tmp_path / "f.h5")
+    np.testing.assert_array_equal(store.read(5)[0].numpy(), patches[5])
+    np.testing.assert_array_equal(store.read(0)[0].numpy(), patches[0])
+
+
+def test_writer_starts_over_when_the_job_changed(tmp_path):
+    ids = ["a", "b"]
+    first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", {"backbone": "vit"})
+    first.write(*[x[:1] for x in features(2)])
+    first.close()
+    other = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", {"backbone": "resnet"})
+    assert other.rows_written == 0
+    other.close()
+
+
+def test_store_reopens_in_each_process(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5)
+    writer.write(*features(1))
+    writer.close()
+    store = ImageFeatureStore(tmp_path / "f.h5")
+    store.read(0)
+    assert store._owner_pid == os.getpid()
+    state = store.__getstate__()  # what a spawned worker receives
+    assert state["_file"] is None and state["_owner_pid"] is None
+
+
+def test_dataloader_with_two_workers_matches_main_process(data_dir):
+    task, cfg = setup_task(data_dir)
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+
+    def batches(num_workers):
+        iterator = task.get_batch_iterator(dataset=dataset, max_sentences=5, num_workers=num_workers, seed=7)
+        return list(iterator.next_epoch_itr(shuffle=False))
+
+    in_process, with_workers = batches(0), batches(2)
+    assert len(in_process) == len(with_workers) > 1
+    total = 0
+    for a, b in zip(in_process, with_workers):
+        assert torch.equal(a["id"], b["id"])
+        assert torch.equal(a["net_input"]["image_patches"], b["net_input"]["image_patches"])
+        assert a["net_input"]["image_patches"].shape[1:] == (4, 16)
+        total += len(a["id"])
+    assert total == len(dataset)
+    # and each row is the image of that example, in the batch's (length-sorted) order
+    store = dataset.datasets[0].image_store
+    first = with_workers[0]
+    for position, example_id in enumerate(first["id"].tolist()):
+        sub_dataset, local = _locate(dataset, example_id)
+        expected, _ = store.read(int(sub_dataset.image_rows[local]))
+        assert torch.equal(first["net_input"]["image_patches"][position], expected.float())
+
+
+def _locate(concat, index):
+    for dataset, end in zip(concat.datasets, concat.cumulative_sizes):
+        if index < end:
+            return dataset, index - (end - len(dataset))
+    raise IndexError(index)
