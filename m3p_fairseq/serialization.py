@@ -7,19 +7,20 @@ with no environment variable.
 """
 
 import argparse
-import collections
 
 import numpy as np
 import torch
 
+_numpy_core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+
 CHECKPOINT_GLOBALS = [
-    argparse.Namespace,
-    collections.OrderedDict,
+    argparse.Namespace,  # the legacy command-line arguments, in every checkpoint
+    # numpy scalars and dtypes, which fairseq can store as best-checkpoint scores
+    _numpy_core.multiarray.scalar,
     np.dtype,
     type(np.dtype(np.float64)),
     type(np.dtype(np.float32)),
     type(np.dtype(np.int64)),
-    np.core.multiarray.scalar if hasattr(np, "core") else np._core.multiarray.scalar,
 ]
 
 

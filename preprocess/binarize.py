@@ -197,7 +197,8 @@ def main(argv=None):
     parser.add_argument("--threshold", type=int, default=0, help="drop pieces seen this many times or fewer")
     parser.add_argument("--overwrite", action="store_true", help="rebuild outputs that already exist")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    # force: importing fairseq already attached a DEBUG-level root handler
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     try:
         binarize(args.raw_dir, args.dest_dir, parse_lang_pairs(args.lang_pairs),
                  [s for s in args.splits.split(",") if s], args.spm_model, args.spm_vocab_size,

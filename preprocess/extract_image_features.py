@@ -105,6 +105,8 @@ def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = build_backbone(backbone, checkpoint, random_init_seed, image_size).to(device)
     data_config = timm.data.resolve_model_data_config(model)
+    if image_size is not None:  # the whole image at the requested resolution, no centre crop
+        data_config.update(input_size=(3, image_size, image_size), crop_pct=1.0)
     transform = timm.data.create_transform(**data_config, is_training=False)
     probe = torch.zeros(1, *data_config["input_size"], device=device)
     patches, global_vector = patch_and_global_features(model, probe)
@@ -147,7 +149,8 @@ def main(argv=None):
     parser.add_argument("--num-workers", type=int, default=0, help="image-decoding processes")
     parser.add_argument("--device", help="torch device; default: cuda when available, else cpu")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    # force: importing fairseq already attached a DEBUG-level root handler
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     try:
         extract(args.images_dir, args.image_ids, args.output, args.backbone, args.checkpoint,
                 args.random_init_seed, args.image_size, args.batch_size, args.dtype, args.num_workers, args.device)

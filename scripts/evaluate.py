@@ -11,7 +11,10 @@ BLEU per direction and split, and writes the scores (and hypotheses) as JSON.
 
 import argparse
 import json
+import logging
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -68,10 +71,14 @@ def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pai
         pairs = lang_pairs or task.lang_pairs
         for split in splits:
             for src, tgt in pairs:
+                began = time.time()
                 hypotheses, references = translate(models, task, split, src, tgt, beam, batch_size)
-                bleu = sacrebleu.corpus_bleu(hypotheses, [references])
+                metric = sacrebleu.BLEU()
+                bleu = metric.corpus_score(hypotheses, [references])
+                print(f"{name} {split} {src}-{tgt}: BLEU {bleu.score:.1f} ({len(hypotheses)} sentences, "
+                      f"{time.time() - began:.0f} s)", file=sys.stderr, flush=True)
                 results.setdefault(name, {}).setdefault(split, {})[f"{src}-{tgt}"] = {
-                    "bleu": round(bleu.score, 2), "signature": str(sacrebleu.BLEU().get_signature()),
+                    "bleu": round(bleu.score, 2), "signature": str(metric.get_signature()),
                     "sentences": len(hypotheses), "hypotheses": hypotheses,
                 }
     return results
@@ -104,6 +111,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", type=Path, help="write scores and hypotheses as JSON here")
     args = parser.parse_args(argv)
+    # importing fairseq attached a DEBUG-level root handler; keep the output to warnings
+    logging.basicConfig(level=logging.WARNING, force=True)
     checkpoints = {}
     for item in args.checkpoint:
         name, sep, path = item.partition("=")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # preprocess/ and scripts/ are run from the repository root
@@ -16,6 +17,7 @@ from fairseq import options, tasks  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 
 from m3p_fairseq.data.image_features import ImageFeatureWriter, read_image_ids  # noqa: E402
+from m3p_fairseq.models.fusion import ConditionalVisionLanguageMemory  # noqa: E402
 from preprocess.binarize import binarize  # noqa: E402
 from preprocess.make_synthetic_corpus import make_corpus  # noqa: E402
 
@@ -57,6 +59,17 @@ def data_copy(tmp_path, data_dir) -> Path:
     copy = tmp_path / "data-bin"
     shutil.copytree(data_dir, copy)
     return copy
+
+
+def as_if_trained(model):
+    """A fresh CVLM ignores the image by design (zero output projection); give it random
+    weights there, as training would, so tests can see the image's effect."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, ConditionalVisionLanguageMemory):
+            out_proj = module.attention.out_proj
+            out_proj.weight.data = torch.randn(out_proj.weight.shape, generator=generator) * out_proj.in_features ** -0.5
+    return model
 
 
 def parse_train_args(argv):

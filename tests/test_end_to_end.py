@@ -38,9 +38,9 @@ def trained(tmp_path_factory):
              "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", 0.1,
              "--optimizer", "adam", "--lr", 1e-3, "--max-tokens", 400, "--save-dir", save_dir,
              "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", 1, "--num-workers", 2]
-    first_log = run(train + ["--max-update", 6])
+    first_log = run(train + ["--max-update", 6, "--tensorboard-logdir", work / "tensorboard"])
     resumed_log = run(train + ["--max-update", 9])
-    return {"raw": raw, "data": data, "checkpoint": save_dir / "checkpoint_last.pt",
+    return {"raw": raw, "data": data, "checkpoint": save_dir / "checkpoint_last.pt", "work": work,
             "first_log": first_log, "resumed_log": resumed_log}
 
 
@@ -53,6 +53,11 @@ def test_training_ran_and_resumed_with_the_warmed_up_temperature(trained):
     assert "with images" in trained["first_log"]
 
 
+def test_tensorboard_logging_when_asked(trained):
+    event_files = list((trained["work"] / "tensorboard").rglob("events.out.tfevents.*"))
+    assert event_files and all(f.stat().st_size > 0 for f in event_files)
+
+
 def test_checkpoint_loads_with_weights_only(trained):
     import m3p_fairseq  # noqa: F401  (registers the allow-list)
 
@@ -63,36 +68,56 @@ def test_checkpoint_loads_with_weights_only(trained):
     assert without_plugin.returncode != 0 and "weights_only" in without_plugin.stderr
 
 
-def test_fairseq_generate_with_images(trained):
-    out = run(["fairseq-generate", trained["data"], "--user-dir", REPO / "m3p_fairseq",
-               "--task", "multimodal_translation", "-s", "en", "-t", "de", "--gen-subset", "test",
-               "--path", trained["checkpoint"], "--beam", 5, "--batch-size", 4,
-               "--post-process", "sentencepiece", "--scoring", "sacrebleu"])
-    hypotheses = re.findall(r"^H-(\d+)\t", out, flags=re.M)
+@pytest.fixture(scope="module")
+def generated(trained):
+    return run(["fairseq-generate", trained["data"], "--user-dir", REPO / "m3p_fairseq",
+                "--task", "multimodal_translation", "-s", "en", "-t", "de", "--gen-subset", "test",
+                "--path", trained["checkpoint"], "--beam", 5, "--batch-size", 4,
+                "--post-process", "sentencepiece", "--scoring", "sacrebleu"])
+
+
+def detokenized_hypotheses(output):
+    return {int(i): text for i, text in re.findall(r"^D-(\d+)\t\S+\t(.*)$", output, flags=re.M)}
+
+
+def test_fairseq_generate_with_images(generated):
+    hypotheses = re.findall(r"^H-(\d+)\t", generated, flags=re.M)
     assert sorted(map(int, hypotheses)) == list(range(10))  # every test sentence, none dropped
-    sources = re.findall(r"^S-\d+\t(\S+)", out, flags=re.M)
+    sources = re.findall(r"^S-\d+\t(\S+)", generated, flags=re.M)
     assert set(sources) == {"__de__"}  # the target-language tag leads every source
-    assert re.search(r"Generate test with beam=5: BLEU = [\d.]+", out)
+    assert re.search(r"Generate test with beam=5: BLEU = [\d.]+", generated)
 
 
-def test_fairseq_interactive_with_image_ids(trained):
-    test_ids = (trained["raw"] / "test.image_ids").read_text().splitlines()
-    test_en = (trained["raw"] / "test.en").read_text().splitlines()
-    lines = "".join(f"{image_id}\t{sentence}\n" for image_id, sentence in zip(test_ids[:3], test_en[:3]))
-    out = run(["fairseq-interactive", trained["data"], "--user-dir", REPO / "m3p_fairseq",
-               "--task", "multimodal_translation", "-s", "en", "-t", "de",
-               "--image-features", trained["data"] / "image_features.h5",
-               "--path", trained["checkpoint"], "--beam", 5, "--buffer-size", 2, "--batch-size", 2,
-               "--bpe", "sentencepiece", "--sentencepiece-model", trained["data"] / "spm.model"], stdin=lines)
-    assert sorted(map(int, re.findall(r"^H-(\d+)\t", out, flags=re.M))) == [0, 1, 2]
-
-
-def test_fairseq_interactive_rejects_a_line_without_image_id(trained):
-    result = subprocess.run(
+def interactive(trained, lines, *extra):
+    return subprocess.run(
         ["fairseq-interactive", str(trained["data"]), "--user-dir", str(REPO / "m3p_fairseq"),
          "--task", "multimodal_translation", "-s", "en", "-t", "de",
          "--image-features", str(trained["data"] / "image_features.h5"), "--path", str(trained["checkpoint"]),
-         "--bpe", "sentencepiece", "--sentencepiece-model", str(trained["data"] / "spm.model")],
-        cwd=REPO, input="A small red circle.\n", capture_output=True, text=True)
+         "--beam", "5", "--bpe", "sentencepiece", "--sentencepiece-model", str(trained["data"] / "spm.model"),
+         *map(str, extra)],
+        cwd=REPO, input=lines, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("buffer_size", [1, 3])
+def test_fairseq_interactive_matches_generate(trained, generated, buffer_size):
+    test_ids = (trained["raw"] / "test.image_ids").read_text().splitlines()
+    test_en = (trained["raw"] / "test.en").read_text().splitlines()
+    lines = "".join(f"{image_id}\t{sentence}\n" for image_id, sentence in zip(test_ids[:3], test_en[:3]))
+    result = interactive(trained, lines, "--buffer-size", buffer_size, "--batch-size", buffer_size)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_generate = detokenized_hypotheses(generated)
+    assert detokenized_hypotheses(result.stdout) == {i: from_generate[i] for i in range(3)}
+
+
+def test_fairseq_interactive_refuses_a_repeated_sentence_with_another_image(trained):
+    sentence = (trained["raw"] / "test.en").read_text().splitlines()[0]
+    ids = (trained["raw"] / "test.image_ids").read_text().splitlines()
+    result = interactive(trained, f"{ids[0]}\t{sentence}\n{ids[1]}\t{sentence}\n", "--buffer-size", 2)
+    assert result.returncode != 0
+    assert "input line 2 repeats an earlier sentence of the same chunk with a different image" in result.stderr
+
+
+def test_fairseq_interactive_rejects_a_line_without_image_id(trained):
+    result = interactive(trained, "A small red circle.\n")
     assert result.returncode != 0
     assert "input line 1: expected IMAGE_ID<TAB>sentence" in result.stderr

@@ -7,7 +7,7 @@ from m3p_fairseq.models.fusion import (
     GatedFusion,
     build_fusion,
 )
-from conftest import setup_task
+from conftest import as_if_trained, setup_task
 
 T, B, C, P = 5, 3, 8, 4
 
@@ -44,9 +44,16 @@ def test_concat_fusion_appends_patches_with_unpadded_mask():
     assert torch.equal(fused[T:], patches)
 
 
-def test_cvlm_keeps_text_length_and_mask_and_attends_only_to_the_own_image():
+def test_fresh_cvlm_passes_the_text_through():
     text, padding, patches, global_state = inputs()
     fusion = ConditionalVisionLanguageMemory(C, 2, 0.0, 0.0).eval()
+    fused, _ = fusion(text, padding, patches, global_state)
+    torch.testing.assert_close(fused, fusion.layer_norm(text))
+
+
+def test_cvlm_keeps_text_length_and_mask_and_attends_only_to_the_own_image():
+    text, padding, patches, global_state = inputs()
+    fusion = as_if_trained(ConditionalVisionLanguageMemory(C, 2, 0.0, 0.0)).eval()
     fused, mask = fusion(text, padding, patches, global_state)
     assert fused.shape == (T, B, C)
     assert torch.equal(mask, padding)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from fairseq.dataclass.configs import GenerationConfig
 
-from conftest import setup_task
+from conftest import as_if_trained, setup_task
 
 
 def generate(task, model, dataset, indices, beam=5):
@@ -23,7 +23,7 @@ def test_batch_and_single_sentence_give_the_same_hypothesis(data_dir, fusion):
                            "--dropout", "0")
     task.load_dataset("test")
     dataset = task.dataset("test")
-    model = task.build_model(cfg.model).eval()
+    model = as_if_trained(task.build_model(cfg.model)).eval()
     indices = list(range(32))
     batched = generate(task, model, dataset, indices)
     alone = {}
@@ -40,7 +40,7 @@ def test_the_image_changes_the_translation(data_dir):
                            "--dropout", "0")
     task.load_dataset("test")
     dataset = task.dataset("test")
-    model = task.build_model(cfg.model).eval()
+    model = as_if_trained(task.build_model(cfg.model)).eval()
     generator = task.build_generator([model], GenerationConfig(beam=5, max_len_b=12))
     batch = dataset.collater([dataset[i] for i in range(8)])
     with torch.no_grad():

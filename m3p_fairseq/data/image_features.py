@@ -69,6 +69,7 @@ class ImageFeatureStore:
             self.attrs = dict(f.attrs)
         self._file: Optional[h5py.File] = None
         self._owner_pid: Optional[int] = None
+        self._open_datasets = None
 
     def rows_for(self, image_ids: Sequence[str], source: str) -> np.ndarray:
         """Row of every id, in order; ``source`` names the id list for error messages."""
@@ -88,20 +89,21 @@ class ImageFeatureStore:
 
     def read(self, row: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(patches [P, D], global [D]) of one image, as stored (float16 or float32)."""
-        f = self._handle()
-        return torch.from_numpy(f[PATCHES][row]), torch.from_numpy(f[GLOBAL][row])
+        patches, global_vectors = self._datasets()
+        return torch.from_numpy(patches[row]), torch.from_numpy(global_vectors[row])
 
-    def _handle(self) -> h5py.File:
-        # Re-open after a fork: HDF5 handles must not be shared between processes.
+    def _datasets(self) -> Tuple[h5py.Dataset, h5py.Dataset]:
+        # Re-open after a fork: HDF5 handles must not be shared between processes. The dataset
+        # objects are kept because looking them up by name costs more than reading a row.
         if self._file is None or self._owner_pid != os.getpid():
             self._file = h5py.File(self.path, "r")
             self._owner_pid = os.getpid()
-        return self._file
+            self._open_datasets = (self._file[PATCHES], self._file[GLOBAL])
+        return self._open_datasets
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_file"] = None
-        state["_owner_pid"] = None
+        state.update(_file=None, _owner_pid=None, _open_datasets=None)
         return state
 
 

@@ -45,6 +45,11 @@ class ConditionalVisionLanguageMemory(nn.Module):
         super().__init__()
         self.attention = MultiheadAttention(embed_dim, num_heads, dropout=attention_dropout,
                                             encoder_decoder_attention=True)
+        # Zero-initialised output projection: a fresh CVLM passes the text states through
+        # (up to the layer norm) and mixes the image in only as fast as training finds it useful,
+        # so the text side learns as quickly as a text-only model (cf. Flamingo's zero gates).
+        nn.init.zeros_(self.attention.out_proj.weight)
+        nn.init.zeros_(self.attention.out_proj.bias)
         self.dropout = FairseqDropout(dropout, module_name=self.__class__.__name__)
         self.layer_norm = LayerNorm(embed_dim)
 

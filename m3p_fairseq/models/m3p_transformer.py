@@ -142,29 +142,28 @@ def m3p_base_architecture(args):
     base_architecture(args)
 
 
-@register_model_architecture("m3p_transformer", "m3p_transformer_tiny")
-def m3p_transformer_tiny(args):
-    """For tests and the quickstart: a few minutes on 2 CPU cores."""
-    _set_default(args, "encoder_embed_dim", 128)
-    _set_default(args, "encoder_ffn_embed_dim", 256)
-    _set_default(args, "encoder_attention_heads", 4)
-    _set_default(args, "encoder_layers", 3)
+def _set_sizes(args, embed_dim: int, ffn_dim: int, heads: int, encoder_layers: int, decoder_layers: int):
+    """Defaults for one size; anything given on the command line wins, and the decoder follows
+    the encoder's width (shared embeddings need equal widths)."""
+    _set_default(args, "encoder_embed_dim", embed_dim)
+    _set_default(args, "encoder_ffn_embed_dim", ffn_dim)
+    _set_default(args, "encoder_attention_heads", heads)
+    _set_default(args, "encoder_layers", encoder_layers)
     _set_default(args, "decoder_embed_dim", args.encoder_embed_dim)
     _set_default(args, "decoder_ffn_embed_dim", args.encoder_ffn_embed_dim)
     _set_default(args, "decoder_attention_heads", args.encoder_attention_heads)
-    _set_default(args, "decoder_layers", 3)
+    _set_default(args, "decoder_layers", decoder_layers)
+
+
+@register_model_architecture("m3p_transformer", "m3p_transformer_tiny")
+def m3p_transformer_tiny(args):
+    """For tests and the quickstart: a few minutes on 2 CPU cores."""
+    _set_sizes(args, embed_dim=128, ffn_dim=256, heads=4, encoder_layers=3, decoder_layers=3)
     m3p_base_architecture(args)
 
 
 @register_model_architecture("m3p_transformer", "m3p_transformer_base")
 def m3p_transformer_base(args):
     """The paper's size (Sec. 3.3): 12-layer encoder and decoder, 768 wide, shared embeddings."""
-    _set_default(args, "encoder_embed_dim", 768)
-    _set_default(args, "encoder_ffn_embed_dim", 3072)
-    _set_default(args, "encoder_attention_heads", 12)
-    _set_default(args, "encoder_layers", 12)
-    _set_default(args, "decoder_embed_dim", 768)
-    _set_default(args, "decoder_ffn_embed_dim", 3072)
-    _set_default(args, "decoder_attention_heads", 12)
-    _set_default(args, "decoder_layers", 12)
+    _set_sizes(args, embed_dim=768, ffn_dim=3072, heads=12, encoder_layers=12, decoder_layers=12)
     m3p_base_architecture(args)

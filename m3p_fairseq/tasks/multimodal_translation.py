@@ -87,12 +87,12 @@ class MultimodalTranslationConfig(TranslationConfig):
     sampling_temperature_init: float = field(
         default=1.0, metadata={"help": "initial temperature tau_0 of the warm-up"},
     )
-    seed: int = II("common.seed")
     sampling_warmup_updates: int = field(
         default=0,
         metadata={"help": "updates W over which the temperature rises linearly from tau_0 to tau; "
                           "0 = tau from the start. The mix is re-drawn every epoch"},
     )
+    seed: int = II("common.seed")  # seeds the per-epoch draw of the pair mix
 
 
 @register_task("multimodal_translation", dataclass=MultimodalTranslationConfig)
@@ -112,9 +112,9 @@ class MultimodalTranslationTask(TranslationTask):
         for lang in {l for pair in self.lang_pairs for l in pair} | {cfg.source_lang, cfg.target_lang} - {None}:
             self._check_language(lang)
         self._feature_stores: Dict[str, ImageFeatureStore] = {}
-        self._pending_image_ids: Optional[List[Optional[str]]] = None
-        self._model_image_dim: Optional[int] = None
-        self._model_reads_images = False
+        self._pending_image_ids: Optional[List[str]] = None
+        self._image_row_of_source: Dict[tuple, int] = {}  # fairseq-interactive's current chunk
+        self._model_image_dim: Optional[int] = None  # None: no model yet, or a text-only one
         self._training_model = None
 
     # ---- set-up -----------------------------------------------------------------------------
@@ -209,7 +209,7 @@ class MultimodalTranslationTask(TranslationTask):
             "preprocess/binarize.py or fairseq-preprocess"
         )
 
-    def feature_file(self, data_path: str, split: str) -> Optional[str]:
+    def _feature_file(self, data_path: str, split: str) -> Optional[str]:
         if self.cfg.image_features:
             if not os.path.isfile(self.cfg.image_features):
                 raise ImageFeatureError(f"--image-features {self.cfg.image_features}: file not found")
@@ -226,7 +226,7 @@ class MultimodalTranslationTask(TranslationTask):
         return self._feature_stores[path]
 
     def _image_rows(self, data_path, split, src, tgt, num_sentences, prefix):
-        path = self.feature_file(data_path, split)
+        path = self._feature_file(data_path, split)
         if path is None:
             return None, None
         candidates = [os.path.join(data_path, f"{split}.{a}-{b}.image_ids") for a, b in ((src, tgt), (tgt, src))]
@@ -250,7 +250,7 @@ class MultimodalTranslationTask(TranslationTask):
     def image_feature_dim(self) -> Optional[int]:
         """Feature dimension of the data, from the files opened so far (or the train split's)."""
         if not self._feature_stores:
-            path = self.feature_file(utils.split_paths(self.cfg.data)[0], self.cfg.train_subset)
+            path = self._feature_file(utils.split_paths(self.cfg.data)[0], self.cfg.train_subset)
             if path is not None:
                 self._feature_store(path)
         dims = {store.feature_dim for store in self._feature_stores.values()}
@@ -279,14 +279,13 @@ class MultimodalTranslationTask(TranslationTask):
         model = super().build_model(cfg, from_checkpoint)
         self._training_model = model
         self._model_image_dim = getattr(model, "image_feature_dim", None)
-        self._model_reads_images = self._model_image_dim is not None
         for split, dataset in self.datasets.items():
             for part in getattr(dataset, "datasets", [dataset]):
                 self._check_model_compatible(split, part)
         return model
 
     def _check_model_compatible(self, split: str, dataset: MultimodalLanguagePairDataset) -> None:
-        if not self._model_reads_images:
+        if self._model_image_dim is None:
             return
         if not dataset.has_images:
             raise ImageFeatureError(
@@ -328,15 +327,40 @@ class MultimodalTranslationTask(TranslationTask):
         src_lengths = [int(length) + 1 for length in src_lengths]
         image_store = image_rows = None
         image_ids, self._pending_image_ids = self._pending_image_ids, None
+        self._image_row_of_source = {}
         if image_ids is not None:
             if len(image_ids) != len(src_tokens):
                 raise RuntimeError(f"{len(image_ids)} image ids for {len(src_tokens)} sentences")
             image_store = self._feature_store(self.cfg.image_features)
             image_rows = image_store.rows_for(image_ids, "input")
-        elif self._model_reads_images:
+            for line_no, (tokens, row) in enumerate(zip(src_tokens, image_rows), start=1):
+                key = tuple(tokens.tolist())
+                if self._image_row_of_source.setdefault(key, row) != row:
+                    raise ImageFeatureError(
+                        f"input line {line_no} repeats an earlier sentence of the same chunk with a "
+                        "different image; translate with --buffer-size 1 (the default) to tell them apart"
+                    )
+        elif self._model_image_dim is not None:
             raise ImageFeatureError("the model fuses images: pass --image-features FILE.h5 and "
                                     "give each input line as IMAGE_ID<TAB>sentence")
         return MultimodalLanguagePairDataset(
             src_tokens, src_lengths, self.source_dictionary, tgt_dict=self.target_dictionary,
             constraints=constraints, image_store=image_store, image_rows=image_rows,
         )
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        net_input = sample["net_input"]
+        if "image_patches" not in net_input and self._image_row_of_source:
+            # fairseq-interactive hands the models only src_tokens and src_lengths: find each
+            # sentence's image again through its tokens (unique per chunk, see above).
+            net_input["image_patches"], net_input["image_global"] = self._images_of(net_input["src_tokens"])
+        return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
+                                      constraints=constraints)
+
+    def _images_of(self, src_tokens: torch.Tensor):
+        store = self._feature_store(self.cfg.image_features)
+        images = [store.read(int(self._image_row_of_source[tuple(utils.strip_pad(row, self.src_dict.pad()).tolist())]))
+                  for row in src_tokens.cpu()]
+        patches = torch.stack([p for p, _ in images]).float().to(src_tokens.device)
+        global_vectors = torch.stack([g for _, g in images]).float().to(src_tokens.device)
+        return patches, global_vectors
