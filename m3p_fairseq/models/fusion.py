@@ -5,7 +5,7 @@ All take text states H [T, B, C] with padding mask [B, T], patch states [P, B, C
 image state [B, C] (both already projected to the model width by ImageFeatureEncoder).
 """
 
-from typing import Dict, Tuple, Type
+from typing import Dict, Type
 
 import torch
 from torch import Tensor, nn

@@ -4,7 +4,6 @@ them with the text states (``--fusion none|gated|concat|cvlm``)."""
 from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional
 
-import torch
 from torch import Tensor
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass

@@ -109,13 +109,14 @@ class MultimodalTranslationTask(TranslationTask):
             self.lang_pairs = self.lang_pairs or [(cfg.source_lang, cfg.target_lang)]
         if not self.lang_pairs:
             raise ValueError("multimodal_translation needs --lang-pairs (or --source-lang and --target-lang)")
-        for lang in {l for pair in self.lang_pairs for l in pair} | {cfg.source_lang, cfg.target_lang} - {None}:
+        named = {lang for pair in self.lang_pairs for lang in pair} | {cfg.source_lang, cfg.target_lang}
+        for lang in named - {None}:
             self._check_language(lang)
         self._feature_stores: Dict[str, ImageFeatureStore] = {}
         self._pending_image_ids: Optional[List[str]] = None
         self._image_row_of_source: Dict[tuple, int] = {}  # fairseq-interactive's current chunk
         self._model_image_dim: Optional[int] = None  # None: no model yet, or a text-only one
-        self._training_model = None
+        self._training_model = None  # its update count drives the sampling warm-up
 
     # ---- set-up -----------------------------------------------------------------------------
     @classmethod
