@@ -5,6 +5,7 @@ from m3p_fairseq.models.fusion import (
     ConcatFusion,
     ConditionalVisionLanguageMemory,
     GatedFusion,
+    SelectiveAttentionFusion,
     build_fusion,
 )
 from conftest import as_if_trained, setup_task
@@ -75,12 +76,24 @@ def test_cvlm_keeps_text_length_and_mask_and_attends_only_to_the_own_image():
     torch.testing.assert_close(fused_changed[keep], fused[keep])
 
 
+def test_selective_attention_mixes_text_and_attended_image():
+    text, padding, patches, global_state = inputs()
+    fusion = SelectiveAttentionFusion(C, 1, 0.0, 0.0).eval()
+    fused, mask = fusion(text, padding, patches, global_state)
+    assert fused.shape == (T, B, C)
+    assert torch.equal(mask, padding)
+    attended, _ = fusion.attention(query=text, key=patches, value=patches, need_weights=False)
+    # H' = (1 - λ) H + λ H_attn with λ in (0, 1): H' lies strictly between H and H_attn
+    share = (fused - text) / (attended - text)
+    assert torch.all(share > 0) and torch.all(share < 1)
+
+
 def test_unknown_fusion():
-    with pytest.raises(ValueError, match="unknown fusion 'film'; choose from none, gated, concat, cvlm"):
+    with pytest.raises(ValueError, match="unknown fusion 'film'; choose from none, gated, concat, selective, cvlm"):
         build_fusion("film", C, 2, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("fusion, extra", [("none", 0), ("gated", 0), ("concat", 4), ("cvlm", 0)])
+@pytest.mark.parametrize("fusion, extra", [("none", 0), ("gated", 0), ("concat", 4), ("selective", 0), ("cvlm", 0)])
 def test_encoder_output_with_each_fusion(data_dir, fusion, extra):
     task, cfg = setup_task(data_dir, "--fusion", fusion, "--image-encoder-layers", "1")
     task.load_dataset("valid")

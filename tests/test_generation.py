@@ -16,7 +16,7 @@ def generate(task, model, dataset, indices, beam=5):
     return {int(i): output[0]["tokens"].tolist() for i, output in zip(batch["id"], outputs)}
 
 
-@pytest.mark.parametrize("fusion", ["cvlm", "concat", "gated"])
+@pytest.mark.parametrize("fusion", ["cvlm", "concat", "gated", "selective"])
 def test_batch_and_single_sentence_give_the_same_hypothesis(data_dir, fusion):
     torch.manual_seed(0)
     task, cfg = setup_task(data_dir, "--fusion", fusion, "--source-lang", "en", "--target-lang", "de",

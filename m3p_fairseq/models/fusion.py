@@ -58,9 +58,27 @@ class ConditionalVisionLanguageMemory(nn.Module):
         return self.layer_norm(text + self.dropout(attended)), text_padding_mask
 
 
+class SelectiveAttentionFusion(nn.Module):
+    """Selective attention (Li et al., 2022): H_attn = softmax(Q K^T / sqrt(d)) V over the
+    patches with the text as query, lambda = sigmoid(W [H_attn; H]),
+    H' = (1 - lambda) * H + lambda * H_attn."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float, attention_dropout: float):
+        super().__init__()
+        self.attention = MultiheadAttention(embed_dim, num_heads, dropout=attention_dropout,
+                                            encoder_decoder_attention=True)
+        self.gate = nn.Linear(2 * embed_dim, embed_dim)
+
+    def forward(self, text: Tensor, text_padding_mask: Tensor, patches: Tensor, global_state: Tensor):
+        attended, _ = self.attention(query=text, key=patches, value=patches, need_weights=False)
+        gate = torch.sigmoid(self.gate(torch.cat([attended, text], dim=-1)))
+        return (1 - gate) * text + gate * attended, text_padding_mask
+
+
 FUSIONS: Dict[str, Type[nn.Module]] = {
     "gated": GatedFusion,
     "concat": ConcatFusion,
+    "selective": SelectiveAttentionFusion,
     "cvlm": ConditionalVisionLanguageMemory,
 }
 FUSION_CHOICES = ["none", *FUSIONS]

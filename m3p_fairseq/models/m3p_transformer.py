@@ -1,5 +1,5 @@
 """m3P encoder-decoder: fairseq's transformer whose encoder also reads image features and fuses
-them with the text states (``--fusion none|gated|concat|cvlm``)."""
+them with the text states (``--fusion none|gated|concat|selective|cvlm``)."""
 
 from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional
@@ -23,7 +23,8 @@ class M3PImageConfig(FairseqDataclass):
     fusion: ChoiceEnum(FUSION_CHOICES) = field(
         default="cvlm",
         metadata={"help": "how image states join the text states: none (text-only), gated (global "
-                          "vector through a gate), concat (patches appended), cvlm (cross-attention, Eq. 8)"},
+                          "vector through a gate), concat (patches appended), selective (gated "
+                          "attention over patches, Li et al. 2022), cvlm (cross-attention, Eq. 8)"},
     )
     image_feature_dim: Optional[int] = field(
         default=None, metadata={"help": "dimension D of the stored image features; default: read from the data"},
@@ -35,7 +36,8 @@ class M3PImageConfig(FairseqDataclass):
         default=0, metadata={"help": "transformer layers over the projected patches"},
     )
     fusion_attention_heads: Optional[int] = field(
-        default=None, metadata={"help": "heads of the CVLM cross-attention; default: --encoder-attention-heads"},
+        default=None, metadata={"help": "heads of the cvlm/selective attention over patches; "
+                                         "default: --encoder-attention-heads"},
     )
 
 
