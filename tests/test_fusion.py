@@ -24,12 +24,17 @@ def inputs(seed=0):
     return text, padding, patches, global_state
 
 
-def test_gated_fusion_shape_mask_and_bounded_gate():
+def fuse_keeping_text_shape(fusion):
+    """Fuse the standard inputs; the output must keep the text's length and padding mask."""
     text, padding, patches, global_state = inputs()
-    fusion = GatedFusion(C, 2, 0.0, 0.0).eval()
-    fused, mask = fusion(text, padding, patches, global_state)
+    fused, mask = fusion.eval()(text, padding, patches, global_state)
     assert fused.shape == (T, B, C)
     assert torch.equal(mask, padding)
+    return fused, (text, padding, patches, global_state)
+
+
+def test_gated_fusion_shape_mask_and_bounded_gate():
+    fused, (text, _, _, global_state) = fuse_keeping_text_shape(GatedFusion(C, 2, 0.0, 0.0))
     # H' - H = Λ ⊙ Wv with Λ in (0, 1): each dimension moves towards the image by less than Wv
     delta = (fused - text) / global_state.unsqueeze(0)
     assert torch.all(delta > 0) and torch.all(delta < 1)
@@ -46,18 +51,14 @@ def test_concat_fusion_appends_patches_with_unpadded_mask():
 
 
 def test_fresh_cvlm_passes_the_text_through():
-    text, padding, patches, global_state = inputs()
-    fusion = ConditionalVisionLanguageMemory(C, 2, 0.0, 0.0).eval()
-    fused, _ = fusion(text, padding, patches, global_state)
+    fusion = ConditionalVisionLanguageMemory(C, 2, 0.0, 0.0)
+    fused, (text, *_) = fuse_keeping_text_shape(fusion)
     torch.testing.assert_close(fused, fusion.layer_norm(text))
 
 
 def test_cvlm_keeps_text_length_and_mask_and_attends_only_to_the_own_image():
-    text, padding, patches, global_state = inputs()
-    fusion = as_if_trained(ConditionalVisionLanguageMemory(C, 2, 0.0, 0.0)).eval()
-    fused, mask = fusion(text, padding, patches, global_state)
-    assert fused.shape == (T, B, C)
-    assert torch.equal(mask, padding)
+    fusion = as_if_trained(ConditionalVisionLanguageMemory(C, 2, 0.0, 0.0))
+    fused, (text, padding, patches, global_state) = fuse_keeping_text_shape(fusion)
     # LayerNorm output: zero mean, unit variance per position
     torch.testing.assert_close(fused.mean(-1), torch.zeros(T, B), atol=1e-5, rtol=0)
     # changing sentence 0's image changes sentence 0 only
@@ -77,11 +78,8 @@ def test_cvlm_keeps_text_length_and_mask_and_attends_only_to_the_own_image():
 
 
 def test_selective_attention_mixes_text_and_attended_image():
-    text, padding, patches, global_state = inputs()
-    fusion = SelectiveAttentionFusion(C, 1, 0.0, 0.0).eval()
-    fused, mask = fusion(text, padding, patches, global_state)
-    assert fused.shape == (T, B, C)
-    assert torch.equal(mask, padding)
+    fusion = SelectiveAttentionFusion(C, 1, 0.0, 0.0)
+    fused, (text, _, patches, _) = fuse_keeping_text_shape(fusion)
     attended, _ = fusion.attention(query=text, key=patches, value=patches, need_weights=False)
     # H' = (1 - λ) H + λ H_attn with λ in (0, 1): H' lies strictly between H and H_attn
     share = (fused - text) / (attended - text)
