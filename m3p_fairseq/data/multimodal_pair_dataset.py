@@ -1,12 +1,18 @@
 """A fairseq LanguagePairDataset whose examples also carry their image's features."""
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from fairseq.data import LanguagePairDataset
 
 from .image_features import ImageFeatureStore
+
+
+def stack_images(images: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(patches [P, D], global [D]) per sentence -> float32 batch tensors [B, P, D] and [B, D]."""
+    return (torch.stack([patches for patches, _ in images]).float(),
+            torch.stack([global_vector for _, global_vector in images]).float())
 
 
 class MultimodalLanguagePairDataset(LanguagePairDataset):
@@ -45,6 +51,6 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         # fairseq's collate sorts by source length; follow its order through the example ids.
         by_id = {sample["id"]: sample for sample in samples}
         ordered = [by_id[int(i)] for i in batch["id"]]
-        batch["net_input"]["image_patches"] = torch.stack([s["image_patches"] for s in ordered]).float()
-        batch["net_input"]["image_global"] = torch.stack([s["image_global"] for s in ordered]).float()
+        batch["net_input"]["image_patches"], batch["net_input"]["image_global"] = stack_images(
+            [(s["image_patches"], s["image_global"]) for s in ordered])
         return batch

@@ -40,7 +40,7 @@ from omegaconf import II
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from ..data.image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
-from ..data.multimodal_pair_dataset import MultimodalLanguagePairDataset
+from ..data.multimodal_pair_dataset import MultimodalLanguagePairDataset, stack_images
 from ..data.temperature_sampling import TemperatureSampledDataset, temperature_at
 
 logger = logging.getLogger(__name__)
@@ -360,8 +360,7 @@ class MultimodalTranslationTask(TranslationTask):
 
     def _images_of(self, src_tokens: torch.Tensor):
         store = self._feature_store(self.cfg.image_features)
-        images = [store.read(int(self._image_row_of_source[tuple(utils.strip_pad(row, self.src_dict.pad()).tolist())]))
-                  for row in src_tokens.cpu()]
-        patches = torch.stack([p for p, _ in images]).float().to(src_tokens.device)
-        global_vectors = torch.stack([g for _, g in images]).float().to(src_tokens.device)
-        return patches, global_vectors
+        rows = [self._image_row_of_source[tuple(utils.strip_pad(tokens, self.src_dict.pad()).tolist())]
+                for tokens in src_tokens.cpu()]
+        patches, global_vectors = stack_images([store.read(int(row)) for row in rows])
+        return patches.to(src_tokens.device), global_vectors.to(src_tokens.device)
