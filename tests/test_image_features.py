@@ -139,3 +139,119 @@ def _locate(concat, index):
         if index < end:
             return dataset, index - (end - len(dataset))
     raise IndexError(index)
+
+
+def view_features(n, k, p=3, d=5, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, k, p, d)).astype("float32"), rng.standard_normal((n, k, d)).astype("float32")
+
+
+def test_roundtrip_with_views(tmp_path):
+    patches, global_vectors = features(3)
+    view_patches, view_global = view_features(3, 2)
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a", "b", "c"], 3, 5, "float32", num_views=2)
+    writer.write(patches[:2], global_vectors[:2], view_patches[:2], view_global[:2])
+    writer.write(patches[2:], global_vectors[2:], view_patches[2:], view_global[2:])
+    writer.close()
+    store = ImageFeatureStore(tmp_path / "f.h5")
+    assert store.num_views == 2
+    for row in range(3):
+        np.testing.assert_array_equal(store.read(row)[0].numpy(), patches[row])
+        for view in range(2):
+            got_patches, got_global = store.read(row, view)
+            np.testing.assert_array_equal(got_patches.numpy(), view_patches[row, view])
+            np.testing.assert_array_equal(got_global.numpy(), view_global[row, view])
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert f["view_patches"].chunks == (1, 1, 3, 5)  # one (image, view) = one chunk
+        assert f["view_patches"].dtype == f["patches"].dtype == np.float32
+
+
+def test_file_without_views_has_no_view_to_read(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5)
+    writer.write(*features(1))
+    writer.close()
+    store = ImageFeatureStore(tmp_path / "f.h5")
+    assert store.num_views == 0
+    with pytest.raises(ImageFeatureError, match=r"f\.h5: no augmented view 0 \(valid views: none"):
+        store.read(0, 0)
+
+
+def test_file_without_num_views_attribute_has_no_views(tmp_path):
+    # files written before views existed carry no num_views attribute
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5)
+    writer.write(*features(1))
+    writer.close()
+    with h5py.File(tmp_path / "f.h5", "a") as f:
+        del f.attrs["num_views"]
+    assert ImageFeatureStore(tmp_path / "f.h5").num_views == 0
+
+
+def test_view_out_of_range_names_file_and_range(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5, "float32", num_views=2)
+    writer.write(*features(1), *view_features(1, 2))
+    writer.close()
+    store = ImageFeatureStore(tmp_path / "f.h5")
+    for view in (2, -1):
+        with pytest.raises(ImageFeatureError, match=rf"f\.h5: no augmented view {view} \(valid views: 0\.\.1\)"):
+            store.read(0, view)
+
+
+def test_store_rejects_view_datasets_that_do_not_match(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a", "b"], 3, 5, "float32", num_views=2)
+    writer.write(*features(2), *view_features(2, 2))
+    writer.close()
+    with h5py.File(tmp_path / "f.h5", "a") as f:
+        f.attrs["num_views"] = 3
+    with pytest.raises(ImageFeatureError, match=r"f\.h5: num_views = 3 but dataset view_patches is \(2, 2, 3, 5\)"):
+        ImageFeatureStore(tmp_path / "f.h5")
+    with h5py.File(tmp_path / "f.h5", "a") as f:
+        f.attrs["num_views"] = 2
+        del f["view_global"]
+    with pytest.raises(ImageFeatureError, match=r"dataset view_global is missing"):
+        ImageFeatureStore(tmp_path / "f.h5")
+
+
+def test_write_needs_views_exactly_when_the_writer_stores_them(tmp_path):
+    with_views = ImageFeatureWriter(tmp_path / "f.h5", ["a", "b"], 3, 5, "float32", num_views=2)
+    with pytest.raises(ImageFeatureError, match=r"stores 2 augmented views per image; every write\(\) needs "
+                                                r"view_patches \[B, 2, 3, 5\] and view_global \[B, 2, 5\]"):
+        with_views.write(*features(2))
+    view_patches, view_global = view_features(2, 3)
+    with pytest.raises(ImageFeatureError, match=r"view_patches has shape \(2, 3, 3, 5\), expected \(2, 2, 3, 5\)"):
+        with_views.write(*features(2), view_patches, view_global)
+    assert with_views.rows_written == 0  # nothing half-written
+    with_views.close()
+    without_views = ImageFeatureWriter(tmp_path / "g.h5", ["a"], 3, 5, "float32")
+    with pytest.raises(ImageFeatureError, match="opened with num_views=0"):
+        without_views.write(*features(1), *view_features(1, 2))
+    without_views.close()
+
+
+def test_writer_with_views_resumes_and_starts_over_when_num_views_changes(tmp_path):
+    ids = [f"{i}.png" for i in range(4)]
+    patches, global_vectors = features(4)
+    view_patches, view_global = view_features(4, 2)
+    first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=2)
+    first.write(patches[:2], global_vectors[:2], view_patches[:2], view_global[:2])
+    first.close()  # interrupted
+    other_k = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=3)
+    assert other_k.rows_written == 0
+    other_k.close()
+
+    first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=2)
+    first.write(patches[:2], global_vectors[:2], view_patches[:2], view_global[:2])
+    first.close()
+    resumed = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=2)
+    assert resumed.rows_written == 2
+    resumed.write(patches[2:], global_vectors[2:], view_patches[2:], view_global[2:])
+    resumed.close()
+    store = ImageFeatureStore(tmp_path / "f.h5")
+    np.testing.assert_array_equal(store.read(0, 1)[0].numpy(), view_patches[0, 1])
+    np.testing.assert_array_equal(store.read(3, 0)[1].numpy(), view_global[3, 0])
+
+
+def test_empty_id_list(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", [], 3, 5, "float32", num_views=2)
+    writer.close()
+    store = ImageFeatureStore(tmp_path / "f.h5")
+    assert (store.num_images, store.num_views) == (0, 2)

@@ -2,10 +2,15 @@
 
 Layout (written by ``preprocess/extract_image_features.py`` through :class:`ImageFeatureWriter`)::
 
-    image_ids  [N]        UTF-8 strings, the key every text line refers to
-    patches    [N, P, D]  float16 or float32, patch tokens of the vision backbone
-    global     [N, D]     same dtype, one vector per image (pooled / CLS)
-    attrs                 free-form provenance (backbone, image size, ...)
+    image_ids     [N]           UTF-8 strings, the key every text line refers to
+    patches       [N, P, D]     float16 or float32, patch tokens of the vision backbone
+    global        [N, D]        same dtype, one vector per image (pooled / CLS)
+    view_patches  [N, K, P, D]  optional, same dtype: patches of K augmented views per image (MMA)
+    view_global   [N, K, D]     optional, same dtype: global vectors of those views
+    attrs                       free-form provenance (backbone, image size, ...); ``num_views`` = K,
+                                absent or 0 when the file holds no views
+
+``view_patches`` is chunked per (image, view), so reading one view of one image reads one chunk.
 
 Readers never share an open handle across ``fork``: the file is opened lazily by whichever
 process reads first, so every data-loader worker gets its own handle, and a dataset keeps only
@@ -25,6 +30,9 @@ import torch
 PATCHES = "patches"
 GLOBAL = "global"
 IMAGE_IDS = "image_ids"
+VIEW_PATCHES = "view_patches"
+VIEW_GLOBAL = "view_global"
+NUM_VIEWS = "num_views"
 ROWS_WRITTEN = "rows_written"
 
 
@@ -66,10 +74,25 @@ class ImageFeatureStore:
                     f"{PATCHES}{f[PATCHES].shape}, {GLOBAL}{f[GLOBAL].shape}"
                 )
             self.num_images = n
+            self.num_views = int(f.attrs.get(NUM_VIEWS, 0))
+            if self.num_views:
+                self._check_view_shapes(f)
             self.attrs = dict(f.attrs)
         self._file: Optional[h5py.File] = None
         self._owner_pid: Optional[int] = None
         self._open_datasets = None
+
+    def _check_view_shapes(self, f: h5py.File) -> None:
+        n, k, p, d = self.num_images, self.num_views, self.num_patches, self.feature_dim
+        if k < 0:
+            raise ImageFeatureError(f"{self.path}: attribute {NUM_VIEWS} = {k}, expected >= 0")
+        for name, expected in ((VIEW_PATCHES, (n, k, p, d)), (VIEW_GLOBAL, (n, k, d))):
+            found = f[name].shape if name in f else "missing"
+            if found != expected:
+                raise ImageFeatureError(
+                    f"{self.path}: {NUM_VIEWS} = {k} but dataset {name} is {found} "
+                    f"(expected shape {expected} for {n} images, {p} patches, {d} dims)"
+                )
 
     def rows_for(self, image_ids: Sequence[str], source: str) -> np.ndarray:
         """Row of every id, in order; ``source`` names the id list for error messages."""
@@ -87,18 +110,27 @@ class ImageFeatureStore:
             rows[line_no - 1] = row
         return rows
 
-    def read(self, row: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(patches [P, D], global [D]) of one image, as stored (float16 or float32)."""
-        patches, global_vectors = self._datasets()
-        return torch.from_numpy(patches[row]), torch.from_numpy(global_vectors[row])
+    def read(self, row: int, view: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(patches [P, D], global [D]) of one image, as stored (float16 or float32).
 
-    def _datasets(self) -> Tuple[h5py.Dataset, h5py.Dataset]:
+        ``view`` None gives the clean image's features, 0 <= view < num_views an augmented view's.
+        """
+        patches, global_vectors, view_patches, view_global = self._datasets()
+        if view is None:
+            return torch.from_numpy(patches[row]), torch.from_numpy(global_vectors[row])
+        if not 0 <= view < self.num_views:
+            valid = f"0..{self.num_views - 1}" if self.num_views else "none: extracted without --augmented-views"
+            raise ImageFeatureError(f"{self.path}: no augmented view {view} (valid views: {valid})")
+        return torch.from_numpy(view_patches[row, view]), torch.from_numpy(view_global[row, view])
+
+    def _datasets(self) -> Tuple[h5py.Dataset, h5py.Dataset, Optional[h5py.Dataset], Optional[h5py.Dataset]]:
         # Re-open after a fork: HDF5 handles must not be shared between processes. The dataset
         # objects are kept because looking them up by name costs more than reading a row.
         if self._file is None or self._owner_pid != os.getpid():
             self._file = h5py.File(self.path, "r")
             self._owner_pid = os.getpid()
-            self._open_datasets = (self._file[PATCHES], self._file[GLOBAL])
+            views = (self._file[VIEW_PATCHES], self._file[VIEW_GLOBAL]) if self.num_views else (None, None)
+            self._open_datasets = (self._file[PATCHES], self._file[GLOBAL], *views)
         return self._open_datasets
 
     def __getstate__(self):
@@ -116,31 +148,40 @@ class ImageFeatureWriter:
     """Atomic, resumable writer.
 
     Rows go to ``<path>.partial``; :meth:`close` renames it to ``path`` once every row is there.
-    Re-opening after an interruption continues at the first unwritten row, provided the id list
-    and attributes are the same (a fingerprint is stored), otherwise it starts over.
+    Re-opening after an interruption continues at the first unwritten row, provided the id list,
+    attributes and ``num_views`` are the same (a fingerprint is stored), otherwise it starts over.
+    With ``num_views`` = K > 0 every :meth:`write` also takes the K augmented views of each image.
     """
 
     def __init__(self, path, image_ids: Sequence[str], num_patches: int, feature_dim: int,
-                 dtype: str = "float16", attrs: Optional[dict] = None):
+                 dtype: str = "float16", attrs: Optional[dict] = None, num_views: int = 0):
         if len(set(image_ids)) != len(image_ids):
             raise ImageFeatureError(f"{path}: duplicate image ids in the list to extract")
+        if num_views < 0:
+            raise ImageFeatureError(f"{path}: num_views must be >= 0, got {num_views}")
         self.path = Path(path)
         self.partial_path = self.path.with_name(self.path.name + ".partial")
-        attrs = dict(attrs or {})
+        self.num_images, self.num_patches, self.feature_dim = len(image_ids), num_patches, feature_dim
+        self.num_views = num_views
+        attrs = {**(attrs or {}), NUM_VIEWS: num_views}
         fingerprint = _fingerprint(image_ids, {**attrs, "shape": [num_patches, feature_dim, dtype]})
         self._file = self._open_or_resume(fingerprint)
         if self._file is None:
             self._file = h5py.File(self.partial_path, "w")
             self._file.create_dataset(IMAGE_IDS, data=list(image_ids), dtype=h5py.string_dtype())
-            n = len(image_ids)
-            self._file.create_dataset(PATCHES, (n, num_patches, feature_dim), dtype=dtype,
-                                      chunks=(1, num_patches, feature_dim))
-            self._file.create_dataset(GLOBAL, (n, feature_dim), dtype=dtype,
-                                      chunks=(min(n, 256), feature_dim) if n else None)
+            n, p, d, k = len(image_ids), num_patches, feature_dim, num_views
+            self._create(PATCHES, (n, p, d), (1, p, d), dtype)
+            self._create(GLOBAL, (n, d), (min(n, 256), d), dtype)
+            if k:
+                self._create(VIEW_PATCHES, (n, k, p, d), (1, 1, p, d), dtype)
+                self._create(VIEW_GLOBAL, (n, k, d), (1, k, d), dtype)
             self._file.attrs.update(attrs)
             self._file.attrs["fingerprint"] = fingerprint
             self._file.attrs[ROWS_WRITTEN] = 0
-        self.num_images = len(image_ids)
+
+    def _create(self, name: str, shape: Tuple[int, ...], chunks: Tuple[int, ...], dtype: str) -> None:
+        # HDF5 rejects chunks larger than the dataset, so an empty id list gets a contiguous one
+        self._file.create_dataset(name, shape, dtype=dtype, chunks=chunks if shape[0] else None)
 
     def _open_or_resume(self, fingerprint: str) -> Optional[h5py.File]:
         if not self.partial_path.exists():
@@ -160,16 +201,37 @@ class ImageFeatureWriter:
     def rows_written(self) -> int:
         return int(self._file.attrs[ROWS_WRITTEN])
 
-    def write(self, patches: np.ndarray, global_vectors: np.ndarray) -> None:
-        """Append the next rows ([B, P, D] and [B, D]) and record progress."""
+    def write(self, patches: np.ndarray, global_vectors: np.ndarray,
+              view_patches: Optional[np.ndarray] = None, view_global: Optional[np.ndarray] = None) -> None:
+        """Append the next rows ([B, P, D] and [B, D]; views [B, K, P, D] and [B, K, D]) and
+        record progress. Views are required iff the writer was opened with num_views > 0."""
         start = self.rows_written
         end = start + len(patches)
         if end > self.num_images:
             raise ImageFeatureError(f"{self.path}: more rows written than the {self.num_images} ids")
+        self._check_views(len(patches), view_patches, view_global)
         self._file[PATCHES][start:end] = patches
         self._file[GLOBAL][start:end] = global_vectors
+        if self.num_views:
+            self._file[VIEW_PATCHES][start:end] = view_patches
+            self._file[VIEW_GLOBAL][start:end] = view_global
         self._file.attrs[ROWS_WRITTEN] = end
         self._file.flush()
+
+    def _check_views(self, batch_size: int, view_patches, view_global) -> None:
+        k, p, d = self.num_views, self.num_patches, self.feature_dim
+        if not k:
+            if view_patches is not None or view_global is not None:
+                raise ImageFeatureError(f"{self.path}: augmented views given, but the writer was opened "
+                                        f"with num_views=0; open it with num_views=K to store them")
+            return
+        if view_patches is None or view_global is None:
+            raise ImageFeatureError(f"{self.path}: the writer stores {k} augmented views per image; every "
+                                    f"write() needs view_patches [B, {k}, {p}, {d}] and view_global [B, {k}, {d}]")
+        for name, array, expected in (("view_patches", view_patches, (batch_size, k, p, d)),
+                                      ("view_global", view_global, (batch_size, k, d))):
+            if tuple(array.shape) != expected:
+                raise ImageFeatureError(f"{self.path}: {name} has shape {tuple(array.shape)}, expected {expected}")
 
     def close(self) -> None:
         done = self.rows_written == self.num_images
