@@ -1,1 +1,1 @@
-# Training objectives beyond fairseq's label_smoothed_cross_entropy (MMCL) land here.
+from . import m3p_loss  # noqa: F401  (registers --criterion m3p_loss)

@@ -44,4 +44,8 @@ class ImageFeatureEncoder(nn.Module):
         x = self.dropout(x).transpose(0, 1)
         for layer in self.layers:
             x = layer(x, encoder_padding_mask=None)
-        return x, self.layer_norm(self.projection(global_vector))
+        return x, self.embed_global(global_vector)
+
+    def embed_global(self, global_vector: torch.Tensor) -> torch.Tensor:
+        """[B, D] -> [B, C]; also used for the augmented views that serve as MMCL negatives."""
+        return self.layer_norm(self.projection(global_vector))

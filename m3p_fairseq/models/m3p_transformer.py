@@ -1,9 +1,11 @@
 """m3P encoder-decoder: fairseq's transformer whose encoder also reads image features and fuses
-them with the text states (``--fusion none|gated|concat|selective|cvlm``)."""
+them with the text states (``--fusion none|gated|concat|selective|cvlm``), trained with
+MDropNet and, through the ``m3p_loss`` criterion, the MMCL contrastive objective."""
 
 from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional
 
+import torch
 from torch import Tensor
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
@@ -14,12 +16,14 @@ from fairseq.models.transformer import (
     base_architecture,
 )
 
+from .contrastive_head import ContrastiveHead, mean_over_tokens
 from .fusion import FUSION_CHOICES, build_fusion
 from .image_encoder import ImageFeatureEncoder
+from .mdropnet import check_probabilities, draw_modalities, per_sentence_memory
 
 
 @dataclass
-class M3PImageConfig(FairseqDataclass):
+class M3PModelConfig(FairseqDataclass):
     fusion: ChoiceEnum(FUSION_CHOICES) = field(
         default="cvlm",
         metadata={"help": "how image states join the text states: none (text-only), gated (global "
@@ -39,6 +43,30 @@ class M3PImageConfig(FairseqDataclass):
         default=None, metadata={"help": "heads of the cvlm/selective attention over patches; "
                                          "default: --encoder-attention-heads"},
     )
+    mdropnet_text_only: float = field(
+        default=0.25,
+        metadata={"help": "MDropNet: share of training sentences translated from the text alone "
+                          "(Eq. 9); 0 with --mdropnet-image-only 0 turns MDropNet off"},
+    )
+    mdropnet_image_only: float = field(
+        default=0.25,
+        metadata={"help": "MDropNet: share of training sentences translated from the image alone "
+                          "(Eq. 10); the rest use text and image (Eq. 11), as inference always does"},
+    )
+    mmcl_projection_dim: Optional[int] = field(
+        default=None, metadata={"help": "dimension of the joint text-image space of MMCL; default: "
+                                         "--encoder-embed-dim"},
+    )
+    mmcl_temperature: float = field(
+        default=0.1, metadata={"help": "MMCL temperature tau of Eq. 5-6 (its initial value with "
+                                        "--mmcl-learn-temperature)"},
+    )
+    mmcl_learn_temperature: bool = field(
+        default=False, metadata={"help": "learn the MMCL temperature (CLIP-style, in log space)"},
+    )
+    mmcl_min_temperature: float = field(
+        default=0.01, metadata={"help": "floor of a learned MMCL temperature"},
+    )
 
 
 class M3PEncoder(FairseqEncoder):
@@ -46,7 +74,8 @@ class M3PEncoder(FairseqEncoder):
 
     Its output has the text encoder's keys; ``encoder_out``/``encoder_padding_mask`` hold the
     fused states, so fairseq's decoder and beam search use them unchanged, and the image side is
-    computed once per sentence and reordered with the beams like any encoder state.
+    computed once per sentence and reordered with the beams like any encoder state. With images
+    it adds ``text_states`` (unfused, for MMCL's pooled s^k) and ``image_global_state``.
     """
 
     def __init__(self, args, text_encoder: FairseqEncoder):
@@ -54,6 +83,9 @@ class M3PEncoder(FairseqEncoder):
         self.text_encoder = text_encoder
         self.fusion_name = args.fusion
         self.image_encoder = self.fusion = None
+        check_probabilities(args.mdropnet_text_only, args.mdropnet_image_only)
+        self.mdropnet_text_only = args.mdropnet_text_only
+        self.mdropnet_image_only = args.mdropnet_image_only
         if args.fusion != "none":
             cfg = TransformerConfig.from_namespace(args)
             self.image_encoder = ImageFeatureEncoder(cfg, args.image_feature_dim, args.max_image_patches,
@@ -64,7 +96,10 @@ class M3PEncoder(FairseqEncoder):
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
                 image_patches: Optional[Tensor] = None, image_global: Optional[Tensor] = None,
-                return_all_hiddens: bool = False, token_embeddings: Optional[Tensor] = None):
+                modalities: Optional[Tensor] = None, return_all_hiddens: bool = False,
+                token_embeddings: Optional[Tensor] = None):
+        """``modalities`` [B] (mdropnet.TEXT_ONLY / IMAGE_ONLY / TEXT_AND_IMAGE) fixes what each
+        sentence's decoder sees; by default MDropNet draws it in training, and inference uses both."""
         out = self.text_encoder(src_tokens, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens,
                                 token_embeddings=token_embeddings)
         if self.fusion is None:
@@ -72,11 +107,17 @@ class M3PEncoder(FairseqEncoder):
         if image_patches is None or image_global is None:
             raise ValueError(f"--fusion {self.fusion_name} needs image features, but the batch has none "
                              "(no image features for this split, or an input line without an image id)")
-        patches, global_state = self.image_encoder(image_patches.to(out["encoder_out"][0].dtype),
-                                                   image_global.to(out["encoder_out"][0].dtype))
-        fused, padding_mask = self.fusion(out["encoder_out"][0], out["encoder_padding_mask"][0],
-                                          patches, global_state)
-        return {**out, "encoder_out": [fused], "encoder_padding_mask": [padding_mask]}
+        text, text_padding_mask = out["encoder_out"][0], out["encoder_padding_mask"][0]
+        patches, global_state = self.image_encoder(image_patches.to(text.dtype), image_global.to(text.dtype))
+        fused, padding_mask = self.fusion(text, text_padding_mask, patches, global_state)
+        if modalities is None and self.training and self.mdropnet_text_only + self.mdropnet_image_only > 0:
+            modalities = draw_modalities(src_tokens.size(0), self.mdropnet_text_only,
+                                         self.mdropnet_image_only, device=src_tokens.device)
+        if modalities is not None:
+            fused, padding_mask = per_sentence_memory(modalities, text, text_padding_mask, fused,
+                                                      padding_mask, patches)
+        return {**out, "encoder_out": [fused], "encoder_padding_mask": [padding_mask],
+                "text_states": [text], "image_global_state": [global_state]}
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order):
         return self.text_encoder.reorder_encoder_out(encoder_out, new_order)
@@ -95,7 +136,7 @@ class M3PTransformerModel(TransformerModel):
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
-        gen_parser_from_dataclass(parser, M3PImageConfig(), delete_default=True)
+        gen_parser_from_dataclass(parser, M3PModelConfig(), delete_default=True)
 
     @classmethod
     def build_model(cls, args, task):
@@ -108,6 +149,18 @@ class M3PTransformerModel(TransformerModel):
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
         self.num_updates = 0
+        self.contrastive_head = None
+        if encoder.fusion is not None:
+            embed_dim = args.encoder_embed_dim
+            self.contrastive_head = ContrastiveHead(
+                embed_dim, args.mmcl_projection_dim or embed_dim, args.mmcl_temperature,
+                args.mmcl_learn_temperature, args.mmcl_min_temperature)
+        # Pooled text representations leave out the target-language tag, which says nothing
+        # about the sentence and would make the same sentence's vectors differ by direction.
+        symbols = encoder.dictionary.symbols
+        self.register_buffer("_pooling_excluded", torch.tensor(
+            [s.startswith("__") and s.endswith("__") and len(s) > 4 for s in symbols]), persistent=False)
+        self._pooling_excluded[encoder.dictionary.pad()] = True
 
     @property
     def image_feature_dim(self) -> Optional[int]:
@@ -119,15 +172,38 @@ class M3PTransformerModel(TransformerModel):
         self.num_updates = num_updates
         super().set_num_updates(num_updates)
 
+    def pooled_text(self, src_tokens: Tensor, encoder_out: Dict[str, List[Tensor]]) -> Tensor:
+        """s^k: the unfused text states averaged over the source tokens (tag and padding left out)."""
+        states = encoder_out.get("text_states", encoder_out["encoder_out"])[0]
+        return mean_over_tokens(states, ~self._pooling_excluded[src_tokens])
+
     def forward(self, src_tokens, src_lengths, prev_output_tokens,
                 image_patches: Optional[Tensor] = None, image_global: Optional[Tensor] = None,
-                return_all_hiddens: bool = True, features_only: bool = False,
+                image_negative_global: Optional[Tensor] = None, modalities: Optional[Tensor] = None,
+                contrastive: bool = False, return_all_hiddens: bool = True, features_only: bool = False,
                 alignment_layer: Optional[int] = None, alignment_heads: Optional[int] = None):
+        """With ``contrastive=True`` the decoder's extra output also holds the MMCL embeddings
+        (``mmcl_text``, ``mmcl_image`` [B, d], ``mmcl_image_negatives`` [B, d] when the batch
+        carries ``image_negative_global``) and ``mmcl_logit_scale``; computing them inside
+        forward keeps them under DistributedDataParallel's gradient synchronisation."""
         encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, image_patches=image_patches,
-                                   image_global=image_global, return_all_hiddens=return_all_hiddens)
-        return self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
-                            alignment_layer=alignment_layer, alignment_heads=alignment_heads,
-                            src_lengths=src_lengths, return_all_hiddens=return_all_hiddens)
+                                   image_global=image_global, modalities=modalities,
+                                   return_all_hiddens=return_all_hiddens)
+        logits, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
+                                     alignment_layer=alignment_layer, alignment_heads=alignment_heads,
+                                     src_lengths=src_lengths, return_all_hiddens=return_all_hiddens)
+        if contrastive:
+            if self.contrastive_head is None:
+                raise ValueError("MMCL needs a model that reads images: train with --fusion "
+                                 "gated|concat|selective|cvlm, or set --mmcl-weight 0")
+            head = self.contrastive_head
+            extra["mmcl_text"] = head.embed_text(self.pooled_text(src_tokens, encoder_out))
+            extra["mmcl_image"] = head.embed_image(encoder_out["image_global_state"][0])
+            if image_negative_global is not None:
+                extra["mmcl_image_negatives"] = head.embed_image(
+                    self.encoder.image_encoder.embed_global(image_negative_global.to(logits.dtype)))
+            extra["mmcl_logit_scale"] = head.logit_scale()
+        return logits, extra
 
 
 def _set_default(args, name, value):
@@ -137,7 +213,7 @@ def _set_default(args, name, value):
 
 @register_model_architecture("m3p_transformer", "m3p_transformer")
 def m3p_base_architecture(args):
-    for option in fields(M3PImageConfig):
+    for option in fields(M3PModelConfig):
         _set_default(args, option.name, option.default)
     _set_default(args, "share_all_embeddings", True)
     base_architecture(args)

@@ -1,0 +1,115 @@
+"""The m3P training objective (paper Eq. 12): L = L_m + lambda * L_c, label-smoothed
+cross-entropy on the target tokens plus the MMCL contrastive loss of the source text and its image.
+
+fairseq divides the summed loss by the number of target tokens (sample_size), so the
+contrastive term is added as lambda * sample_size * (mean MMCL over the sentence pairs): after
+that division the gradient is exactly that of  mean-per-token CE + lambda * mean-per-pair MMCL.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from fairseq import metrics, utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+)
+from fairseq.distributed import utils as distributed_utils
+
+from .mmcl import gather_across_workers, split_columns, symmetric_info_nce
+
+
+@dataclass
+class M3PLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    mmcl_weight: float = field(
+        default=1.0,
+        metadata={"help": "lambda of Eq. 12: weight of the MMCL contrastive loss (mean per sentence "
+                          "pair) against the translation loss (mean per target token); 0 = no MMCL"},
+    )
+
+
+@register_criterion("m3p_loss", dataclass=M3PLossConfig)
+class M3PLoss(LabelSmoothedCrossEntropyCriterion):
+    def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0,
+                 report_accuracy=False, mmcl_weight=1.0):
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        if mmcl_weight < 0:
+            raise ValueError(f"--mmcl-weight must be >= 0, got {mmcl_weight}")
+        self.mmcl_weight = mmcl_weight
+
+    def forward(self, model, sample, reduce=True):
+        # A model with a contrastive head always computes MMCL, even at weight 0, so that every
+        # parameter takes part in the backward pass as DistributedDataParallel expects.
+        contrastive = getattr(model, "contrastive_head", None) is not None
+        if self.mmcl_weight > 0 and not contrastive:
+            raise ValueError(f"--mmcl-weight {self.mmcl_weight} needs a model that reads images "
+                             "(--fusion gated|concat|selective|cvlm); a text-only model trains with "
+                             "--mmcl-weight 0 or --criterion label_smoothed_cross_entropy")
+        net_output = model(**sample["net_input"], contrastive=contrastive)
+        loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+            "nll_loss": nll_loss.data,
+        }
+        logging_output["loss"] = loss.data
+        if contrastive:
+            mmcl_term, mmcl_logs = self.contrastive_loss(net_output[1], sample_size)
+            loss = loss + mmcl_term
+            logging_output.update(mmcl_logs)
+            # this worker's share: its own pairs (the gradient term covers all workers' pairs)
+            logging_output["loss"] += self.mmcl_weight * sample_size * mmcl_logs["mmcl_loss"] / mmcl_logs["mmcl_pairs"]
+        if self.report_accuracy:
+            n_correct, total = self.compute_accuracy(model, net_output, sample)
+            logging_output["n_correct"] = utils.item(n_correct.data)
+            logging_output["total"] = utils.item(total.data)
+        return loss, sample_size, logging_output
+
+    def contrastive_loss(self, extra, sample_size):
+        """lambda * (total sample size / N) * sum of the N pair losses over all workers, and the
+        logging sums of this worker's pairs."""
+        text, image = extra["mmcl_text"], extra["mmcl_image"]
+        parts = [text, image] + ([extra["mmcl_image_negatives"]] if "mmcl_image_negatives" in extra else [])
+        group = distributed_utils.get_data_parallel_group() if dist.is_initialized() else None
+        joined, offset = gather_across_workers(torch.cat(parts, dim=1), group)
+        text_all, image_all, *negatives_all = split_columns(joined, [p.size(1) for p in parts])
+        pair_loss, text_correct, image_correct = symmetric_info_nce(
+            text_all, image_all, extra["mmcl_logit_scale"], negatives_all[0] if negatives_all else None)
+
+        total_sample_size = torch.tensor(float(sample_size), device=text.device)
+        if group is not None and dist.get_world_size(group) > 1:
+            dist.all_reduce(total_sample_size, group=group)
+        term = self.mmcl_weight * total_sample_size / pair_loss.numel() * pair_loss.sum()
+
+        local = slice(offset, offset + text.size(0))
+        local_loss = pair_loss[local].sum().detach()
+        logs = {
+            "mmcl_loss": local_loss,
+            "mmcl_pairs": text.size(0),
+            "mmcl_correct": utils.item((text_correct[local].sum() + image_correct[local].sum()).data),
+            "mmcl_temperature": utils.item(1.0 / extra["mmcl_logit_scale"].detach()) * text.size(0),
+        }
+        return term, logs
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        super().reduce_metrics(logging_outputs)
+        pairs = sum(log.get("mmcl_pairs", 0) for log in logging_outputs)
+        if pairs == 0:
+            return
+        mmcl_sum = utils.item(sum(log.get("mmcl_loss", 0) for log in logging_outputs))
+        correct = sum(log.get("mmcl_correct", 0) for log in logging_outputs)
+        temperature = sum(log.get("mmcl_temperature", 0) for log in logging_outputs)
+        # bits, like fairseq's loss, so that loss = label-smoothed CE + lambda * mmcl in the logs
+        metrics.log_scalar("mmcl", mmcl_sum / pairs / math.log(2), pairs, round=3)
+        metrics.log_scalar("mmcl_accuracy", 100.0 * correct / (2 * pairs), pairs, round=2)
+        metrics.log_scalar("mmcl_temperature", temperature / pairs, pairs, round=4)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,44 @@
+"""Projections into the joint text-image space of MMCL (paper Sec. 2.4) and its temperature.
+
+The text side is the source encoding s^k pooled over its tokens; the image side is the projected
+global image vector. Both are projected and L2-normalised; the logit scale 1/tau is fixed or
+learned (CLIP-style, in log space) and never exceeds 1/min_temperature.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ContrastiveHead(nn.Module):
+    def __init__(self, embed_dim: int, projection_dim: int, temperature: float,
+                 learn_temperature: bool, min_temperature: float):
+        super().__init__()
+        if not 0 < min_temperature <= temperature:
+            raise ValueError(f"need 0 < --mmcl-min-temperature ({min_temperature}) <= "
+                             f"--mmcl-temperature ({temperature})")
+        self.text_projection = nn.Linear(embed_dim, projection_dim)
+        self.image_projection = nn.Linear(embed_dim, projection_dim)
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learn_temperature:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
+        self.max_log_logit_scale = math.log(1.0 / min_temperature)
+
+    def logit_scale(self) -> Tensor:
+        return self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+
+    def embed_text(self, pooled_text: Tensor) -> Tensor:
+        return F.normalize(self.text_projection(pooled_text), dim=-1)
+
+    def embed_image(self, image_state: Tensor) -> Tensor:
+        return F.normalize(self.image_projection(image_state), dim=-1)
+
+
+def mean_over_tokens(states: Tensor, keep: Tensor) -> Tensor:
+    """states [T, B, C], keep [B, T] (True = a token to pool) -> [B, C]."""
+    weights = keep.t().unsqueeze(-1).to(states.dtype)
+    return (states * weights).sum(0) / weights.sum(0).clamp(min=1.0)

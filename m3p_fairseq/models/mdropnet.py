@@ -1,0 +1,55 @@
+"""Multimodal DropNet (paper Sec. 2.7): every training sentence is translated from its text only
+(Eq. 9), from its image only (Eq. 10, captioning into the target language) or from the fused
+multimodal prompt (Eq. 11), with probabilities 0.25 / 0.25 / 0.5 in the paper.
+
+The whole batch goes through the text encoder, the image encoder and the fusion; each sentence's
+mode only decides which of those states its decoder may attend to (the others are masked as
+padding). Masked keys get exactly zero attention weight, so a sentence in the "both" mode is
+decoded exactly as at inference, and every parameter stays in the graph, as DistributedDataParallel
+requires, whatever mix a batch draws.
+"""
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+TEXT_ONLY, IMAGE_ONLY, TEXT_AND_IMAGE = 0, 1, 2
+MODALITY_NAMES = {TEXT_ONLY: "text only", IMAGE_ONLY: "image only", TEXT_AND_IMAGE: "text and image"}
+
+
+def check_probabilities(text_only: float, image_only: float) -> None:
+    if text_only < 0 or image_only < 0 or text_only + image_only > 1:
+        raise ValueError(f"MDropNet probabilities must be >= 0 and sum to at most 1, got "
+                         f"--mdropnet-text-only {text_only} and --mdropnet-image-only {image_only}")
+
+
+def draw_modalities(batch_size: int, text_only: float, image_only: float, device=None) -> Tensor:
+    """One mode per sentence: TEXT_ONLY, IMAGE_ONLY or TEXT_AND_IMAGE (the remaining probability).
+    Uses the global torch RNG, which fairseq's trainer seeds with seed + update number."""
+    u = torch.rand(batch_size, device=device)
+    modes = torch.full((batch_size,), TEXT_AND_IMAGE, dtype=torch.long, device=device)
+    modes[u < text_only + image_only] = IMAGE_ONLY
+    modes[u < text_only] = TEXT_ONLY
+    return modes
+
+
+def per_sentence_memory(modes: Tensor, text: Tensor, text_padding_mask: Tensor, fused: Tensor,
+                        fused_padding_mask: Tensor, patches: Tensor) -> Tuple[Tensor, Tensor]:
+    """The states [L, B, C] and padding mask [B, L] each sentence's decoder sees under its mode.
+
+    text [T, B, C] are the unfused text states (Eq. 9), patches [P, B, C] the image states
+    (Eq. 10), fused the fusion's output (Eq. 11).
+    """
+    text_only = (modes == TEXT_ONLY).unsqueeze(1)  # [B, 1], broadcast over positions
+    image_only = (modes == IMAGE_ONLY).unsqueeze(1)
+    both = (modes == TEXT_AND_IMAGE).unsqueeze(1)
+    patch_padding_mask = (~image_only).expand(-1, patches.size(0))
+    if fused.shape == text.shape:
+        # Fusions that keep one state per source token: text-only sentences take the unfused
+        # states at the same positions, so the memory is only P positions longer than at inference.
+        first = torch.where(text_only.t().unsqueeze(-1), text, fused)
+        return (torch.cat([first, patches], dim=0),
+                torch.cat([text_padding_mask | image_only, patch_padding_mask], dim=1))
+    return (torch.cat([fused, text, patches], dim=0),
+            torch.cat([fused_padding_mask | ~both, text_padding_mask | ~text_only, patch_padding_mask], dim=1))

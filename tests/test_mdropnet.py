@@ -1,0 +1,111 @@
+"""MDropNet (Sec. 2.7): per-sentence text-only / image-only / both modes, what the decoder sees
+under each, and which parameters each mode trains."""
+
+import pytest
+import torch
+
+from m3p_fairseq.models.mdropnet import (
+    IMAGE_ONLY,
+    TEXT_AND_IMAGE,
+    TEXT_ONLY,
+    check_probabilities,
+    draw_modalities,
+)
+from conftest import as_if_trained, setup_task
+
+
+@pytest.mark.parametrize("text_only,image_only", [(0.25, 0.25), (0.1, 0.3), (0.0, 0.0)])
+def test_mode_frequencies_match_the_probabilities(text_only, image_only):
+    torch.manual_seed(0)
+    modes = draw_modalities(200_000, text_only, image_only)
+    frequencies = torch.bincount(modes, minlength=3).float() / len(modes)
+    expected = torch.tensor([text_only, image_only, 1 - text_only - image_only])
+    torch.testing.assert_close(frequencies, expected, atol=0.005, rtol=0)
+
+
+def test_bad_probabilities():
+    with pytest.raises(ValueError, match="--mdropnet-text-only 0.7 and --mdropnet-image-only 0.5"):
+        check_probabilities(0.7, 0.5)
+
+
+@pytest.fixture(scope="module", params=["cvlm", "concat"])
+def model_and_batch(request, data_dir):
+    task, cfg = setup_task(data_dir, "--fusion", request.param, "--dropout", "0")
+    model = as_if_trained(task.build_model(cfg.model)).eval()
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    batch = dataset.collater([dataset[i] for i in range(6)])
+    return model, batch["net_input"]
+
+
+def decode(model, net_input, modalities=None, **changes):
+    inputs = {**net_input, **changes}
+    logits, _ = model(**inputs, modalities=modalities)
+    return logits
+
+
+def modes(*codes):
+    return torch.tensor(codes)
+
+
+def test_image_only_sentences_carry_no_source_to_the_decoder(model_and_batch):
+    model, net_input = model_and_batch
+    image_only = modes(*[IMAGE_ONLY] * 6)
+    other_source = net_input["src_tokens"].clone()
+    words = other_source > 10  # leave tags, specials and padding alone
+    other_source[words] = 10 + (other_source[words] + 7) % 50
+    torch.testing.assert_close(decode(model, net_input, image_only),
+                               decode(model, net_input, image_only, src_tokens=other_source))
+    # ... but they do read the image
+    assert not torch.allclose(decode(model, net_input, image_only),
+                              decode(model, net_input, image_only, image_patches=net_input["image_patches"].flip(0)))
+
+
+def test_text_only_sentences_ignore_the_image(model_and_batch):
+    model, net_input = model_and_batch
+    text_only = modes(*[TEXT_ONLY] * 6)
+    torch.testing.assert_close(
+        decode(model, net_input, text_only),
+        decode(model, net_input, text_only, image_patches=net_input["image_patches"].flip(0),
+               image_global=net_input["image_global"].flip(0)))
+
+
+def test_both_mode_is_decoded_exactly_as_at_inference_in_a_mixed_batch(model_and_batch):
+    model, net_input = model_and_batch
+    mixed = modes(TEXT_ONLY, TEXT_AND_IMAGE, IMAGE_ONLY, TEXT_AND_IMAGE, TEXT_ONLY, TEXT_AND_IMAGE)
+    inference = decode(model, net_input)
+    training = decode(model, net_input, mixed)
+    both = mixed == TEXT_AND_IMAGE
+    torch.testing.assert_close(training[both], inference[both], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(training[~both], inference[~both])
+
+
+def _gradient_norms(model, net_input, modalities):
+    model.zero_grad()
+    decode(model, net_input, modalities).logsumexp(-1).sum().backward()
+    encoder = model.encoder
+
+    def norm(module):
+        return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+    return norm(encoder.image_encoder) + norm(encoder.fusion), norm(encoder.text_encoder.layers)
+
+
+def test_text_only_leaves_image_parameters_without_gradient(model_and_batch):
+    model, net_input = model_and_batch
+    image_side, text_side = _gradient_norms(model, net_input, modes(*[TEXT_ONLY] * 6))
+    assert image_side == 0 and text_side > 0
+    image_side, text_side = _gradient_norms(model, net_input, modes(*[IMAGE_ONLY] * 6))
+    assert image_side > 0 and text_side == 0
+    image_side, text_side = _gradient_norms(model, net_input, modes(*[TEXT_AND_IMAGE] * 6))
+    assert image_side > 0 and text_side > 0
+
+
+def test_training_draws_modes_and_inference_uses_both(data_dir):
+    task, cfg = setup_task(data_dir, "--dropout", "0", "--mdropnet-text-only", "1.0", "--mdropnet-image-only", "0")
+    model = as_if_trained(task.build_model(cfg.model))
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    net_input = dataset.collater([dataset[i] for i in range(4)])["net_input"]
+    text_only = modes(*[TEXT_ONLY] * 4)
+    torch.testing.assert_close(decode(model.train(), net_input), decode(model.eval(), net_input, text_only))
+    assert not torch.allclose(decode(model.eval(), net_input), decode(model.eval(), net_input, text_only))

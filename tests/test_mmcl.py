@@ -1,0 +1,149 @@
+"""MMCL (Eq. 4-6): the symmetric InfoNCE, its gradients, the augmented-view negatives and the
+gathering of negatives across data-parallel workers (2 gloo processes)."""
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from m3p_fairseq.criterions.mmcl import gather_across_workers, symmetric_info_nce
+from m3p_fairseq.models.contrastive_head import ContrastiveHead, mean_over_tokens
+
+
+def reference_pair_losses(text, image, scale, image_negatives=None):
+    """Eq. 5 + Eq. 6 written out with Python floats, pair by pair."""
+    n = len(text)
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    losses = []
+    for k in range(n):
+        text_candidates = [scale * dot(text[k], image[j]) for j in range(n)]
+        if image_negatives is not None:
+            text_candidates += [scale * dot(text[k], image_negatives[j]) for j in range(n) if j != k]
+        image_candidates = [scale * dot(image[k], text[j]) for j in range(n)]
+        f_text = -text_candidates[k] + math.log(sum(math.exp(v) for v in text_candidates))
+        f_image = -image_candidates[k] + math.log(sum(math.exp(v) for v in image_candidates))
+        losses.append(f_text + f_image)
+    return losses
+
+
+def test_identity_pairs_closed_form():
+    # cosine 1 with the own partner and 0 with the others: each direction costs log(1 + 2 e^{-s})
+    loss, text_ok, image_ok = symmetric_info_nce(torch.eye(3), torch.eye(3), torch.tensor(1 / 0.5))
+    expected = 2 * math.log(1 + 2 * math.exp(-2.0))
+    torch.testing.assert_close(loss, torch.full((3,), expected))
+    assert text_ok.all() and image_ok.all()
+
+
+def test_three_by_three_equals_hand_computation():
+    generator = torch.Generator().manual_seed(0)
+    text = F.normalize(torch.randn(3, 4, generator=generator, dtype=torch.float64), dim=-1)
+    image = F.normalize(torch.randn(3, 4, generator=generator, dtype=torch.float64), dim=-1)
+    views = F.normalize(torch.randn(3, 4, generator=generator, dtype=torch.float64), dim=-1)
+    scale = torch.tensor(1 / 0.07, dtype=torch.float64)
+    loss, _, _ = symmetric_info_nce(text, image, scale)
+    assert loss.tolist() == pytest.approx(reference_pair_losses(text.tolist(), image.tolist(), 1 / 0.07), rel=1e-12)
+    loss, _, _ = symmetric_info_nce(text, image, scale, image_negatives=views)
+    assert loss.tolist() == pytest.approx(
+        reference_pair_losses(text.tolist(), image.tolist(), 1 / 0.07, views.tolist()), rel=1e-12)
+
+
+def test_own_augmented_view_is_neither_positive_nor_negative():
+    text = image = torch.eye(3)
+    plain, _, _ = symmetric_info_nce(text, image, torch.tensor(10.0))
+    # views identical to the clean images: each text meets 2 extra negatives (the others' views)
+    with_views, _, _ = symmetric_info_nce(text, image, torch.tensor(10.0), image_negatives=image.clone())
+    expected_text_side = math.log(1 + 4 * math.exp(-10.0))
+    torch.testing.assert_close(with_views - plain, torch.full((3,), expected_text_side - math.log(1 + 2 * math.exp(-10.0))))
+
+
+def test_aligned_pairs_cost_less_than_shuffled_pairs():
+    generator = torch.Generator().manual_seed(1)
+    image = F.normalize(torch.randn(16, 32, generator=generator), dim=-1)
+    text = F.normalize(image + 0.05 * torch.randn(16, 32, generator=generator), dim=-1)
+    aligned, text_ok, image_ok = symmetric_info_nce(text, image, torch.tensor(10.0))
+    shuffled, _, _ = symmetric_info_nce(text, image[torch.roll(torch.arange(16), 1)], torch.tensor(10.0))
+    assert aligned.mean() < shuffled.mean() - 1.0
+    assert text_ok.all() and image_ok.all()
+
+
+def test_gradients_reach_both_projections_and_a_learned_temperature():
+    head = ContrastiveHead(8, 6, temperature=0.1, learn_temperature=True, min_temperature=0.01)
+    generator = torch.Generator().manual_seed(2)
+    states, image_states = torch.randn(5, 4, 8, generator=generator), torch.randn(4, 8, generator=generator)
+    keep = torch.ones(4, 5, dtype=torch.bool)
+    keep[0, :2] = False
+    text = head.embed_text(mean_over_tokens(states, keep))
+    loss, _, _ = symmetric_info_nce(text, head.embed_image(image_states), head.logit_scale())
+    loss.sum().backward()
+    for parameter in (head.text_projection.weight, head.image_projection.weight, head.log_logit_scale):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(4))
+
+
+def test_temperature_floor_and_fixed_temperature():
+    head = ContrastiveHead(8, 8, temperature=0.05, learn_temperature=True, min_temperature=0.02)
+    with torch.no_grad():
+        head.log_logit_scale.fill_(math.log(1000.0))
+    assert head.logit_scale().item() == pytest.approx(50.0)
+    fixed = ContrastiveHead(8, 8, temperature=0.1, learn_temperature=False, min_temperature=0.01)
+    assert not any(p is fixed.log_logit_scale for p in fixed.parameters())
+    assert fixed.logit_scale().item() == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="--mmcl-min-temperature"):
+        ContrastiveHead(8, 8, temperature=0.01, learn_temperature=True, min_temperature=0.05)
+
+
+def test_mean_pooling_ignores_excluded_positions():
+    states = torch.arange(12, dtype=torch.float).view(3, 2, 2)  # [T=3, B=2, C=2]
+    keep = torch.tensor([[True, False, True], [False, False, True]])
+    torch.testing.assert_close(mean_over_tokens(states, keep), torch.stack([(states[0, 0] + states[2, 0]) / 2, states[2, 1]]))
+
+
+# ---- two workers ---------------------------------------------------------------------------
+SIZES = [3, 5]  # workers hold different numbers of sentences, as token-based batching gives
+
+
+def _all_data():
+    generator = torch.Generator().manual_seed(3)
+    text = F.normalize(torch.randn(sum(SIZES), 6, generator=generator, dtype=torch.float64), dim=-1)
+    image = F.normalize(torch.randn(sum(SIZES), 6, generator=generator, dtype=torch.float64), dim=-1)
+    return text, image
+
+
+def _worker(rank, init_file, results):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    text, image = _all_data()
+    start = sum(SIZES[:rank])
+    local_text = text[start:start + SIZES[rank]].clone().requires_grad_()
+    local_image = image[start:start + SIZES[rank]].clone().requires_grad_()
+    joined, offset = gather_across_workers(torch.cat([local_text, local_image], dim=1))
+    loss, _, _ = symmetric_info_nce(joined[:, :6], joined[:, 6:], torch.tensor(5.0, dtype=torch.float64))
+    loss.sum().backward()
+    results[rank] = (offset, loss.detach(), local_text.grad, local_image.grad)
+    dist.destroy_process_group()
+
+
+def test_negatives_gathered_across_two_workers_give_the_single_process_loss_and_gradient(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
+    text, image = _all_data()
+    text.requires_grad_()
+    image.requires_grad_()
+    loss, _, _ = symmetric_info_nce(text, image, torch.tensor(5.0, dtype=torch.float64))
+    loss.sum().backward()
+    for rank in range(2):
+        offset, worker_loss, text_grad, image_grad = results[rank]
+        assert offset == sum(SIZES[:rank])
+        torch.testing.assert_close(worker_loss, loss.detach())
+        local = slice(offset, offset + SIZES[rank])
+        torch.testing.assert_close(text_grad, text.grad[local])
+        torch.testing.assert_close(image_grad, image.grad[local])
+
+
+def test_gather_is_the_identity_without_distributed_training():
+    x = torch.randn(4, 3)
+    gathered, offset = gather_across_workers(x)
+    assert gathered is x and offset == 0
