@@ -27,11 +27,17 @@ FEATURE_DIM = 16
 NUM_PATCHES = 4
 
 
-def write_random_features(path: Path, image_ids, num_patches=NUM_PATCHES, feature_dim=FEATURE_DIM, seed=0):
+def write_random_features(path: Path, image_ids, num_patches=NUM_PATCHES, feature_dim=FEATURE_DIM, seed=0,
+                          num_views=0):
     rng = np.random.default_rng(seed)
-    writer = ImageFeatureWriter(path, image_ids, num_patches, feature_dim, "float32")
-    writer.write(rng.standard_normal((len(image_ids), num_patches, feature_dim)).astype("float32"),
-                 rng.standard_normal((len(image_ids), feature_dim)).astype("float32"))
+    n = len(image_ids)
+    writer = ImageFeatureWriter(path, image_ids, num_patches, feature_dim, "float32", num_views=num_views)
+    views = {}
+    if num_views:
+        views = {"view_patches": rng.standard_normal((n, num_views, num_patches, feature_dim)).astype("float32"),
+                 "view_global": rng.standard_normal((n, num_views, feature_dim)).astype("float32")}
+    writer.write(rng.standard_normal((n, num_patches, feature_dim)).astype("float32"),
+                 rng.standard_normal((n, feature_dim)).astype("float32"), **views)
     writer.close()
 
 

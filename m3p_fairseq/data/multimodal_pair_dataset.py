@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from fairseq.data import LanguagePairDataset
 
-from .image_features import ImageFeatureStore
+from .image_features import ImageFeatureError, ImageFeatureStore
+from .multimodal_augmentation import MultimodalAugmentation
 
 
 def stack_images(images: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -19,29 +20,58 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
     """Adds ``net_input["image_patches"]`` [B, P, D] and ``net_input["image_global"]`` [B, D].
 
     ``image_rows[i]`` is the row of example i's image in ``image_store``. Without a store the
-    dataset is exactly a LanguagePairDataset (text-only training and generation).
+    dataset is exactly a LanguagePairDataset (text-only training and generation). With an
+    ``augmentation`` (training only) examples are augmented by MMA, and with its
+    ``view_negatives`` the batch also carries ``net_input["image_negative_global"]`` [B, D].
     """
 
     def __init__(self, *args, image_store: Optional[ImageFeatureStore] = None,
-                 image_rows: Optional[np.ndarray] = None, **kwargs):
+                 image_rows: Optional[np.ndarray] = None,
+                 augmentation: Optional[MultimodalAugmentation] = None, **kwargs):
         super().__init__(*args, **kwargs)
         if (image_store is None) != (image_rows is None):
             raise ValueError("image_store and image_rows go together")
         if image_rows is not None and len(image_rows) != len(self.src):
             raise ValueError(f"{len(image_rows)} image rows for {len(self.src)} sentences")
+        if augmentation is not None and augmentation.uses_views:
+            num_views = image_store.num_views if image_store is not None else 0
+            if num_views < (2 if augmentation.view_negatives else 1):
+                where = image_store.path if image_store is not None else "this split (no image features)"
+                raise ImageFeatureError(
+                    f"{where} has {num_views} augmented views per image, but --mma-image-view-prob "
+                    f"/ --mma-view-negatives need {'2' if augmentation.view_negatives else '1'} or more: "
+                    "extract the features with --augmented-views K")
         self.image_store = image_store
         self.image_rows = image_rows
+        self.augmentation = augmentation
+        self.epoch = 1
 
     @property
     def has_images(self) -> bool:
         return self.image_store is not None
 
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        self.epoch = epoch
+
     def __getitem__(self, index):
         example = super().__getitem__(index)
-        if self.image_store is not None:
-            example["image_patches"], example["image_global"] = self.image_store.read(
-                int(self.image_rows[index])
-            )
+        augmentation = self.augmentation
+        rng = augmentation.generator(self.epoch, index) if augmentation is not None else None
+        if augmentation is not None and augmentation.text_mask_ratio > 0:
+            example["source"] = augmentation.mask_source(example["source"], rng)
+        if self.image_store is None:
+            return example
+        row = int(self.image_rows[index])
+        if augmentation is None:
+            example["image_patches"], example["image_global"] = self.image_store.read(row)
+            return example
+        view = augmentation.choose_view(self.image_store.num_views, rng)
+        patches, example["image_global"] = self.image_store.read(row, view)
+        example["image_patches"] = augmentation.mask_patches(patches, rng)
+        if augmentation.view_negatives:
+            negative = augmentation.negative_view(self.image_store.num_views, view, rng)
+            example["image_negative_global"] = self.image_store.read(row, negative)[1]
         return example
 
     def collater(self, samples, pad_to_length=None):
@@ -53,4 +83,7 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         ordered = [by_id[int(i)] for i in batch["id"]]
         batch["net_input"]["image_patches"], batch["net_input"]["image_global"] = stack_images(
             [(s["image_patches"], s["image_global"]) for s in ordered])
+        if "image_negative_global" in ordered[0]:
+            batch["net_input"]["image_negative_global"] = torch.stack(
+                [s["image_negative_global"] for s in ordered]).float()
         return batch

@@ -4,7 +4,9 @@
   the *target* language is prefixed to every source sentence (paper Eq. 2), at training and at
   generation time;
 * every ``--lang-pairs`` direction loaded at once, mixed by temperature-based sampling (Eq. 7);
-* image features looked up in HDF5 through an image-id list aligned with the text.
+* image features looked up in HDF5 through an image-id list aligned with the text;
+* MMA augmentation of the training examples (``--mma-*``, Sec. 2.5); a ``<mask>`` symbol is
+  added to the dictionary for it.
 
 Data layout (``preprocess/binarize.py`` writes it)::
 
@@ -40,6 +42,7 @@ from omegaconf import II
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from ..data.image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
+from ..data.multimodal_augmentation import MultimodalAugmentation
 from ..data.multimodal_pair_dataset import MultimodalLanguagePairDataset, stack_images
 from ..data.temperature_sampling import TemperatureSampledDataset, temperature_at
 
@@ -47,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 DICTIONARY_FILE = "dict.txt"
 SHARED_FEATURE_FILE = "image_features.h5"
+MASK_SYMBOL = "<mask>"
 _LANG_TAG = re.compile(r"^__([A-Za-z0-9_-]+?)__$")
 
 
@@ -92,7 +96,27 @@ class MultimodalTranslationConfig(TranslationConfig):
         metadata={"help": "updates W over which the temperature rises linearly from tau_0 to tau; "
                           "0 = tau from the start. The mix is re-drawn every epoch"},
     )
-    seed: int = II("common.seed")  # seeds the per-epoch draw of the pair mix
+    mma_text_mask_ratio: float = field(
+        default=0.0, metadata={"help": "MMA: share of each training source sentence replaced by <mask> "
+                                        "in contiguous spans (0 = off)"},
+    )
+    mma_text_mask_span: float = field(
+        default=3.0, metadata={"help": "MMA: mean length of a masked span (Poisson)"},
+    )
+    mma_image_view_prob: float = field(
+        default=0.0, metadata={"help": "MMA: chance that a training example uses one of its image's "
+                                        "augmented views (feature files written with --augmented-views) "
+                                        "instead of the clean features"},
+    )
+    mma_patch_mask_ratio: float = field(
+        default=0.0, metadata={"help": "MMA: share of a training image's patch tokens zeroed (masked "
+                                        "image modelling)"},
+    )
+    mma_view_negatives: bool = field(
+        default=False, metadata={"help": "MMA: every training example also brings another augmented view "
+                                          "of its image, an extra MMCL negative for the other texts"},
+    )
+    seed: int = II("common.seed")  # seeds the per-epoch draw of the pair mix and MMA
 
 
 @register_task("multimodal_translation", dataclass=MultimodalTranslationConfig)
@@ -131,6 +155,7 @@ class MultimodalTranslationTask(TranslationTask):
                 "preprocess/binarize.py writes"
             )
         dictionary = cls.load_dictionary(dict_path)
+        dictionary.add_symbol(MASK_SYMBOL)  # MMA text masking (a no-op when dict.txt has it)
         logger.info("dictionary %s: %d types", dict_path, len(dictionary))
         return cls(cfg, dictionary)
 
@@ -196,7 +221,19 @@ class MultimodalTranslationTask(TranslationTask):
             num_buckets=self.cfg.num_batch_buckets, shuffle=(split != "test"),
             pad_to_multiple=self.cfg.required_seq_len_multiple,
             image_store=image_store, image_rows=image_rows,
+            augmentation=self._augmentation(f"{src}-{tgt}") if split == self.cfg.train_subset else None,
         )
+
+    def _augmentation(self, direction: str) -> Optional[MultimodalAugmentation]:
+        cfg = self.cfg
+        if not (cfg.mma_text_mask_ratio or cfg.mma_image_view_prob or cfg.mma_patch_mask_ratio
+                or cfg.mma_view_negatives):
+            return None
+        return MultimodalAugmentation(
+            text_mask_ratio=cfg.mma_text_mask_ratio, text_mask_span=cfg.mma_text_mask_span,
+            mask_index=self.src_dict.index(MASK_SYMBOL), image_view_prob=cfg.mma_image_view_prob,
+            patch_mask_ratio=cfg.mma_patch_mask_ratio, view_negatives=cfg.mma_view_negatives,
+            seed=cfg.seed, direction=direction)
 
     def _binarized_prefix(self, data_path: str, split: str, src: str, tgt: str) -> str:
         for name in (f"{split}.{src}-{tgt}.", f"{split}.{tgt}-{src}.", f"{split}."):
