@@ -85,17 +85,19 @@ def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pai
 
 
 def markdown_table(results: dict) -> str:
+    """Directions as rows, (model, split) as columns; "-" where a model lacks the direction."""
     columns = [(name, split) for name, by_split in results.items() for split in by_split]
-    directions = list(next(iter(next(iter(results.values())).values())))
+    directions = list(dict.fromkeys(d for by_split in results.values() for scores in by_split.values() for d in scores))
     lines = ["| direction | " + " | ".join(f"{name} {split}" for name, split in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for direction in directions + ["average"]:
         cells = []
         for name, split in columns:
             scores = results[name][split]
-            value = (sum(s["bleu"] for s in scores.values()) / len(scores) if direction == "average"
-                     else scores[direction]["bleu"])
-            cells.append(f"{value:.1f}")
+            if direction == "average":
+                cells.append(f"{sum(s['bleu'] for s in scores.values()) / len(scores):.1f}")
+            else:
+                cells.append(f"{scores[direction]['bleu']:.1f}" if direction in scores else "-")
         lines.append(f"| {direction} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -28,14 +28,16 @@ def trained(tmp_path_factory):
     run([PYTHON, "-m", "preprocess.extract_image_features", "--images-dir", raw / "images",
          "--image-ids", raw / "train.image_ids", raw / "valid.image_ids", raw / "test.image_ids",
          "--output", data / "image_features.h5", "--backbone", "vit_tiny_patch16_224",
-         "--random-init-seed", 0, "--image-size", 32, "--batch-size", 16])
+         "--random-init-seed", 0, "--image-size", 32, "--batch-size", 16, "--augmented-views", 2])
     run([PYTHON, "-m", "preprocess.binarize", "--raw-dir", raw, "--dest-dir", data,
          "--lang-pairs", "en-de,de-en", "--spm-vocab-size", 150])
     train = ["fairseq-train", data, "--user-dir", REPO / "m3p_fairseq", "--task", "multimodal_translation",
              "--lang-pairs", "en-de,de-en", "--arch", "m3p_transformer_tiny", "--fusion", "cvlm",
              "--encoder-layers", 1, "--decoder-layers", 1,
              "--sampling-temperature", 3, "--sampling-temperature-init", 1, "--sampling-warmup-updates", 8,
-             "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", 0.1,
+             "--criterion", "m3p_loss", "--label-smoothing", 0.1, "--mmcl-weight", 1,
+             "--mma-text-mask-ratio", 0.2, "--mma-patch-mask-ratio", 0.25, "--mma-image-view-prob", 0.5,
+             "--mma-view-negatives",
              "--optimizer", "adam", "--lr", 1e-3, "--max-tokens", 400, "--save-dir", save_dir,
              "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", 1, "--num-workers", 2]
     first_log = run(train + ["--max-update", 6, "--tensorboard-logdir", work / "tensorboard"])
@@ -53,9 +55,24 @@ def test_training_ran_and_resumed_with_the_warmed_up_temperature(trained):
     assert "with images" in trained["first_log"]
 
 
+def test_m3p_loss_logs_each_term(trained):
+    lines = trained["first_log"].splitlines()
+    train_lines = [line.split("| train_inner |")[1] for line in lines if "| train_inner |" in line]
+    valid_lines = [line.split("subset |")[1] for line in lines if "valid on 'valid' subset |" in line]
+    assert train_lines and valid_lines
+    for line in train_lines[:1] + valid_lines[:1]:
+        values = dict(re.findall(r"(\w+)[= ]([-\d.]+)", line))
+        assert float(values["mmcl"]) > 0
+        assert 0 <= float(values["mmcl_accuracy"]) <= 100
+        assert float(values["mmcl_temperature"]) == pytest.approx(0.1)
+        assert float(values["loss"]) > float(values["nll_loss"])
+
+
 def test_tensorboard_logging_when_asked(trained):
     event_files = list((trained["work"] / "tensorboard").rglob("events.out.tfevents.*"))
     assert event_files and all(f.stat().st_size > 0 for f in event_files)
+    for tag in (b"mmcl", b"mmcl_accuracy", b"nll_loss"):
+        assert any(tag in f.read_bytes() for f in event_files)
 
 
 def test_checkpoint_loads_with_weights_only(trained):

@@ -1,4 +1,5 @@
-"""The README's main command, at toy scale: every step runs and the summary is printed."""
+"""The README's main command and the Table-5 ablation, at toy scale: every step runs, outputs
+are reused, and the summaries are printed."""
 
 import json
 import subprocess
@@ -13,15 +14,31 @@ def test_quickstart_runs_end_to_end_and_resumes(tmp_path):
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"text-only", "cvlm"}
+    assert set(results) == {"text-only", "m3p"}
     for model in results.values():
         assert set(model) == {"test", "test_degraded"}
         for split in model.values():
             assert len(split) == 4  # directions
             assert all(score["sentences"] == 12 for score in split.values())
-    assert "cvlm - text-only on test_degraded:" in first.stdout
+    assert "m3p - text-only on test_degraded:" in first.stdout
 
     # a second run finds every output in place and only re-evaluates
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "make_synthetic_corpus" not in again.stdout
+    assert "fairseq-train" not in again.stdout
+
+    # the ablation reuses the data and both models, and trains the other five
+    ablation = subprocess.run([sys.executable, "examples/quickstart/ablation.py", *command[2:]],
+                              cwd=REPO, capture_output=True, text=True)
+    assert ablation.returncode == 0, ablation.stdout[-3000:] + ablation.stderr[-3000:]
+    assert ablation.stdout.count("fairseq-train") == 5
+    assert "checkpoints/m3p " not in ablation.stdout
+    table = (tmp_path / "ablation.md").read_text().splitlines()
+    assert table[0] == "| model | en-de clean | de-en clean | en-de degraded | de-en degraded |"
+    assert [row.split(" |")[0] for row in table[2:]] == [
+        "| (1) m3P", "| (2) (1) - MMCL", "| (3) (2) - CVLM", "| (4) (3) - MDropNet",
+        "| (5) (4) - multilingual", "| text-only transformer"]
+    scores = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(scores["bilingual-en-de"]["test"]) == {"en-de"}
+    assert scores["m3p"] == results["m3p"]

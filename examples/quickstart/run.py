@@ -1,4 +1,4 @@
-"""Quickstart: does the image help? Text-only vs CVLM on synthetic data where it must.
+"""Quickstart: does the image help? A text-only model vs m3P on synthetic data where it must.
 
     python examples/quickstart/run.py [--work-dir work/quickstart]
 
@@ -7,11 +7,11 @@
    the image can tell them;
 2. extracts image features into HDF5 with a timm ViT (randomly initialised, fixed seed: no
    pretrained weights can be downloaded here, and a random patch embedding still keeps colour
-   and position);
+   and position), with 2 augmented views per image for MMA;
 3. trains SentencePiece and binarizes four directions (en<->de, en<->fr); half of the
    training sources are degraded, so a model can learn to look at the image;
-4. trains a text-only and a CVLM model with ``fairseq-train`` (same architecture and budget,
-   side by side);
+4. trains a text-only transformer and m3P (CVLM fusion, MDropNet, MMA, and the m3p_loss
+   criterion with MMCL) with ``fairseq-train``, same architecture and budget, side by side;
 5. translates the clean and degraded test sets with beam 5 and prints sacreBLEU per direction.
 
 Each step prints the command it runs; a step whose output exists is skipped, so an interrupted
@@ -31,7 +31,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 LANG_PAIRS = ["en-de", "de-en", "en-fr", "fr-en"]
-MODELS = {"text-only": "none", "cvlm": "cvlm"}
+AUGMENTED_VIEWS = 2
+TEXT_ONLY = ["--fusion", "none", "--criterion", "label_smoothed_cross_entropy"]
+M3P = ["--fusion", "cvlm", "--criterion", "m3p_loss", "--mmcl-weight", "1",
+       "--mdropnet-text-only", "0.25", "--mdropnet-image-only", "0.25",
+       "--mma-text-mask-ratio", "0.15", "--mma-patch-mask-ratio", "0.25",
+       "--mma-image-view-prob", "0.5", "--mma-view-negatives"]
+MODELS = {"text-only": TEXT_ONLY, "m3p": M3P}
 
 
 def show(command):
@@ -102,13 +108,12 @@ def write_directions(raw: Path, degraded_fraction: float, seed: int):
     shutil.copyfile(raw / "test.image_ids", raw / "test_degraded.image_ids")
 
 
-def train_command(data: Path, save_dir: Path, fusion: str, args) -> list:
+def train_command(data: Path, save_dir: Path, model_options: list, args, lang_pairs=LANG_PAIRS) -> list:
     return [
         "fairseq-train", data, "--user-dir", REPO / "m3p_fairseq",
-        "--task", "multimodal_translation", "--lang-pairs", ",".join(LANG_PAIRS),
+        "--task", "multimodal_translation", "--lang-pairs", ",".join(lang_pairs),
         "--sampling-temperature", "2", "--sampling-temperature-init", "1", "--sampling-warmup-updates", "400",
-        "--arch", "m3p_transformer_tiny", "--fusion", fusion, "--dropout", "0.1",
-        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+        "--arch", "m3p_transformer_tiny", *model_options, "--dropout", "0.1", "--label-smoothing", "0.1",
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "1.0",
         "--lr", str(args.lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(args.warmup_updates),
         "--max-tokens", str(args.max_tokens), "--max-update", str(args.max_update),
@@ -117,8 +122,7 @@ def train_command(data: Path, save_dir: Path, fusion: str, args) -> list:
     ] + (["--tensorboard-logdir", save_dir / "tensorboard"] if args.tensorboard else [])
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_options(parser):
     parser.add_argument("--work-dir", type=Path, default=REPO / "work" / "quickstart")
     parser.add_argument("--num-train", type=int, default=3000, help="training images (6 directions each)")
     parser.add_argument("--num-test", type=int, default=300)
@@ -128,14 +132,13 @@ def main(argv=None):
     parser.add_argument("--warmup-updates", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--tensorboard", action="store_true", help="also log training to tensorboard")
-    args = parser.parse_args(argv)
 
-    began = time.time()
-    work = args.work_dir.resolve()
+
+def prepare_data(work: Path, args) -> Path:
+    """Steps 1-3; returns the binarized data directory."""
     raw, data = work / "raw", work / "data-bin"
     work.mkdir(parents=True, exist_ok=True)
     python = sys.executable
-
     print("== 1/5 synthetic corpus", flush=True)
     if not (raw / "test_degraded.image_ids").exists():
         run([python, "-m", "preprocess.make_synthetic_corpus", "--output-dir", raw,
@@ -147,32 +150,71 @@ def main(argv=None):
     run([python, "-m", "preprocess.extract_image_features", "--images-dir", raw / "images",
          "--image-ids", raw / "train.image_ids", raw / "valid.image_ids", raw / "test.image_ids",
          "--output", data / "image_features.h5", "--backbone", "vit_tiny_patch16_224",
-         "--random-init-seed", 0, "--image-size", 96, "--batch-size", 100], log_file=work / "extract.log")
+         "--random-init-seed", 0, "--image-size", 96, "--batch-size", 100,
+         "--augmented-views", AUGMENTED_VIEWS, "--augmentation-seed", args.seed], log_file=work / "extract.log")
 
     print("== 3/5 SentencePiece + binarize", flush=True)
     run([python, "-m", "preprocess.binarize", "--raw-dir", raw, "--dest-dir", data,
          "--lang-pairs", ",".join(LANG_PAIRS), "--splits", "train,valid,test,test_degraded",
          "--spm-vocab-size", 1000, "--spm-user-defined-symbols", "[MASK]"], log_file=work / "binarize.log")
+    return data
 
+
+def train(work: Path, data: Path, models: dict, args) -> dict:
+    """models: name -> (model options, language pairs). Trains two at a time (finished ones are
+    skipped); returns name -> checkpoint."""
+    save_dirs = {name: work / "checkpoints" / name for name in models}
+    todo = [(train_command(data, save_dirs[name], options, args, pairs), work / f"train-{name}.log")
+            for name, (options, pairs) in models.items()
+            if not _finished(save_dirs[name] / "checkpoint_last.pt", args.max_update)]
+    for start in range(0, len(todo), 2):
+        run_side_by_side(todo[start:start + 2])
+    return {name: save_dir / "checkpoint_last.pt" for name, save_dir in save_dirs.items()}
+
+
+def _finished(checkpoint: Path, max_update: int) -> bool:
+    if not checkpoint.exists():
+        return False
+    import torch
+    import m3p_fairseq  # noqa: F401  (allow-lists the checkpoint's classes)
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return state["optimizer_history"][-1]["num_updates"] >= max_update
+
+
+def train_and_evaluate(models: dict, output_name: str, doc: str, argv=None):
+    """Steps 1-5 for ``models`` (name -> (model options, language pairs)); returns the scores
+    and the work directory."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(parser)
+    args = parser.parse_args(argv)
+    work = args.work_dir.resolve()
+    data = prepare_data(work, args)
     print("== 4/5 training", flush=True)
-    save_dirs = {name: work / "checkpoints" / name for name in MODELS}
-    run_side_by_side([(train_command(data, save_dirs[name], fusion, args), work / f"train-{name}.log")
-                      for name, fusion in MODELS.items()])
-    checkpoints = {name: save_dir / "checkpoint_last.pt" for name, save_dir in save_dirs.items()}
-
+    checkpoints = train(work, data, models, args)
     print("== 5/5 beam search (beam 5) and sacreBLEU", flush=True)
-    run([python, "scripts/evaluate.py", "--data", data, "--splits", "test,test_degraded", "--beam", 5,
-         "--output", work / "results.json"]
+    return evaluate(data, checkpoints, work / output_name), work
+
+
+def evaluate(data: Path, checkpoints: dict, output: Path) -> dict:
+    run([sys.executable, "scripts/evaluate.py", "--data", data, "--splits", "test,test_degraded", "--beam", 5,
+         "--output", output]
         + [arg for name, path in checkpoints.items() for arg in ("--checkpoint", f"{name}={path}")])
-    results = json.loads((work / "results.json").read_text(encoding="utf-8"))
+    return json.loads(output.read_text(encoding="utf-8"))
+
+
+def main(argv=None):
+    began = time.time()
+    results, work = train_and_evaluate({name: (options, LANG_PAIRS) for name, options in MODELS.items()},
+                                       "results.json", __doc__, argv)
 
     def average_bleu(model, split):
         scores = results[model][split].values()
         return sum(score["bleu"] for score in scores) / len(scores)
 
     for split in ("test_degraded", "test"):
-        margin = average_bleu("cvlm", split) - average_bleu("text-only", split)
-        print(f"cvlm - text-only on {split}: {margin:+.1f} BLEU (average over {len(LANG_PAIRS)} directions)")
+        margin = average_bleu("m3p", split) - average_bleu("text-only", split)
+        print(f"m3p - text-only on {split}: {margin:+.1f} BLEU (average over {len(LANG_PAIRS)} directions)")
     print(f"total {time.time() - began:.0f} s; scores and hypotheses in {work / 'results.json'}")
 
 
