@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import sacrebleu
 import torch
@@ -63,8 +63,21 @@ def translate(models, task, split: str, src: str, tgt: str, beam: int, batch_siz
     return [hypotheses[i] for i in order], [references[i] for i in order]
 
 
+def raw_references(references_dir: Path, split: str, src: str, tgt: str, expected: int) -> List[str]:
+    """The original target sentences (as given to preprocess.binarize), not the ones decoded
+    back from SentencePiece pieces, whose normalisation (NFKC) may differ."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # preprocess/ lives beside scripts/
+    from preprocess.binarize import raw_text_path, read_lines
+
+    path, _ = raw_text_path(Path(references_dir), split, src, tgt, tgt)
+    lines = read_lines(path)
+    if len(lines) != expected:
+        raise ValueError(f"{path} has {len(lines)} lines but split {split!r} has {expected} sentences")
+    return lines
+
+
 def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pairs=None,
-             beam: int = 5, batch_size: int = 64) -> dict:
+             beam: int = 5, batch_size: int = 64, references_dir: Optional[Path] = None) -> dict:
     results = {}
     for name, checkpoint in checkpoints.items():
         models, task = load(checkpoint, data)
@@ -73,6 +86,8 @@ def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pai
             for src, tgt in pairs:
                 began = time.time()
                 hypotheses, references = translate(models, task, split, src, tgt, beam, batch_size)
+                if references_dir is not None:
+                    references = raw_references(references_dir, split, src, tgt, len(hypotheses))
                 metric = sacrebleu.BLEU()
                 bleu = metric.corpus_score(hypotheses, [references])
                 print(f"{name} {split} {src}-{tgt}: BLEU {bleu.score:.1f} ({len(hypotheses)} sentences, "
@@ -112,6 +127,9 @@ def main(argv=None):
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", type=Path, help="write scores and hypotheses as JSON here")
+    parser.add_argument("--references-dir", type=Path,
+                        help="score against the raw target text in this folder (the --raw-dir given to "
+                             "preprocess.binarize) instead of the references decoded from the data")
     args = parser.parse_args(argv)
     # importing fairseq attached a DEBUG-level root handler; keep the output to warnings
     logging.basicConfig(level=logging.WARNING, force=True)
@@ -123,7 +141,8 @@ def main(argv=None):
             parser.error(f"--checkpoint {path}: file not found")
         checkpoints[name] = path
     results = evaluate(checkpoints, args.data, args.splits.split(","),
-                       parse_lang_pairs(args.lang_pairs) if args.lang_pairs else None, args.beam, args.batch_size)
+                       parse_lang_pairs(args.lang_pairs) if args.lang_pairs else None, args.beam, args.batch_size,
+                       args.references_dir)
     print(markdown_table(results))
     if args.output:
         tmp = args.output.with_name(args.output.name + ".tmp")
