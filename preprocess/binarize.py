@@ -13,6 +13,10 @@ Steps: a SentencePiece model is trained on the training text of all languages (o
 the training text; every text file is encoded and written as fairseq mmap .bin/.idx; the
 image-id lists are copied beside it. Outputs that exist are kept (re-running resumes; pass
 --overwrite to rebuild); every file is written to a temporary name and renamed when complete.
+
+With a pretrained model's vocabulary (e.g. XLM-R, for --pretrained-text-encoder), give its
+SentencePiece model and dictionary instead: ``--spm-model xlmr/sentencepiece.bpe.model
+--dict xlmr/dict.txt``; DATA/dict.txt is then that dict.txt with the language tags appended.
 """
 
 import argparse
@@ -100,6 +104,32 @@ def build_dictionary(encoded_training_text: Iterable[List[str]], langs: List[str
     return dictionary
 
 
+def given_dictionary_text(dict_file: Path, langs: List[str]) -> str:
+    """``dict_file`` verbatim (order and flags kept, so every symbol keeps the index it has in
+    the model the dictionary belongs to) plus a ``__lang__`` tag line per language it lacks."""
+    try:
+        given = Dictionary.load(str(dict_file))
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ValueError(f"--dict {dict_file}: not a fairseq dictionary ({error})") from error
+    text = Path(dict_file).read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + "".join(f"{lang_tag(lang)} 1\n" for lang in langs if lang_tag(lang) not in given.indices)
+
+
+def write_given_dictionary(dict_file: Path, langs: List[str], dict_path: Path, overwrite: bool) -> None:
+    text = given_dictionary_text(dict_file, langs)
+    if dict_path.exists() and dict_path.read_text(encoding="utf-8") == text:
+        return
+    if dict_path.exists() and not overwrite:
+        raise ValueError(f"{dict_path} exists but is not --dict {dict_file} with the language tags; "
+                         "pass --overwrite to rebuild it (and the data binarized with it)")
+    tmp = atomic_target(dict_path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, dict_path)
+    logger.info("wrote %s: %s with tags %s", dict_path, dict_file, [lang_tag(l) for l in langs])
+
+
 def write_binarized(lines: List[str], sp: spm.SentencePieceProcessor, dictionary: Dictionary,
                     out_prefix: Path) -> Tuple[int, int, int]:
     """Encode and write .bin/.idx; returns (sentences, tokens, unknown tokens)."""
@@ -121,8 +151,13 @@ def write_binarized(lines: List[str], sp: spm.SentencePieceProcessor, dictionary
 def binarize(raw_dir: Path, dest_dir: Path, lang_pairs: List[Tuple[str, str]], splits: List[str],
              spm_model: Optional[Path] = None, spm_vocab_size: int = 8000,
              spm_user_defined_symbols: Optional[List[str]] = None, threshold: int = 0,
-             overwrite: bool = False) -> Dict[str, int]:
+             overwrite: bool = False, dict_file: Optional[Path] = None) -> Dict[str, int]:
     raw_dir, dest_dir = Path(raw_dir), Path(dest_dir)
+    if dict_file is not None and spm_model is None:
+        raise ValueError("--dict needs --spm-model: the SentencePiece model whose pieces the dictionary lists")
+    for given in (spm_model, dict_file):
+        if given is not None and not Path(given).is_file():
+            raise FileNotFoundError(f"{given}: file not found")
     dest_dir.mkdir(parents=True, exist_ok=True)
     langs = sorted({lang for pair in lang_pairs for lang in pair})
     if "train" not in splits:
@@ -155,7 +190,9 @@ def binarize(raw_dir: Path, dest_dir: Path, lang_pairs: List[Tuple[str, str]], s
     sp = spm.SentencePieceProcessor(model_file=str(spm_path))
 
     dict_path = dest_dir / DICTIONARY_FILE
-    if overwrite or not dict_path.exists():
+    if dict_file is not None:
+        write_given_dictionary(Path(dict_file), langs, dict_path, overwrite)
+    elif overwrite or not dict_path.exists():
         training = sorted({raw for name, raw in jobs.items() if name.startswith("train.")})
         dictionary = build_dictionary((p for path in training for p in sp.encode(read_lines(path), out_type=str)),
                                       langs, threshold)
@@ -191,6 +228,10 @@ def main(argv=None):
     parser.add_argument("--lang-pairs", required=True, help="comma-separated directions, e.g. en-de,de-en")
     parser.add_argument("--splits", default="train,valid,test", help="comma-separated split names")
     parser.add_argument("--spm-model", type=Path, help="existing SentencePiece model (default: train one)")
+    parser.add_argument("--dict", type=Path, dest="dict_file",
+                        help="existing fairseq dict.txt to use (e.g. XLM-R's, with --spm-model its "
+                             "sentencepiece.bpe.model) instead of building one from the training text; "
+                             "language tags are appended to it")
     parser.add_argument("--spm-vocab-size", type=int, default=8000, help="vocabulary size of a new SentencePiece model")
     parser.add_argument("--spm-user-defined-symbols", default="",
                         help="comma-separated symbols SentencePiece must keep whole (e.g. [MASK])")
@@ -202,7 +243,8 @@ def main(argv=None):
     try:
         binarize(args.raw_dir, args.dest_dir, parse_lang_pairs(args.lang_pairs),
                  [s for s in args.splits.split(",") if s], args.spm_model, args.spm_vocab_size,
-                 [s for s in args.spm_user_defined_symbols.split(",") if s], args.threshold, args.overwrite)
+                 [s for s in args.spm_user_defined_symbols.split(",") if s], args.threshold, args.overwrite,
+                 args.dict_file)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
 

@@ -2,10 +2,12 @@
 them with the text states (``--fusion none|gated|concat|selective|cvlm``), trained with
 MDropNet and, through the ``m3p_loss`` criterion, the MMCL contrastive objective."""
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional
 
 import torch
+from omegaconf import OmegaConf, open_dict
 from torch import Tensor
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
@@ -20,6 +22,10 @@ from .contrastive_head import ContrastiveHead, mean_over_tokens
 from .fusion import FUSION_CHOICES, build_fusion
 from .image_encoder import ImageFeatureEncoder
 from .mdropnet import check_probabilities, draw_modalities, per_sentence_memory
+from .pretrained_text_encoder import load_pretrained_text_encoder
+
+# Set in the model config once --pretrained-text-encoder has been copied in, and saved with it.
+PRETRAINED_TEXT_ENCODER_LOADED = "pretrained_text_encoder_loaded"
 
 
 @dataclass
@@ -66,6 +72,16 @@ class M3PModelConfig(FairseqDataclass):
     )
     mmcl_min_temperature: float = field(
         default=0.01, metadata={"help": "floor of a learned MMCL temperature"},
+    )
+    pretrained_text_encoder: Optional[str] = field(
+        default=None,
+        metadata={"help": "initialise the text encoder and the (shared) token embeddings from a local "
+                          "XLM-R/RoBERTa checkpoint: a directory with model.pt and dict.txt (fairseq's "
+                          "xlmr.base layout), or its model.pt. Needs --arch m3p_transformer_xlmr_base "
+                          "(or its sizes); embedding rows are matched by symbol, so binarize with "
+                          "--dict DIR/dict.txt --spm-model DIR/sentencepiece.bpe.model. Read once, "
+                          "when the model is first built: checkpoints of the trained model (generation, "
+                          "resuming) do not need these files"},
     )
 
 
@@ -144,7 +160,12 @@ class M3PTransformerModel(TransformerModel):
         if args.fusion != "none" and args.image_feature_dim is None:
             raise ValueError(f"--fusion {args.fusion} needs --image-feature-dim (the task fills it from the data)")
         text_model = TransformerModel.build_model(args, task)
-        return cls(args, M3PEncoder(args, text_model.encoder), text_model.decoder)
+        model = cls(args, M3PEncoder(args, text_model.encoder), text_model.decoder)
+        if args.pretrained_text_encoder and not getattr(args, PRETRAINED_TEXT_ENCODER_LOADED, False):
+            load_pretrained_text_encoder(model.encoder.text_encoder, args.pretrained_text_encoder,
+                                         other_embeddings=[model.decoder.embed_tokens])
+            _mark_pretrained_text_encoder_loaded(args)
+        return model
 
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
@@ -206,6 +227,15 @@ class M3PTransformerModel(TransformerModel):
         return logits, extra
 
 
+def _mark_pretrained_text_encoder_loaded(args):
+    # fairseq rebuilds a trained model from the config saved in its checkpoint and then loads
+    # the trained weights over it (fairseq-generate, fairseq.checkpoint_utils); build_model is
+    # not told so (models.build_model drops from_checkpoint). The mark, saved with the config,
+    # skips the copy then, so XLM-R's files need not exist (cf. wav2vec2's w2v_args).
+    with open_dict(args) if OmegaConf.is_config(args) else ExitStack():
+        setattr(args, PRETRAINED_TEXT_ENCODER_LOADED, True)
+
+
 def _set_default(args, name, value):
     if getattr(args, name, None) is None:
         setattr(args, name, value)
@@ -243,4 +273,24 @@ def m3p_transformer_tiny(args):
 def m3p_transformer_base(args):
     """The paper's size (Sec. 3.3): 12-layer encoder and decoder, 768 wide, shared embeddings."""
     _set_sizes(args, embed_dim=768, ffn_dim=3072, heads=12, encoder_layers=12, decoder_layers=12)
+    m3p_base_architecture(args)
+
+
+@register_model_architecture("m3p_transformer", "m3p_transformer_xlmr_base")
+def m3p_transformer_xlmr_base(args):
+    """A text encoder exactly like XLM-R base (fairseq's roberta base_architecture), so that
+    --pretrained-text-encoder can load xlmr.base into it, and a 12-layer decoder of its width;
+    all embeddings shared. Options given on the command line win (e.g. smaller sizes in tests)."""
+    _set_sizes(args, embed_dim=768, ffn_dim=3072, heads=12, encoder_layers=12, decoder_layers=12)
+    _set_default(args, "max_source_positions", 512)  # + padding offset = xlmr.base's 514 position rows
+    _set_default(args, "encoder_learned_pos", True)
+    _set_default(args, "layernorm_embedding", True)
+    _set_default(args, "no_scale_embedding", True)  # RoBERTa does not scale its embeddings
+    _set_default(args, "activation_fn", "gelu")
+    _set_default(args, "encoder_normalize_before", False)  # post-norm
+    _set_default(args, "attention_dropout", 0.1)
+    # The decoder shares XLM-R's (unscaled) embeddings and, as in mBART, the encoder's conventions;
+    # layernorm_embedding, no_scale_embedding and activation_fn apply to it too.
+    _set_default(args, "decoder_learned_pos", True)
+    _set_default(args, "decoder_normalize_before", False)
     m3p_base_architecture(args)
