@@ -15,16 +15,24 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import sacrebleu
 import torch
-from fairseq import checkpoint_utils, utils
-from fairseq.dataclass.configs import GenerationConfig
 
-import m3p_fairseq  # noqa: F401  (registers the task and models)
-from m3p_fairseq.tasks.multimodal_translation import parse_lang_pairs
+# fairseq's loader asks for pinned memory even without a GPU (torch warns once per direction),
+# and fairseq still calls torch.jit.script at import
+warnings.filterwarnings("ignore", message=".*pin_memory.*")
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
+from fairseq import checkpoint_utils, utils  # noqa: E402
+from fairseq.dataclass.configs import GenerationConfig  # noqa: E402
+
+# importing fairseq attached a DEBUG-level root handler; keep the output to warnings
+logging.basicConfig(level=logging.WARNING, force=True)
+import m3p_fairseq  # noqa: E402,F401  (registers the task and models)
+from m3p_fairseq.tasks.multimodal_translation import parse_lang_pairs  # noqa: E402
 
 
 def load(checkpoint: str, data: str):
@@ -131,8 +139,6 @@ def main(argv=None):
                         help="score against the raw target text in this folder (the --raw-dir given to "
                              "preprocess.binarize) instead of the references decoded from the data")
     args = parser.parse_args(argv)
-    # importing fairseq attached a DEBUG-level root handler; keep the output to warnings
-    logging.basicConfig(level=logging.WARNING, force=True)
     checkpoints = {}
     for item in args.checkpoint:
         name, sep, path = item.partition("=")
