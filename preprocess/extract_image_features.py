@@ -10,63 +10,201 @@ from a local file (--checkpoint, loaded through timm's own pretrained-weight fil
 downloaded. ``--random-init-seed`` instead builds a randomly initialised backbone, which is what
 the synthetic quickstart and the tests use on machines without weights.
 
+Backbones of the paper's Table 4 (P x D measured at timm's default 224 x 224 input)::
+
+    --backbone                        model                       patches P x D   global D
+    vit_base_patch32_clip_224         CLIP ViT-B/32               49 x 768        768
+    vit_base_patch16_clip_224         CLIP ViT-B/16               196 x 768       768
+    vit_large_patch14_clip_224        CLIP ViT-L/14               256 x 1024      1024
+    resnet50, resnet101               ImageNet ResNet-50/101      49 x 2048       2048 (average pool)
+    resnet50_clip, resnet101_clip     CLIP ResNet-50/101          49 x 2048       2048 (attention pool)
+
+The stored ``global`` is the pre-logits vector: CLIP's final projection (``visual.proj``) is not
+applied. ``--checkpoint`` takes
+
+- a timm state dict (``.pth``/``.bin`` through ``torch.load``, or ``.safetensors``), also when
+  nested under ``state_dict`` or ``model`` as training checkpoints are;
+- an OpenAI / open_clip CLIP state dict (``visual.conv1.weight``, ``visual.class_embedding``,
+  ``visual.transformer.resblocks.N.*``, ...), which timm converts for its CLIP ViTs and CLIP
+  ResNets; the text tower's weights are ignored. OpenAI's original ``ViT-B-32.pt`` files are
+  TorchScript: save their ``torch.jit.load(path).state_dict()`` first.
+
+A pretrained tag after the name picks timm's preprocessing (mean, std, crop) for those weights;
+without one timm's default tag applies (``vit_large_patch14_clip_224``'s normalises with mean =
+std = 0.5). For OpenAI's weights use e.g. ``vit_base_patch32_clip_quickgelu_224.openai``: OpenAI's
+normalisation and its QuickGELU activation. A checkpoint that does not fit the backbone (a tensor
+of another shape, a backbone weight it lacks, a weight the backbone has no place for) is an error.
+
 ``--augmented-views K`` also stores, per image, the features of K augmented views for MMA
 (random crops with rotation, cutout, colour jitter, blur and Sobel edges; see
 ``preprocess/image_augmentation.py``) as ``view_patches`` [N, K, P, D] and ``view_global``
 [N, K, D]. View v of an image depends only on ``--augmentation-seed``, the image id and v, and
 the clean features are computed exactly as without views.
 
+Bad images (a missing file, or one PIL cannot decode: corrupt, truncated, empty) are listed in
+``OUT.bad_images.tsv`` (columns image_id, path, reason) and fail the run, after every other
+image is extracted; ``OUT`` is not created but ``OUT.partial`` is kept. Re-running resumes it:
+images that decode by then are extracted, and with ``--skip-bad-images`` the rest are stored
+flagged: zero features and ``usable`` False (see ``m3p_fairseq/data/image_features.py``).
+
 Writing is atomic (``OUT.partial``, renamed when complete) and resumable: re-running the same
 command after an interruption continues from the last written batch.
 """
 
 import argparse
+import contextlib
+import dataclasses
+import json
 import logging
+import os
+import re
 import sys
 import time
+import zipfile
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from m3p_fairseq.data.image_features import ImageFeatureError, ImageFeatureWriter, read_image_ids
 from preprocess.image_augmentation import AugmentedViews
 
 logger = logging.getLogger("preprocess.extract_image_features")
 
+MISSING = "missing"
+REPORT_SUFFIX = ".bad_images.tsv"
+REPORT_COLUMNS = ("image_id", "path", "reason")
+FIRST_FEW = 5  # bad images and mismatched keys named in an error message
 
-def unique_image_ids(id_files: Sequence[Path], images_dir: Path) -> List[str]:
-    """Ids of all lists, first occurrence order; every one must name an image file."""
+
+class BadImagesError(ImageFeatureError):
+    """Some images are missing or undecodable and --skip-bad-images was not given."""
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot be loaded into the backbone; the message names both and what differs."""
+
+
+def unique_image_ids(id_files: Sequence[Path]) -> List[str]:
+    """Ids of all lists, first occurrence order."""
     seen, ordered = set(), []
     for id_file in id_files:
-        for line_no, image_id in enumerate(read_image_ids(id_file), start=1):
-            if image_id in seen:
-                continue
-            if not (images_dir / image_id).is_file():
-                raise ImageFeatureError(f"{id_file}:{line_no}: image {image_id!r} not found in {images_dir}")
-            seen.add(image_id)
-            ordered.append(image_id)
+        for image_id in read_image_ids(id_file):
+            if image_id not in seen:
+                seen.add(image_id)
+                ordered.append(image_id)
     return ordered
 
 
+def missing_images(images_dir: Path, image_ids: Sequence[str]) -> List[str]:
+    """Ids without an image file: one stat each, so they are known before the long part."""
+    return [image_id for image_id in image_ids if not (images_dir / image_id).is_file()]
+
+
+# ---------------------------------------------------------------------------------------------
+# backbone
+
 def build_backbone(name: str, checkpoint: Optional[Path], random_init_seed: Optional[int],
-                   image_size: Optional[int]) -> torch.nn.Module:
+                   image_size: Optional[int], model_kwargs: Optional[dict] = None) -> torch.nn.Module:
+    """A timm model without classifier; ``model_kwargs`` go to ``timm.create_model`` (e.g. a
+    smaller ``embed_dim``/``depth`` in tests)."""
     import timm
 
     if (checkpoint is None) == (random_init_seed is None):
         raise ValueError("give exactly one of --checkpoint (local weights) or --random-init-seed")
-    kwargs = {"num_classes": 0}
+    kwargs = {**(model_kwargs or {}), "num_classes": 0}
     if image_size is not None:
         kwargs["img_size"] = image_size  # vision transformers adapt their position table
-    if checkpoint is not None:
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"--checkpoint {checkpoint}: file not found")
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(checkpoint)}, **kwargs)
-    else:
+    if checkpoint is None:
         torch.manual_seed(random_init_seed)
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        return timm.create_model(name, pretrained=False, **kwargs).eval()
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: file not found")
+    if name.startswith(("hf-hub:", "hf_hub:")):  # timm would download those weights instead
+        raise ValueError(f"--backbone {name}: give a timm model name, the weights come from --checkpoint")
+    with recorded_state_dict_loads() as loads:
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(checkpoint)},
+                                      **kwargs)
+        except RuntimeError as error:
+            raise CheckpointError(describe_load_error(error, checkpoint, name)) from error
+    check_every_weight_loaded(model, loads, checkpoint, name)
     return model.eval()
+
+
+@contextlib.contextmanager
+def recorded_state_dict_loads() -> Iterator[List[Tuple[torch.nn.Module, object]]]:
+    """Records (module, missing/unexpected keys) of every ``load_state_dict`` call in the block.
+
+    timm loads non-strictly whenever the classifier is dropped (our num_classes=0), which would
+    silently leave backbone weights a checkpoint lacks at their random initialisation.
+    """
+    loads, original = [], torch.nn.Module.load_state_dict
+
+    def load_state_dict(module, *args, **kwargs):
+        result = original(module, *args, **kwargs)
+        loads.append((module, result))
+        return result
+
+    torch.nn.Module.load_state_dict = load_state_dict
+    try:
+        yield loads
+    finally:
+        torch.nn.Module.load_state_dict = original
+
+
+def check_every_weight_loaded(model: torch.nn.Module, loads, checkpoint: Path, backbone: str) -> None:
+    results = [result for module, result in loads if module is model]
+    if not results:
+        logger.warning("could not check which weights %s loaded into %s", checkpoint, backbone)
+        return
+    # a BatchNorm's update counter is no weight; timm drops the classifier before loading
+    missing = [key for key in results[-1].missing_keys if not key.endswith("num_batches_tracked")]
+    if missing or results[-1].unexpected_keys:
+        raise CheckpointError(describe_mismatch(checkpoint, backbone, [], missing, results[-1].unexpected_keys))
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) "
+                            r"from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
+_KEY_LIST = re.compile(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)")
+
+
+def describe_load_error(error: RuntimeError, checkpoint: Path, backbone: str) -> str:
+    """torch's load_state_dict message, summarised; any other error as it is, with a hint."""
+    message = str(error)
+    sizes = [f"{key} (checkpoint {ours}, backbone {theirs})" for key, ours, theirs in _SIZE_MISMATCH.findall(message)]
+    keys = {kind: re.findall(r'"([^"]+)"', listed) for kind, listed in _KEY_LIST.findall(message)}
+    if sizes or keys:
+        return describe_mismatch(checkpoint, backbone, sizes, keys.get("Missing", []), keys.get("Unexpected", []))
+    reason = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    if is_torchscript(checkpoint):
+        reason = ("it is a TorchScript archive (like OpenAI's original CLIP .pt files); save its weights first: "
+                  f"torch.save(torch.jit.load('{checkpoint}', map_location='cpu').state_dict(), 'weights.pth')")
+    return f"cannot load checkpoint {checkpoint} into backbone {backbone}: {reason}"
+
+
+def is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def describe_mismatch(checkpoint: Path, backbone: str, sizes: Sequence[str], missing: Sequence[str],
+                      unexpected: Sequence[str]) -> str:
+    parts = []
+    for items, what in ((sizes, "tensor(s) of another shape"),
+                        (missing, "backbone weight(s) missing from the checkpoint"),
+                        (unexpected, "checkpoint weight(s) the backbone has no place for")):
+        if items:
+            more = f", ... ({len(items) - FIRST_FEW} more)" if len(items) > FIRST_FEW else ""
+            parts.append(f"{len(items)} {what}: {', '.join(items[:FIRST_FEW])}{more}")
+    return (f"checkpoint {checkpoint} does not fit backbone {backbone}: {'; '.join(parts)}. Is --backbone the "
+            f"architecture the checkpoint was trained as?")
 
 
 def patch_and_global_features(model: torch.nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -80,8 +218,41 @@ def patch_and_global_features(model: torch.nn.Module, images: torch.Tensor) -> T
     return patches, global_vector
 
 
+def backbone_features(model: torch.nn.Module, images: torch.Tensor, device: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``patch_and_global_features`` on ``device`` (float16 autocast on CUDA), as float32 on the CPU."""
+    with torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
+        patches, global_vector = patch_and_global_features(model, images.to(device))
+    return patches.float().cpu(), global_vector.float().cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+@dataclasses.dataclass(frozen=True)
+class UnreadableImage:
+    """What :class:`ImageFolder` gives instead of an image that is missing or cannot be decoded."""
+
+    image_id: str
+    path: str
+    reason: str
+
+
+def decode_rgb(path: Path):
+    """The RGB image, or the reason why there is none (a one-line string)."""
+    if not path.is_file():
+        return MISSING
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")  # decodes everything now, so truncation shows here
+    except Exception as error:  # PIL raises OSError mostly, but also SyntaxError, ValueError, ...
+        return "undecodable: " + (" ".join(str(error).split()) or type(error).__name__)
+
+
 class ImageFolder(torch.utils.data.Dataset):
-    """The clean image tensor; with ``augment``, the pair (clean [3, H, W], views [K, 3, H, W])."""
+    """The clean image tensor; with ``augment``, the pair (clean [3, H, W], views [K, 3, H, W]).
+    An image that cannot be read gives an :class:`UnreadableImage` (see :func:`collate_readable`)."""
 
     def __init__(self, images_dir: Path, image_ids: Sequence[str], transform,
                  augment: Optional[AugmentedViews] = None):
@@ -93,31 +264,78 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, index):
         image_id = self.image_ids[index]
         path = self.images_dir / image_id
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except OSError as error:
-            raise ImageFeatureError(f"cannot read image {path}: {error}") from error
+        image = decode_rgb(path)
+        if isinstance(image, str):
+            return UnreadableImage(image_id, str(path), image)
         if self.augment is None:
             return self.transform(image)
         return self.transform(image), self.augment(image, image_id)
 
 
-def backbone_features(model: torch.nn.Module, images: torch.Tensor, device: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``patch_and_global_features`` on ``device`` (float16 autocast on CUDA), as float32 on the CPU."""
-    with torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
-        patches, global_vector = patch_and_global_features(model, images.to(device))
-    return patches.float().cpu(), global_vector.float().cpu()
+def collate_readable(items):
+    """(the readable items collated as usual, or None; usable [B] bool; the UnreadableImages)."""
+    usable = [not isinstance(item, UnreadableImage) for item in items]
+    readable = [item for item, ok in zip(items, usable) if ok]
+    unreadable = [item for item, ok in zip(items, usable) if not ok]
+    return default_collate(readable) if readable else None, torch.tensor(usable, dtype=torch.bool), unreadable
 
+
+def features_with_zero_rows(model: torch.nn.Module, batch, usable: torch.Tensor, device: str,
+                            shape: Tuple[int, int, int]):
+    """What ``ImageFeatureWriter.write`` takes for one batch, as numpy: patches, global, view
+    patches and view global (None without views), usable. Unusable images get zero rows; only the
+    readable ones go through the backbone."""
+    num_patches, dim, num_views = shape
+    n = len(usable)
+    patches, global_vectors = torch.zeros(n, num_patches, dim), torch.zeros(n, dim)
+    view_patches = torch.zeros(n, num_views, num_patches, dim) if num_views else None
+    view_global = torch.zeros(n, num_views, dim) if num_views else None
+    if batch is not None:
+        images, views = batch if num_views else (batch, None)
+        patches[usable], global_vectors[usable] = backbone_features(model, images, device)
+        if views is not None:
+            # a separate forward pass, so the clean features do not depend on --augmented-views
+            flat_patches, flat_global = backbone_features(model, views.flatten(0, 1), device)
+            view_patches[usable] = flat_patches.unflatten(0, views.shape[:2])
+            view_global[usable] = flat_global.unflatten(0, views.shape[:2])
+    views = (view_patches.numpy(), view_global.numpy()) if num_views else (None, None)
+    return patches.numpy(), global_vectors.numpy(), *views, usable.numpy()
+
+
+def write_report(path: Path, bad: Sequence[UnreadableImage]) -> None:
+    """TSV with a header, written atomically; tabs and newlines cannot occur in its fields."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write("\t".join(REPORT_COLUMNS) + "\n")
+        for image in bad:
+            fields = (image.image_id, image.path, image.reason)
+            f.write("\t".join(field.replace("\t", " ") for field in fields) + "\n")
+    os.replace(partial, path)
+
+
+def bad_images_message(bad: Sequence[UnreadableImage], total: int, report: Path, partial: Path) -> str:
+    named = ", ".join(f"{image.image_id!r} ({image.reason})" for image in bad[:FIRST_FEW])
+    more = f" and {len(bad) - FIRST_FEW} more" if len(bad) > FIRST_FEW else ""
+    return (f"{len(bad)} of {total} images are missing or cannot be decoded: {named}{more}; all are listed in "
+            f"{report}. Fix them and run again, or run again with --skip-bad-images to store them flagged "
+            f"(zero features, usable=False). The other images' features are kept in {partial}, so neither "
+            f"extracts them again.")
+
+
+# ---------------------------------------------------------------------------------------------
+# extraction
 
 @torch.no_grad()
 def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: str,
             checkpoint: Optional[Path] = None, random_init_seed: Optional[int] = None,
             image_size: Optional[int] = None, batch_size: int = 64, dtype: str = "float16",
             num_workers: int = 0, device: Optional[str] = None, augmented_views: int = 0,
-            augmentation_seed: int = 0) -> int:
+            augmentation_seed: int = 0, skip_bad_images: bool = False,
+            model_kwargs: Optional[dict] = None) -> int:
     """Returns the number of images in ``output``. ``augmented_views`` K > 0 also stores K
-    augmented views per image, drawn from ``augmentation_seed`` (see the module docstring)."""
+    augmented views per image, drawn from ``augmentation_seed`` (see the module docstring).
+    Raises :class:`BadImagesError` after extracting if some images are bad and not
+    ``skip_bad_images``."""
     import timm.data
 
     if augmented_views < 0:
@@ -126,46 +344,72 @@ def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: 
     if output.exists():
         logger.info("%s exists; delete it to extract again", output)
         return 0
-    image_ids = unique_image_ids(id_files, images_dir)
+    report = output.with_name(output.name + REPORT_SUFFIX)
+    image_ids = unique_image_ids(id_files)
+    missing = missing_images(images_dir, image_ids)
+    if missing:
+        logger.warning("%d of %d images are not in %s (e.g. %s); %s", len(missing), len(image_ids), images_dir,
+                       ", ".join(missing[:FIRST_FEW]), "they will be flagged unusable" if skip_bad_images else
+                       "the run fails after extracting the others (or run with --skip-bad-images)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_backbone(backbone, checkpoint, random_init_seed, image_size).to(device)
+    model = build_backbone(backbone, checkpoint, random_init_seed, image_size, model_kwargs).to(device)
     data_config = timm.data.resolve_model_data_config(model)
     if image_size is not None:  # the whole image at the requested resolution, no centre crop
         data_config.update(input_size=(3, image_size, image_size), crop_pct=1.0)
     transform = timm.data.create_transform(**data_config, is_training=False)
     probe = torch.zeros(1, *data_config["input_size"], device=device)
     patches, global_vector = patch_and_global_features(model, probe)
+    # --skip-bad-images is not an attribute: it must not change the fingerprint, so that a run
+    # failed on bad images resumes with it
     attrs = {"backbone": backbone, "checkpoint": str(checkpoint or ""), "random_init_seed": -1 if random_init_seed is None else random_init_seed,
              "input_size": list(data_config["input_size"]), "mean": list(data_config["mean"]), "std": list(data_config["std"])}
+    if model_kwargs:
+        attrs["model_kwargs"] = json.dumps(model_kwargs, sort_keys=True)
     augment = None
     if augmented_views:
         augment = AugmentedViews(data_config["input_size"][1:], data_config["mean"], data_config["std"],
                                  augmented_views, augmentation_seed, data_config["interpolation"])
         attrs.update(view_augmentations=augment.describe(), augmentation_seed=augmentation_seed)
     output.parent.mkdir(parents=True, exist_ok=True)
-    writer = ImageFeatureWriter(output, image_ids, patches.size(1), patches.size(2), dtype, attrs, augmented_views)
+    shape = (patches.size(1), patches.size(2), augmented_views)
+    writer = ImageFeatureWriter(output, image_ids, shape[0], shape[1], dtype, attrs, augmented_views)
+
+    def batches(ids: Sequence[str]):
+        loader = torch.utils.data.DataLoader(ImageFolder(images_dir, ids, transform, augment), batch_size=batch_size,
+                                             num_workers=num_workers, collate_fn=collate_readable)
+        for batch, usable, unreadable in loader:
+            yield features_with_zero_rows(model, batch, usable, device, shape), unreadable
+
     start = writer.rows_written
     if start:
         logger.info("resuming %s at image %d of %d", writer.partial_path, start, len(image_ids))
-    loader = torch.utils.data.DataLoader(ImageFolder(images_dir, image_ids[start:], transform, augment),
-                                         batch_size=batch_size, num_workers=num_workers)
+    bad: List[UnreadableImage] = []  # in row order
+    retry = writer.unusable_rows()
+    if len(retry):  # an earlier run could not read them; maybe they are fixed now
+        logger.info("retrying %d images flagged unusable in %s", len(retry), writer.partial_path)
+        done = 0
+        for features, unreadable in batches([image_ids[row] for row in retry]):
+            writer.rewrite(retry[done:done + len(features[0])], *features)
+            done += len(features[0])
+            bad += unreadable
     began, done = time.time(), start
-    for batch in loader:
-        images, views = batch if augment else (batch, None)
-        patches, global_vector = backbone_features(model, images, device)
-        if views is None:
-            writer.write(patches.numpy(), global_vector.numpy())
-        else:
-            # a separate forward pass, so the clean features do not depend on --augmented-views
-            view_patches, view_global = backbone_features(model, views.flatten(0, 1), device)
-            writer.write(patches.numpy(), global_vector.numpy(),
-                         view_patches.unflatten(0, views.shape[:2]).numpy(),
-                         view_global.unflatten(0, views.shape[:2]).numpy())
-        done += len(images)
-        logger.info("%d/%d images (%.1f images/s)", done, len(image_ids), (done - start) / (time.time() - began))
+    with logging_redirect_tqdm(), tqdm(total=len(image_ids), initial=start, unit="img", disable=None) as progress:
+        for features, unreadable in batches(image_ids[start:]):
+            writer.write(*features)  # positionally, as subclasses in tests expect
+            bad += unreadable
+            done += len(features[0])
+            progress.update(len(features[0]))
+            logger.info("%d/%d images (%.1f images/s)", done, len(image_ids), (done - start) / (time.time() - began))
+    write_report(report, bad)
+    if bad and not skip_bad_images:
+        writer.close(publish=False)
+        raise BadImagesError(bad_images_message(bad, len(image_ids), report, writer.partial_path))
     writer.close()
-    logger.info("wrote %s: %d images, %d patches x %d dims, %s", output, len(image_ids),
-                patches.size(1), patches.size(2), dtype)
+    if bad:
+        logger.warning("flagged %d of %d images as unusable (zero features, usable=False); listed in %s",
+                       len(bad), len(image_ids), report)
+    logger.info("wrote %s: %d images (%d unusable), %d patches x %d dims, %s", output, len(image_ids), len(bad),
+                shape[0], shape[1], dtype)
     return len(image_ids)
 
 
@@ -175,9 +419,11 @@ def main(argv=None):
     parser.add_argument("--image-ids", type=Path, nargs="+", required=True,
                         help="image-id lists (one file name per line); their union is extracted")
     parser.add_argument("--output", type=Path, required=True, help="HDF5 file to write")
-    parser.add_argument("--backbone", default="vit_base_patch32_clip_224", help="timm model name")
+    parser.add_argument("--backbone", default="vit_base_patch32_clip_224",
+                        help="timm model name, optionally with a pretrained tag (e.g. .openai) for its preprocessing")
     weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--checkpoint", type=Path, help="local weight file of the backbone")
+    weights.add_argument("--checkpoint", type=Path,
+                         help="local weight file of the backbone: timm or OpenAI/open_clip CLIP state dict")
     weights.add_argument("--random-init-seed", type=int, help="use a randomly initialised backbone (no weights)")
     parser.add_argument("--image-size", type=int, help="input resolution (vision transformers only); default: the model's")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -188,13 +434,18 @@ def main(argv=None):
                         help="number of augmented views per image stored for MMA; 0 = none")
     parser.add_argument("--augmentation-seed", type=int, default=0,
                         help="seed of the augmented views; view v of an image depends only on it, the image id and v")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="store missing or undecodable images flagged (zero features, usable=False) instead of "
+                             f"failing; either way they are listed in OUTPUT{REPORT_SUFFIX}")
     args = parser.parse_args(argv)
     # force: importing fairseq already attached a DEBUG-level root handler
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     try:
         extract(args.images_dir, args.image_ids, args.output, args.backbone, args.checkpoint,
                 args.random_init_seed, args.image_size, args.batch_size, args.dtype, args.num_workers, args.device,
-                args.augmented_views, args.augmentation_seed)
+                args.augmented_views, args.augmentation_seed, skip_bad_images=args.skip_bad_images)
+    except (BadImagesError, CheckpointError) as error:  # not a usage error: no usage text
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
 

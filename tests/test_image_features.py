@@ -255,3 +255,88 @@ def test_empty_id_list(tmp_path):
     writer.close()
     store = ImageFeatureStore(tmp_path / "f.h5")
     assert (store.num_images, store.num_views) == (0, 2)
+
+
+def test_usable_flags_roundtrip_and_count(tmp_path):
+    patches, global_vectors = features(4)
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a", "b", "c", "d"], 3, 5, "float32")
+    writer.write(patches[:2], global_vectors[:2], None, None, np.array([True, False]))
+    writer.write(patches[2:], global_vectors[2:])  # unflagged rows are usable
+    assert writer.unusable_rows().tolist() == [1]
+    writer.close()
+    store = ImageFeatureStore(tmp_path / "f.h5")
+    assert store.usable.dtype == bool and store.usable.tolist() == [True, False, True, True]
+    assert store.num_unusable == 1 and store.attrs["num_unusable"] == 1
+    np.testing.assert_array_equal(store.read(1)[0].numpy(), patches[1])  # reading is unchanged
+
+
+def test_file_without_usable_reads_as_all_usable(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a", "b"], 3, 5)
+    writer.write(*features(2))
+    writer.close()
+    with h5py.File(tmp_path / "f.h5", "a") as f:  # as files written before the flag existed
+        del f["usable"]
+        del f.attrs["num_unusable"]
+    store = ImageFeatureStore(tmp_path / "f.h5")
+    assert store.usable.tolist() == [True, True] and store.num_unusable == 0
+
+
+def test_usable_of_the_wrong_shape_is_rejected(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a", "b"], 3, 5)
+    with pytest.raises(ImageFeatureError, match=r"usable must be a bool array of shape \(2,\)"):
+        writer.write(*features(2), None, None, np.array([1, 0]))
+    writer.write(*features(2))
+    writer.close()
+    with h5py.File(tmp_path / "f.h5", "a") as f:
+        del f["usable"]
+        f["usable"] = np.ones(3, dtype=bool)
+    with pytest.raises(ImageFeatureError, match=r"f\.h5: dataset usable is \(3,\), expected \(2,\)"):
+        ImageFeatureStore(tmp_path / "f.h5")
+
+
+def test_rewrite_replaces_a_flagged_row_after_resuming(tmp_path):
+    ids = ["a", "b", "c"]
+    patches, global_vectors = features(3)
+    view_patches, view_global = view_features(3, 2)
+    zeros = [np.zeros_like(x[:1]) for x in (patches, global_vectors, view_patches, view_global)]
+    first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=2)
+    first.write(patches[:1], global_vectors[:1], view_patches[:1], view_global[:1])
+    first.write(*zeros, np.array([False]))
+    first.close()  # interrupted after two rows, the second unusable
+    resumed = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=2)
+    assert resumed.rows_written == 2 and resumed.unusable_rows().tolist() == [1]
+    with pytest.raises(ImageFeatureError, match=r"only written rows \(0\.\.1\) can be rewritten, got \[2\]"):
+        resumed.rewrite([2], patches[2:], global_vectors[2:], view_patches[2:], view_global[2:])
+    resumed.rewrite([1], patches[1:2], global_vectors[1:2], view_patches[1:2], view_global[1:2])
+    resumed.write(patches[2:], global_vectors[2:], view_patches[2:], view_global[2:])
+    resumed.close()
+    store = ImageFeatureStore(tmp_path / "f.h5")
+    assert store.num_unusable == 0 and store.usable.all()
+    np.testing.assert_array_equal(store.read(1)[0].numpy(), patches[1])
+    np.testing.assert_array_equal(store.read(1, 1)[1].numpy(), view_global[1, 1])
+
+
+def test_partial_from_before_the_flag_resumes_as_usable(tmp_path):
+    ids = ["a", "b"]
+    patches, global_vectors = features(2)
+    first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32")
+    first.write(patches[:1], global_vectors[:1])
+    first.close()
+    with h5py.File(tmp_path / "f.h5.partial", "a") as f:
+        del f["usable"]
+    resumed = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32")
+    assert resumed.rows_written == 1  # same fingerprint: the flag did not change it
+    resumed.write(patches[1:], global_vectors[1:])
+    resumed.close()
+    assert ImageFeatureStore(tmp_path / "f.h5").usable.tolist() == [True, True]
+
+
+def test_close_without_publishing_keeps_the_complete_partial(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5)
+    writer.write(*features(1))
+    writer.close(publish=False)
+    assert not (tmp_path / "f.h5").exists()
+    resumed = ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5)
+    assert resumed.rows_written == 1
+    resumed.close()
+    assert (tmp_path / "f.h5").exists() and not (tmp_path / "f.h5.partial").exists()

@@ -7,8 +7,12 @@ Layout (written by ``preprocess/extract_image_features.py`` through :class:`Imag
     global        [N, D]        same dtype, one vector per image (pooled / CLS)
     view_patches  [N, K, P, D]  optional, same dtype: patches of K augmented views per image (MMA)
     view_global   [N, K, D]     optional, same dtype: global vectors of those views
+    usable        [N]           bool, True when the features come from a decoded image; False marks an
+                                image that was missing or undecodable at extraction (its rows are zero).
+                                Absent in older files, which read as all usable
     attrs                       free-form provenance (backbone, image size, ...); ``num_views`` = K,
-                                absent or 0 when the file holds no views
+                                absent or 0 when the file holds no views; ``num_unusable`` = the
+                                number of False in ``usable``
 
 ``view_patches`` is chunked per (image, view), so reading one view of one image reads one chunk.
 
@@ -34,6 +38,8 @@ VIEW_PATCHES = "view_patches"
 VIEW_GLOBAL = "view_global"
 NUM_VIEWS = "num_views"
 ROWS_WRITTEN = "rows_written"
+USABLE = "usable"
+NUM_UNUSABLE = "num_unusable"
 
 
 class ImageFeatureError(ValueError):
@@ -54,7 +60,11 @@ def read_image_ids(path) -> List[str]:
 
 
 class ImageFeatureStore:
-    """Read-only, fork-safe access to one feature file."""
+    """Read-only, fork-safe access to one feature file.
+
+    ``usable`` ([N] bool, loaded at open) says which rows come from a decoded image, and
+    ``num_unusable`` how many do not; a file without the dataset reads as all usable.
+    """
 
     def __init__(self, path):
         self.path = str(path)
@@ -77,6 +87,8 @@ class ImageFeatureStore:
             self.num_views = int(f.attrs.get(NUM_VIEWS, 0))
             if self.num_views:
                 self._check_view_shapes(f)
+            self.usable = self._read_usable(f)
+            self.num_unusable = int(n - np.count_nonzero(self.usable))
             self.attrs = dict(f.attrs)
         self._file: Optional[h5py.File] = None
         self._owner_pid: Optional[int] = None
@@ -93,6 +105,15 @@ class ImageFeatureStore:
                     f"{self.path}: {NUM_VIEWS} = {k} but dataset {name} is {found} "
                     f"(expected shape {expected} for {n} images, {p} patches, {d} dims)"
                 )
+
+    def _read_usable(self, f: h5py.File) -> np.ndarray:
+        # loaded once: N bytes, and a dataset can look a flag up without touching the file
+        if USABLE not in f:  # written before bad images were flagged: every row is a decoded image
+            return np.ones(self.num_images, dtype=bool)
+        if f[USABLE].shape != (self.num_images,):
+            raise ImageFeatureError(f"{self.path}: dataset {USABLE} is {f[USABLE].shape}, "
+                                    f"expected ({self.num_images},), one flag per image")
+        return f[USABLE][()].astype(bool)
 
     def rows_for(self, image_ids: Sequence[str], source: str) -> np.ndarray:
         """Row of every id, in order; ``source`` names the id list for error messages."""
@@ -151,6 +172,8 @@ class ImageFeatureWriter:
     Re-opening after an interruption continues at the first unwritten row, provided the id list,
     attributes and ``num_views`` are the same (a fingerprint is stored), otherwise it starts over.
     With ``num_views`` = K > 0 every :meth:`write` also takes the K augmented views of each image.
+    Every row carries a ``usable`` flag (default True); :meth:`unusable_rows` and :meth:`rewrite`
+    let a resumed run retry the images an earlier run could not decode.
     """
 
     def __init__(self, path, image_ids: Sequence[str], num_patches: int, feature_dim: int,
@@ -178,6 +201,8 @@ class ImageFeatureWriter:
             self._file.attrs.update(attrs)
             self._file.attrs["fingerprint"] = fingerprint
             self._file.attrs[ROWS_WRITTEN] = 0
+        if USABLE not in self._file:  # also in a .partial from before the flag: its rows were all decoded
+            self._file.create_dataset(USABLE, data=np.ones(self.num_images, dtype=bool))
 
     def _create(self, name: str, shape: Tuple[int, ...], chunks: Tuple[int, ...], dtype: str) -> None:
         # HDF5 rejects chunks larger than the dataset, so an empty id list gets a contiguous one
@@ -202,21 +227,60 @@ class ImageFeatureWriter:
         return int(self._file.attrs[ROWS_WRITTEN])
 
     def write(self, patches: np.ndarray, global_vectors: np.ndarray,
-              view_patches: Optional[np.ndarray] = None, view_global: Optional[np.ndarray] = None) -> None:
+              view_patches: Optional[np.ndarray] = None, view_global: Optional[np.ndarray] = None,
+              usable: Optional[np.ndarray] = None) -> None:
         """Append the next rows ([B, P, D] and [B, D]; views [B, K, P, D] and [B, K, D]) and
-        record progress. Views are required iff the writer was opened with num_views > 0."""
+        record progress. Views are required iff the writer was opened with num_views > 0.
+        ``usable`` [B] bool flags the rows (default: all usable)."""
         start = self.rows_written
         end = start + len(patches)
         if end > self.num_images:
             raise ImageFeatureError(f"{self.path}: more rows written than the {self.num_images} ids")
         self._check_views(len(patches), view_patches, view_global)
+        usable = self._check_usable(len(patches), usable)
         self._file[PATCHES][start:end] = patches
         self._file[GLOBAL][start:end] = global_vectors
         if self.num_views:
             self._file[VIEW_PATCHES][start:end] = view_patches
             self._file[VIEW_GLOBAL][start:end] = view_global
+        self._file[USABLE][start:end] = usable
         self._file.attrs[ROWS_WRITTEN] = end
         self._file.flush()
+
+    def unusable_rows(self) -> np.ndarray:
+        """Rows written so far with ``usable`` False, ascending."""
+        return np.flatnonzero(~self._file[USABLE][: self.rows_written].astype(bool))
+
+    def rewrite(self, rows: Sequence[int], patches: np.ndarray, global_vectors: np.ndarray,
+                view_patches: Optional[np.ndarray] = None, view_global: Optional[np.ndarray] = None,
+                usable: Optional[np.ndarray] = None) -> None:
+        """Overwrite already written ``rows``, with the arrays :meth:`write` takes;
+        e.g. when an image flagged unusable by an interrupted run can be decoded now."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) != len(patches):
+            raise ImageFeatureError(f"{self.path}: {len(rows)} rows to rewrite but {len(patches)} rows of features")
+        if len(rows) and not (0 <= rows.min() and rows.max() < self.rows_written):
+            raise ImageFeatureError(f"{self.path}: only written rows (0..{self.rows_written - 1}) can be "
+                                    f"rewritten, got {rows.tolist()}")
+        self._check_views(len(patches), view_patches, view_global)
+        usable = self._check_usable(len(patches), usable)
+        for i, row in enumerate(rows.tolist()):
+            self._file[PATCHES][row] = patches[i]
+            self._file[GLOBAL][row] = global_vectors[i]
+            if self.num_views:
+                self._file[VIEW_PATCHES][row] = view_patches[i]
+                self._file[VIEW_GLOBAL][row] = view_global[i]
+            self._file[USABLE][row] = usable[i]
+        self._file.flush()
+
+    def _check_usable(self, batch_size: int, usable: Optional[np.ndarray]) -> np.ndarray:
+        if usable is None:
+            return np.ones(batch_size, dtype=bool)
+        usable = np.asarray(usable)
+        if usable.shape != (batch_size,) or usable.dtype != bool:
+            raise ImageFeatureError(f"{self.path}: usable must be a bool array of shape ({batch_size},), "
+                                    f"got {usable.dtype} {usable.shape}")
+        return usable
 
     def _check_views(self, batch_size: int, view_patches, view_global) -> None:
         k, p, d = self.num_views, self.num_patches, self.feature_dim
@@ -233,8 +297,11 @@ class ImageFeatureWriter:
             if tuple(array.shape) != expected:
                 raise ImageFeatureError(f"{self.path}: {name} has shape {tuple(array.shape)}, expected {expected}")
 
-    def close(self) -> None:
+    def close(self, publish: bool = True) -> None:
+        """Close, and rename a complete file to ``path``; with ``publish=False`` a complete file
+        stays ``.partial``, so that a later run resumes it instead of extracting again."""
         done = self.rows_written == self.num_images
+        self._file.attrs[NUM_UNUSABLE] = len(self.unusable_rows())
         self._file.close()
-        if done:
+        if done and publish:
             os.replace(self.partial_path, self.path)
