@@ -63,7 +63,8 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
             loss = loss + mmcl_term
             logging_output.update(mmcl_logs)
             # this worker's share: its own pairs (the gradient term covers all workers' pairs)
-            logging_output["loss"] += self.mmcl_weight * sample_size * mmcl_logs["mmcl_loss"] / mmcl_logs["mmcl_pairs"]
+            logging_output["loss"] += (self.mmcl_weight * sample_size * mmcl_logs["mmcl_loss"]
+                                       / max(mmcl_logs["mmcl_pairs"], 1))
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output["n_correct"] = utils.item(n_correct.data)
@@ -73,8 +74,12 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
     def contrastive_loss(self, extra, sample_size):
         """lambda * (total sample size / N) * sum of the N pair losses over all workers, and the
         logging sums of this worker's pairs."""
-        text, image = extra["mmcl_text"], extra["mmcl_image"]
-        parts = [text, image] + ([extra["mmcl_image_negatives"]] if "mmcl_image_negatives" in extra else [])
+        parts = [extra["mmcl_text"], extra["mmcl_image"]]
+        if "mmcl_image_negatives" in extra:
+            parts.append(extra["mmcl_image_negatives"])
+        if "mmcl_usable" in extra:  # pairs whose image was missing at extraction have no image to match
+            parts = [part[extra["mmcl_usable"]] for part in parts]
+        text = parts[0]
         group = distributed_utils.get_data_parallel_group() if dist.is_initialized() else None
         joined, offset = gather_across_workers(torch.cat(parts, dim=1), group)
         text_all, image_all, *negatives_all = split_columns(joined, [p.size(1) for p in parts])
@@ -84,7 +89,8 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
         total_sample_size = torch.tensor(float(sample_size), device=text.device)
         if group is not None and dist.get_world_size(group) > 1:
             dist.all_reduce(total_sample_size, group=group)
-        term = self.mmcl_weight * total_sample_size / pair_loss.numel() * pair_loss.sum()
+        # (no pair at all: every image of the batch was unusable; keep the head in the graph)
+        term = self.mmcl_weight * total_sample_size / max(pair_loss.numel(), 1) * pair_loss.sum()
 
         local = slice(offset, offset + text.size(0))
         local_loss = pair_loss[local].sum().detach()

@@ -23,6 +23,8 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
     dataset is exactly a LanguagePairDataset (text-only training and generation). With an
     ``augmentation`` (training only) examples are augmented by MMA, and with its
     ``view_negatives`` the batch also carries ``net_input["image_negative_global"]`` [B, D].
+    A batch holding an image that was flagged unusable at extraction (missing or undecodable
+    file) also carries ``net_input["image_usable"]`` [B] bool: those sentences are text-only.
     """
 
     def __init__(self, *args, image_store: Optional[ImageFeatureStore] = None,
@@ -50,6 +52,12 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
     def has_images(self) -> bool:
         return self.image_store is not None
 
+    @property
+    def num_without_usable_image(self) -> int:
+        if self.image_store is None or self.image_store.num_unusable == 0:
+            return 0
+        return int((~self.image_store.usable[self.image_rows]).sum())
+
     def set_epoch(self, epoch):
         super().set_epoch(epoch)
         self.epoch = epoch
@@ -63,6 +71,7 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         if self.image_store is None:
             return example
         row = int(self.image_rows[index])
+        example["image_usable"] = bool(self.image_store.usable[row])
         if augmentation is None:
             example["image_patches"], example["image_global"] = self.image_store.read(row)
             return example
@@ -83,6 +92,9 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         ordered = [by_id[int(i)] for i in batch["id"]]
         batch["net_input"]["image_patches"], batch["net_input"]["image_global"] = stack_images(
             [(s["image_patches"], s["image_global"]) for s in ordered])
+        usable = torch.tensor([s["image_usable"] for s in ordered])
+        if not usable.all():
+            batch["net_input"]["image_usable"] = usable
         if "image_negative_global" in ordered[0]:
             batch["net_input"]["image_negative_global"] = torch.stack(
                 [s["image_negative_global"] for s in ordered]).float()

@@ -21,7 +21,7 @@ from fairseq.models.transformer import (
 from .contrastive_head import ContrastiveHead, mean_over_tokens
 from .fusion import FUSION_CHOICES, build_fusion
 from .image_encoder import ImageFeatureEncoder
-from .mdropnet import check_probabilities, draw_modalities, per_sentence_memory
+from .mdropnet import TEXT_AND_IMAGE, TEXT_ONLY, check_probabilities, draw_modalities, per_sentence_memory
 from .pretrained_text_encoder import load_pretrained_text_encoder
 
 # Set in the model config once --pretrained-text-encoder has been copied in, and saved with it.
@@ -112,10 +112,11 @@ class M3PEncoder(FairseqEncoder):
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
                 image_patches: Optional[Tensor] = None, image_global: Optional[Tensor] = None,
-                modalities: Optional[Tensor] = None, return_all_hiddens: bool = False,
-                token_embeddings: Optional[Tensor] = None):
+                modalities: Optional[Tensor] = None, image_usable: Optional[Tensor] = None,
+                return_all_hiddens: bool = False, token_embeddings: Optional[Tensor] = None):
         """``modalities`` [B] (mdropnet.TEXT_ONLY / IMAGE_ONLY / TEXT_AND_IMAGE) fixes what each
-        sentence's decoder sees; by default MDropNet draws it in training, and inference uses both."""
+        sentence's decoder sees; by default MDropNet draws it in training, and inference uses both.
+        Sentences whose ``image_usable`` is False (image missing at extraction) are text-only."""
         out = self.text_encoder(src_tokens, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens,
                                 token_embeddings=token_embeddings)
         if self.fusion is None:
@@ -129,6 +130,10 @@ class M3PEncoder(FairseqEncoder):
         if modalities is None and self.training and self.mdropnet_text_only + self.mdropnet_image_only > 0:
             modalities = draw_modalities(src_tokens.size(0), self.mdropnet_text_only,
                                          self.mdropnet_image_only, device=src_tokens.device)
+        if image_usable is not None and not image_usable.all():
+            if modalities is None:
+                modalities = torch.full_like(image_usable, TEXT_AND_IMAGE, dtype=torch.long)
+            modalities = modalities.masked_fill(~image_usable, TEXT_ONLY)
         if modalities is not None:
             fused, padding_mask = per_sentence_memory(modalities, text, text_padding_mask, fused,
                                                       padding_mask, patches)
@@ -201,15 +206,16 @@ class M3PTransformerModel(TransformerModel):
     def forward(self, src_tokens, src_lengths, prev_output_tokens,
                 image_patches: Optional[Tensor] = None, image_global: Optional[Tensor] = None,
                 image_negative_global: Optional[Tensor] = None, modalities: Optional[Tensor] = None,
-                contrastive: bool = False, return_all_hiddens: bool = True, features_only: bool = False,
+                image_usable: Optional[Tensor] = None, contrastive: bool = False, return_all_hiddens: bool = True, features_only: bool = False,
                 alignment_layer: Optional[int] = None, alignment_heads: Optional[int] = None):
         """With ``contrastive=True`` the decoder's extra output also holds the MMCL embeddings
         (``mmcl_text``, ``mmcl_image`` [B, d], ``mmcl_image_negatives`` [B, d] when the batch
-        carries ``image_negative_global``) and ``mmcl_logit_scale``; computing them inside
+        carries ``image_negative_global``), ``mmcl_logit_scale`` and, when some images are
+        unusable, ``mmcl_usable`` [B] (the pairs MMCL may use); computing them inside
         forward keeps them under DistributedDataParallel's gradient synchronisation."""
         encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, image_patches=image_patches,
                                    image_global=image_global, modalities=modalities,
-                                   return_all_hiddens=return_all_hiddens)
+                                   image_usable=image_usable, return_all_hiddens=return_all_hiddens)
         logits, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
                                      alignment_layer=alignment_layer, alignment_heads=alignment_heads,
                                      src_lengths=src_lengths, return_all_hiddens=return_all_hiddens)
@@ -224,6 +230,8 @@ class M3PTransformerModel(TransformerModel):
                 extra["mmcl_image_negatives"] = head.embed_image(
                     self.encoder.image_encoder.embed_global(image_negative_global.to(logits.dtype)))
             extra["mmcl_logit_scale"] = head.logit_scale()
+            if image_usable is not None:
+                extra["mmcl_usable"] = image_usable
         return logits, extra
 
 

@@ -187,6 +187,11 @@ class MultimodalTranslationTask(TranslationTask):
         for direction, dataset in datasets.items():
             logger.info("%s %s %s: %d examples%s", data_path, split, direction, len(dataset),
                         " with images" if dataset.has_images else " (text only)")
+            if dataset.num_without_usable_image:
+                logger.warning(
+                    "%s %s: %d sentences refer to images that were missing or undecodable at "
+                    "extraction (see %s.bad_images.tsv); they are trained and translated text-only",
+                    split, direction, dataset.num_without_usable_image, dataset.image_store.path)
             self._check_model_compatible(split, dataset)
         if split == self.cfg.train_subset:
             self.datasets[split] = TemperatureSampledDataset(datasets, self._sampling_temperature,
@@ -391,7 +396,9 @@ class MultimodalTranslationTask(TranslationTask):
         if "image_patches" not in net_input and self._image_row_of_source:
             # fairseq-interactive hands the models only src_tokens and src_lengths: find each
             # sentence's image again through its tokens (unique per chunk, see above).
-            net_input["image_patches"], net_input["image_global"] = self._images_of(net_input["src_tokens"])
+            net_input["image_patches"], net_input["image_global"], usable = self._images_of(net_input["src_tokens"])
+            if usable is not None:
+                net_input["image_usable"] = usable
         return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
                                       constraints=constraints)
 
@@ -400,4 +407,6 @@ class MultimodalTranslationTask(TranslationTask):
         rows = [self._image_row_of_source[tuple(utils.strip_pad(tokens, self.src_dict.pad()).tolist())]
                 for tokens in src_tokens.cpu()]
         patches, global_vectors = stack_images([store.read(int(row)) for row in rows])
-        return patches.to(src_tokens.device), global_vectors.to(src_tokens.device)
+        usable = torch.from_numpy(store.usable[rows])
+        return (patches.to(src_tokens.device), global_vectors.to(src_tokens.device),
+                None if usable.all() else usable.to(src_tokens.device))
