@@ -85,5 +85,5 @@ def test_text_only_model_with_mmcl_is_refused(data_dir):
     task.load_dataset("valid")
     dataset = task.dataset("valid")
     batch = dataset.collater([dataset[i] for i in range(2)])
-    with pytest.raises(ValueError, match="--mmcl-weight 1.0 needs a model that reads images"):
+    with pytest.raises(ValueError, match="--mmcl-weight 0.1 needs a model that reads images"):
         task.build_criterion(cfg.criterion)(model, batch)

@@ -51,14 +51,24 @@ def modes(*codes):
 def test_image_only_sentences_carry_no_source_to_the_decoder(model_and_batch):
     model, net_input = model_and_batch
     image_only = modes(*[IMAGE_ONLY] * 6)
-    other_source = net_input["src_tokens"].clone()
-    words = other_source > 10  # leave tags, specials and padding alone
-    other_source[words] = 10 + (other_source[words] + 7) % 50
+    source = net_input["src_tokens"]
+    tags = torch.zeros_like(source, dtype=torch.bool)
+    tags[torch.arange(len(source)), (source != 1).long().argmax(1)] = True  # first non-pad token
+    words = (source > 3) & ~tags  # leave the target-language tag, specials and padding alone
+    other_source = source.clone()
+    other_source[words] = 10 + (source[words] + 7) % 50
+    assert (other_source != source).sum() > 20
     torch.testing.assert_close(decode(model, net_input, image_only),
                                decode(model, net_input, image_only, src_tokens=other_source))
-    # ... but they do read the image
+    # ... but they do read the image, and the target language they caption into
     assert not torch.allclose(decode(model, net_input, image_only),
                               decode(model, net_input, image_only, image_patches=net_input["image_patches"].flip(0)))
+    other_language = source.clone()
+    dictionary = model.encoder.dictionary
+    assert source[tags].tolist() == [dictionary.index("__de__")] * 6  # the first en-de examples
+    other_language[tags] = dictionary.index("__fr__")
+    assert not torch.allclose(decode(model, net_input, image_only),
+                              decode(model, net_input, image_only, src_tokens=other_language))
 
 
 def test_text_only_sentences_ignore_the_image(model_and_batch):

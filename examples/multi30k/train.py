@@ -34,7 +34,7 @@ COMMON = [
     "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "100",
 ]
 M3P_TRAINING = [
-    "--fusion", "cvlm", "--criterion", "m3p_loss", "--mmcl-weight", "1",
+    "--fusion", "cvlm", "--criterion", "m3p_loss", "--mmcl-weight", "0.1",
     "--mdropnet-text-only", "0.25", "--mdropnet-image-only", "0.25",
     "--mma-text-mask-ratio", "0.15", "--mma-patch-mask-ratio", "0.25",
 ]

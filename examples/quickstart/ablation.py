@@ -3,7 +3,7 @@ after another, every model with the quickstart's budget (same updates and batch 
 
     python examples/quickstart/ablation.py [--work-dir work/quickstart]
 
-  (1) m3P                      --fusion cvlm --criterion m3p_loss --mmcl-weight 1, MDropNet, MMA
+  (1) m3P                      --fusion cvlm --criterion m3p_loss --mmcl-weight 0.1, MDropNet, MMA
   (2) (1) - MMCL               --mmcl-weight 0
   (3) (2) - CVLM               --fusion concat (the decoder attends to text and patch states)
   (4) (3) - MDropNet           --mdropnet-text-only 0 --mdropnet-image-only 0

@@ -135,10 +135,19 @@ class M3PEncoder(FairseqEncoder):
                 modalities = torch.full_like(image_usable, TEXT_AND_IMAGE, dtype=torch.long)
             modalities = modalities.masked_fill(~image_usable, TEXT_ONLY)
         if modalities is not None:
+            image_prompt = torch.cat([self._target_language(src_tokens), patches], dim=0)
             fused, padding_mask = per_sentence_memory(modalities, text, text_padding_mask, fused,
-                                                      padding_mask, patches)
+                                                      padding_mask, image_prompt)
         return {**out, "encoder_out": [fused], "encoder_padding_mask": [padding_mask],
                 "text_states": [text], "image_global_state": [global_state]}
+
+    def _target_language(self, src_tokens: Tensor) -> Tensor:
+        """[1, B, C]: the embedding of each sentence's first token, the target-language tag the
+        task prefixes. An image-only sentence sees it in front of its patches: captioning needs
+        to know the language to write in, and the bare embedding carries nothing of the source."""
+        first = (src_tokens != self.dictionary.pad()).long().argmax(dim=1, keepdim=True)
+        tags = src_tokens.gather(1, first).t()
+        return self.text_encoder.embed_tokens(tags) * self.text_encoder.embed_scale
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order):
         return self.text_encoder.reorder_encoder_out(encoder_out, new_order)

@@ -1,5 +1,6 @@
 """Multimodal DropNet (paper Sec. 2.7): every training sentence is translated from its text only
-(Eq. 9), from its image only (Eq. 10, captioning into the target language) or from the fused
+(Eq. 9), from its image only (Eq. 10, captioning into the target language, whose tag the
+decoder sees in front of the patches) or from the fused
 multimodal prompt (Eq. 11), with probabilities 0.25 / 0.25 / 0.5 in the paper.
 
 The whole batch goes through the text encoder, the image encoder and the fusion; each sentence's
@@ -35,21 +36,21 @@ def draw_modalities(batch_size: int, text_only: float, image_only: float, device
 
 
 def per_sentence_memory(modes: Tensor, text: Tensor, text_padding_mask: Tensor, fused: Tensor,
-                        fused_padding_mask: Tensor, patches: Tensor) -> Tuple[Tensor, Tensor]:
+                        fused_padding_mask: Tensor, image: Tensor) -> Tuple[Tensor, Tensor]:
     """The states [L, B, C] and padding mask [B, L] each sentence's decoder sees under its mode.
 
-    text [T, B, C] are the unfused text states (Eq. 9), patches [P, B, C] the image states
-    (Eq. 10), fused the fusion's output (Eq. 11).
+    text [T, B, C] are the unfused text states (Eq. 9), image [I, B, C] the image prompt (Eq. 10:
+    the patch states, after the target-language tag's embedding), fused the fusion's output (Eq. 11).
     """
     text_only = (modes == TEXT_ONLY).unsqueeze(1)  # [B, 1], broadcast over positions
     image_only = (modes == IMAGE_ONLY).unsqueeze(1)
     both = (modes == TEXT_AND_IMAGE).unsqueeze(1)
-    patch_padding_mask = (~image_only).expand(-1, patches.size(0))
+    image_padding_mask = (~image_only).expand(-1, image.size(0))
     if fused.shape == text.shape:
         # Fusions that keep one state per source token: text-only sentences take the unfused
-        # states at the same positions, so the memory is only P positions longer than at inference.
+        # states at the same positions, so the memory is only I positions longer than at inference.
         first = torch.where(text_only.t().unsqueeze(-1), text, fused)
-        return (torch.cat([first, patches], dim=0),
-                torch.cat([text_padding_mask | image_only, patch_padding_mask], dim=1))
-    return (torch.cat([fused, text, patches], dim=0),
-            torch.cat([fused_padding_mask | ~both, text_padding_mask | ~text_only, patch_padding_mask], dim=1))
+        return (torch.cat([first, image], dim=0),
+                torch.cat([text_padding_mask | image_only, image_padding_mask], dim=1))
+    return (torch.cat([fused, text, image], dim=0),
+            torch.cat([fused_padding_mask | ~both, text_padding_mask | ~text_only, image_padding_mask], dim=1))
