@@ -52,7 +52,6 @@ command after an interruption continues from the last written batch.
 """
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -62,7 +61,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -124,48 +123,63 @@ def build_backbone(name: str, checkpoint: Optional[Path], random_init_seed: Opti
         return timm.create_model(name, pretrained=False, **kwargs).eval()
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"--checkpoint {checkpoint}: file not found")
-    if name.startswith(("hf-hub:", "hf_hub:")):  # timm would download those weights instead
+    if name.startswith(("hf-hub:", "hf_hub:")):  # timm would fetch that model's config and weights
         raise ValueError(f"--backbone {name}: give a timm model name, the weights come from --checkpoint")
-    with recorded_state_dict_loads() as loads:
-        try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(checkpoint)},
-                                      **kwargs)
-        except RuntimeError as error:
-            raise CheckpointError(describe_load_error(error, checkpoint, name)) from error
-    check_every_weight_loaded(model, loads, checkpoint, name)
+    # pretrained=False still gives the model the pretrained_cfg of the name's tag (timm's default
+    # tag without one), so timm.data.resolve_model_data_config finds that tag's mean, std and crop
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    load_checkpoint(model, Path(checkpoint), name)
     return model.eval()
 
 
-@contextlib.contextmanager
-def recorded_state_dict_loads() -> Iterator[List[Tuple[torch.nn.Module, object]]]:
-    """Records (module, missing/unexpected keys) of every ``load_state_dict`` call in the block.
+def load_checkpoint(model: torch.nn.Module, checkpoint: Path, backbone: str) -> None:
+    """Loads ``checkpoint`` as timm loads pretrained weights, but fails unless every backbone weight
+    comes from it and every weight in it has a place.
 
-    timm loads non-strictly whenever the classifier is dropped (our num_classes=0), which would
-    silently leave backbone weights a checkpoint lacks at their random initialisation.
+    We load instead of timm (pretrained=True): once the classifier is dropped (our num_classes=0),
+    timm loads non-strictly and would leave backbone weights the checkpoint lacks at random.
     """
-    loads, original = [], torch.nn.Module.load_state_dict
+    import timm.models
 
-    def load_state_dict(module, *args, **kwargs):
-        result = original(module, *args, **kwargs)
-        loads.append((module, result))
-        return result
-
-    torch.nn.Module.load_state_dict = load_state_dict
     try:
-        yield loads
-    finally:
-        torch.nn.Module.load_state_dict = original
+        # .safetensors or torch.load; unwraps state_dict/model of training checkpoints
+        state = timm.models.load_state_dict(str(checkpoint))
+        filter_fn = timm_checkpoint_filter(model)
+        if filter_fn is not None:
+            state = filter_fn(state, model)
+        result = model.load_state_dict(without_classifier(state, model), strict=False)
+    except RuntimeError as error:  # an unreadable file; strict=False still raises on size mismatches
+        raise CheckpointError(describe_load_error(error, checkpoint, backbone)) from error
+    # a BatchNorm's update counter is no weight
+    missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(describe_mismatch(checkpoint, backbone, [], missing, result.unexpected_keys))
 
 
-def check_every_weight_loaded(model: torch.nn.Module, loads, checkpoint: Path, backbone: str) -> None:
-    results = [result for module, result in loads if module is model]
-    if not results:
-        logger.warning("could not check which weights %s loaded into %s", checkpoint, backbone)
-        return
-    # a BatchNorm's update counter is no weight; timm drops the classifier before loading
-    missing = [key for key in results[-1].missing_keys if not key.endswith("num_batches_tracked")]
-    if missing or results[-1].unexpected_keys:
-        raise CheckpointError(describe_mismatch(checkpoint, backbone, [], missing, results[-1].unexpected_keys))
+def timm_checkpoint_filter(model: torch.nn.Module):
+    """The checkpoint converter timm passes as ``pretrained_filter_fn`` when it builds ``model``,
+    or None if its family has none (ResNet).
+
+    timm keeps no reference to it on the model or its pretrained_cfg; by timm's convention each
+    model family's module defines it as ``checkpoint_filter_fn(state_dict, model)``, next to the
+    model class: vision_transformer's converts OpenAI/open_clip CLIP layouts and resamples the
+    position table, byobnet's converts CLIP ResNets. (Families that use another name, or ViT
+    variants that bind other resampling options to it, get no or the plain filter; whatever does
+    not fit then still fails the key check.)
+    """
+    return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+
+
+def without_classifier(state: dict, model: torch.nn.Module) -> dict:
+    """``state`` without the classifier weights the headless model has no place for, as timm drops
+    them for num_classes=0: those named by the pretrained_cfg's ``classifier`` (``head`` of ViTs,
+    where the CLIP filter puts ``visual.proj``; ``fc`` of ResNets; ``head.proj`` of CLIP ResNets)."""
+    classifiers = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    if isinstance(classifiers, str):
+        classifiers = (classifiers,)
+    in_model = model.state_dict().keys()
+    dropped = {f"{name}.{param}" for name in classifiers for param in ("weight", "bias")} - in_model
+    return {key: value for key, value in state.items() if key not in dropped}
 
 
 _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) "
