@@ -175,8 +175,12 @@ def train(work: Path, data: Path, models: dict, args) -> dict:
 def _finished(checkpoint: Path, max_update: int) -> bool:
     if not checkpoint.exists():
         return False
+    import logging
+
     import torch
+    logging.disable(logging.INFO)  # fairseq's import turns on DEBUG logging for everything
     import m3p_fairseq  # noqa: F401  (allow-lists the checkpoint's classes)
+    logging.disable(logging.NOTSET)
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     return state["optimizer_history"][-1]["num_updates"] >= max_update
