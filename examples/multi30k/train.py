@@ -43,7 +43,7 @@ PAPER = ["--arch", "m3p_transformer_base", "--lr", "5e-4", "--warmup-updates", "
          "--max-tokens", "2048", "--dropout", "0.1", "--max-update", "100000"]
 CPU = ["--arch", "m3p_transformer", "--encoder-layers", "3", "--decoder-layers", "3",
        "--encoder-embed-dim", "256", "--encoder-ffn-embed-dim", "1024", "--encoder-attention-heads", "4",
-       "--lr", "1e-3", "--warmup-updates", "1000", "--max-tokens", "4096", "--dropout", "0.1",
+       "--lr", "1e-3", "--warmup-updates", "400", "--max-tokens", "4096", "--dropout", "0.1",
        "--validate-interval-updates", "1000", "--save-interval-updates", "1000", "--keep-interval-updates", "1"]
 CONFIGS = {
     "paper": PAPER + M3P_TRAINING,
