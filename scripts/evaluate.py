@@ -3,8 +3,8 @@
     python scripts/evaluate.py --data DATA --checkpoint text=ckpt_text.pt --checkpoint cvlm=ckpt_cvlm.pt \
         --splits test,test_degraded --beam 5 --output results.json
 
-Each checkpoint is loaded once and run over every direction it was trained on (or
---lang-pairs). Hypotheses and references are detokenized (SentencePiece pieces joined), so the
+Each checkpoint is loaded once and run over every direction it was trained on (or those of
+them named by --lang-pairs). Hypotheses and references are detokenized (SentencePiece pieces joined), so the
 score is case-sensitive detokenized sacreBLEU, as in the paper. Prints a Markdown table of
 BLEU per direction and split, and writes the scores (and hypotheses) as JSON.
 """
@@ -89,7 +89,7 @@ def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pai
     results = {}
     for name, checkpoint in checkpoints.items():
         models, task = load(checkpoint, data)
-        pairs = lang_pairs or task.lang_pairs
+        pairs = [pair for pair in task.lang_pairs if lang_pairs is None or pair in lang_pairs]
         for split in splits:
             for src, tgt in pairs:
                 began = time.time()
@@ -131,7 +131,8 @@ def main(argv=None):
     parser.add_argument("--checkpoint", action="append", required=True,
                         help="NAME=PATH (or PATH); repeat to compare models")
     parser.add_argument("--splits", default="test", help="comma-separated splits")
-    parser.add_argument("--lang-pairs", help="directions to score; default: those the model was trained on")
+    parser.add_argument("--lang-pairs", help="score only these of the directions each model was trained on; "
+                                             "default: all of them")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", type=Path, help="write scores and hypotheses as JSON here")

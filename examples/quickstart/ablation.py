@@ -68,7 +68,7 @@ def table(results: dict) -> str:
 def main(argv=None):
     began = time.time()
     results, work = train_and_evaluate({name: spec for _, models in ROWS for name, spec in models.items()},
-                                       "ablation.json", __doc__, argv)
+                                       "ablation.json", __doc__, argv, score_pairs=REPORTED)
     markdown = table(results)
     (work / "ablation.md").write_text(markdown, encoding="utf-8")
     print(markdown)

@@ -186,9 +186,10 @@ def _finished(checkpoint: Path, max_update: int) -> bool:
     return state["optimizer_history"][-1]["num_updates"] >= max_update
 
 
-def train_and_evaluate(models: dict, output_name: str, doc: str, argv=None):
-    """Steps 1-5 for ``models`` (name -> (model options, language pairs)); returns the scores
-    and the work directory."""
+def train_and_evaluate(models: dict, output_name: str, doc: str, argv=None, score_pairs=None):
+    """Steps 1-5 for ``models`` (name -> (model options, language pairs)); scores every
+    direction a model was trained on, or only ``score_pairs``. Returns the scores and the work
+    directory."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser)
     args = parser.parse_args(argv)
@@ -197,12 +198,13 @@ def train_and_evaluate(models: dict, output_name: str, doc: str, argv=None):
     print("== 4/5 training", flush=True)
     checkpoints = train(work, data, models, args)
     print("== 5/5 beam search (beam 5) and sacreBLEU", flush=True)
-    return evaluate(data, checkpoints, work / output_name), work
+    return evaluate(data, checkpoints, work / output_name, score_pairs), work
 
 
-def evaluate(data: Path, checkpoints: dict, output: Path) -> dict:
+def evaluate(data: Path, checkpoints: dict, output: Path, score_pairs=None) -> dict:
     run([sys.executable, "scripts/evaluate.py", "--data", data, "--splits", "test,test_degraded", "--beam", 5,
          "--output", output]
+        + (["--lang-pairs", ",".join(score_pairs)] if score_pairs else [])
         + [arg for name, path in checkpoints.items() for arg in ("--checkpoint", f"{name}={path}")])
     return json.loads(output.read_text(encoding="utf-8"))
 
