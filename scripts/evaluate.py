@@ -4,9 +4,10 @@
         --splits test,test_degraded --beam 5 --output results.json
 
 Each checkpoint is loaded once and run over every direction it was trained on (or those of
-them named by --lang-pairs). Hypotheses and references are detokenized (SentencePiece pieces joined), so the
-score is case-sensitive detokenized sacreBLEU, as in the paper. Prints a Markdown table of
-BLEU per direction and split, and writes the scores (and hypotheses) as JSON.
+them named by --lang-pairs). Hypotheses and references are detokenized (SentencePiece pieces
+joined), so the score is case-sensitive detokenized sacreBLEU, as in the paper; with
+--references-dir the references are the raw target text. Prints a Markdown table of BLEU per
+direction and split, and writes the scores (and hypotheses) as JSON.
 """
 
 import argparse
