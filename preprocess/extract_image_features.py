@@ -70,6 +70,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from m3p_fairseq.data.image_features import ImageFeatureError, ImageFeatureWriter, read_image_ids
+from m3p_fairseq.serialization import allow_fairseq_checkpoint_globals
 from preprocess.image_augmentation import AugmentedViews
 
 logger = logging.getLogger("preprocess.extract_image_features")
@@ -150,6 +151,11 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: Path, backbone: str) -> 
         result = model.load_state_dict(without_classifier(state, model), strict=False)
     except RuntimeError as error:  # an unreadable file; strict=False still raises on size mismatches
         raise CheckpointError(describe_load_error(error, checkpoint, backbone)) from error
+    finally:
+        # timm loads inside torch.serialization.safe_globals([argparse.Namespace]), whose exit
+        # removes Namespace from the allow-list again, also our registration of it: fairseq
+        # checkpoints would no longer load in this process
+        allow_fairseq_checkpoint_globals()
     # a BatchNorm's update counter is no weight
     missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:

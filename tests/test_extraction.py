@@ -1,5 +1,6 @@
 """Feature extraction: bad images, backbones loaded from local checkpoints, per-backbone preprocessing."""
 
+import argparse
 import io
 import logging
 
@@ -203,6 +204,15 @@ def test_timm_checkpoint_loads_every_backbone_weight(tmp_path, layout):
     assert loaded.keys() == {key for key in state if not key.startswith("head.")}  # classifier dropped
     for key, value in loaded.items():
         assert torch.equal(value, state[key]), key
+
+
+def test_fairseq_checkpoints_still_load_after_a_timm_checkpoint(tmp_path):
+    # timm's loader allow-lists argparse.Namespace only for its own load and then removes it,
+    # which also dropped the plugin's registration: a later fairseq checkpoint failed to load
+    torch.save(tiny_timm_vit().state_dict(), tmp_path / "weights.pth")
+    backbone_from(tmp_path / "weights.pth")
+    torch.save({"args": argparse.Namespace(arch="m3p_transformer_tiny")}, tmp_path / "checkpoint.pt")
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["args"].arch == "m3p_transformer_tiny"
 
 
 def openai_clip_state_dict(width=32, grid=2, patch=32, out_dim=16, seed=0):
