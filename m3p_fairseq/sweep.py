@@ -197,7 +197,8 @@ def run_name_for(overrides: Dict[str, Any]) -> str:
     if not overrides:
         return "base"
     parts = [f"{key.replace('resources.', '')}={_scalar(value)}" for key, value in overrides.items()]
-    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(parts))
+    # one directory name, without separators or shell metacharacters; commas only between parts
+    name = ",".join(re.sub(r"[^A-Za-z0-9._=+-]", "_", part) for part in parts)
     if len(name) > 100:
         name = name[:80] + "," + hashlib.sha1(name.encode()).hexdigest()[:10]
     return name
@@ -370,6 +371,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def __init__(self, stop_grace_s: float = 60.0):
         self.stop_grace_s = stop_grace_s
         self._process = None
+        self._last_exit_code = None
 
     def __call__(self, run_dir: str) -> Dict[str, Any]:
         run_dir = Path(run_dir)
@@ -386,15 +388,20 @@ class TrainingJob(submitit.helpers.Checkpointable):
             log.write(f"\n# attempt started {time.strftime('%Y-%m-%d %H:%M:%S')} on {environment.hostname}, "
                       f"job {environment.job_id}, rank {rank}\n")
             log.flush()
-            # fairseq-train ignores the scheduler's warning signal: this process handles it
+            # fairseq-train ignores the scheduler's warning signal (this process handles it),
+            # and writes its log as it goes (Python buffers a redirected stdout)
             self._process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 preexec_fn=lambda: signal.signal(submitit.JobEnvironment._usr_sig(), signal.SIG_IGN))
-            # poll rather than wait(): a signal handler that stops the child must not find
-            # Popen's wait lock held
-            while self._process.poll() is None:
-                time.sleep(0.5)
-        code, self._process = self._process.returncode, None
+            try:
+                # poll rather than wait(): a signal handler that stops the child must not find
+                # Popen's wait lock held
+                while self._process.poll() is None:
+                    time.sleep(0.5)
+            finally:  # cancelled or interrupted: no orphaned fairseq-train
+                self._stop_trainer()
+        code, self._process = self._last_exit_code, None
         if code != 0:
             if rank == 0:
                 write_state(run_dir, "failed", exit_code=code)
@@ -418,19 +425,28 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 "--distributed-no-spawn", "--device-id", str(environment.local_rank)]
 
     def checkpoint(self, run_dir: str) -> submitit.helpers.DelayedSubmission:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            deadline = time.time() + self.stop_grace_s
-            while process.poll() is None and time.time() < deadline:
-                time.sleep(0.5)
-            if process.poll() is None:
-                process.kill()
+        self._stop_trainer()
         write_state(Path(run_dir), "requeued")
         return submitit.helpers.DelayedSubmission(self, run_dir)
 
+    def _stop_trainer(self) -> None:
+        """SIGTERM, then SIGKILL after the grace period. fairseq writes checkpoints to a
+        temporary file and renames it, so checkpoint_last.pt is never half-written."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            deadline = time.time() + self.stop_grace_s
+            while process.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self._last_exit_code = process.returncode
+
     def __getstate__(self):
-        return {"stop_grace_s": self.stop_grace_s, "_process": None}
+        return {"stop_grace_s": self.stop_grace_s, "_process": None, "_last_exit_code": None}
 
 
 # ---- submit, status, collect ----------------------------------------------------------------
