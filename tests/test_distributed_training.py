@@ -76,9 +76,13 @@ def test_both_workers_trained_together(two_workers):
 
 def test_each_worker_trains_on_its_own_shard(two_workers):
     work, _ = two_workers
-    ids = [[i for r in read_records(work / f"rank{rank}.jsonl", "batch") for i in r["ids"]] for rank in (0, 1)]
-    assert ids[0] and ids[1]
-    assert not set(ids[0]) & set(ids[1])  # within an epoch no example is seen by both workers
+    seen = [[tuple(e) for r in read_records(work / f"rank{rank}.jsonl", "batch") for e in r["examples"]]
+            for rank in (0, 1)]
+    assert seen[0] and seen[1]
+    assert len({tag for tag, _ in seen[0] + seen[1]}) == 2  # both directions
+    # an epoch holds each example once (temperature 1, equal pairs): no example on both workers
+    assert not set(seen[0]) & set(seen[1])
+    assert len(set(seen[0])) == len(seen[0]) and len(set(seen[1])) == len(seen[1])
 
 
 def test_mmcl_negatives_are_gathered_from_both_workers(two_workers):

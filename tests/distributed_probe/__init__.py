@@ -5,6 +5,7 @@ across workers. Records go to $M3P_PROBE_DIR/rank{R}.jsonl."""
 import json
 import os
 
+import torch
 import torch.distributed as dist
 from fairseq.tasks import register_task
 
@@ -40,7 +41,12 @@ class RecordingMultimodalTranslationTask(MultimodalTranslationTask):
         # fairseq gives a worker whose shard ran out a dummy batch with ignore_grad: not data
         if not ignore_grad:
             _current_update = update_num
-            _write({"update": update_num, "kind": "batch", "ids": sample["id"].tolist()})
+            # ids count within each direction: an example is (target-language tag, id)
+            src = sample["net_input"]["src_tokens"]
+            first_token = (src != self.source_dictionary.pad()).int().argmax(1)
+            tags = src[torch.arange(src.size(0)), first_token]
+            _write({"update": update_num, "kind": "batch",
+                    "examples": [[int(t), int(i)] for t, i in zip(tags, sample["id"])]})
         try:
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
         finally:
