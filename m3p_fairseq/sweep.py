@@ -41,7 +41,8 @@ import submitit
 logger = logging.getLogger(__name__)
 
 CLUSTERS = ("slurm", "local", "debug")
-SWEEP_KEYS = {"name", "output_dir", "command", "data", "base", "grid", "runs", "resources"}
+SWEEP_KEYS = {"name", "output_dir", "command", "data", "base", "grid", "runs", "resources", "evaluate"}
+EVALUATE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
 # name in the sweep file -> (submitit parameter, type); None: handled here, not by submitit
 RESOURCES = {
     "partition": ("slurm_partition", str),
@@ -81,6 +82,8 @@ class Run:
     options: Dict[str, Any]
     resources: Dict[str, Any]
     argv: List[str] = field(default_factory=list)
+    evaluate_argv: List[str] = field(default_factory=list)
+    data: str = ""
 
     @property
     def world_size(self) -> int:
@@ -92,7 +95,8 @@ class Run:
 
     def config(self) -> Dict[str, Any]:
         return {"name": self.name, "overrides": self.overrides, "options": self.options,
-                "resources": self.resources, "argv": self.argv, "world_size": self.world_size}
+                "resources": self.resources, "argv": self.argv, "world_size": self.world_size,
+                "evaluate_argv": self.evaluate_argv}
 
 
 @dataclass
@@ -161,6 +165,7 @@ def load_sweep(path, output_dir: Optional[Path] = None, cwd: Optional[Path] = No
         resources["job_name"] = resources["job_name"].format(sweep=name, run=run_name)
         run = Run(run_name, out / run_name, overrides, options, resources)
         run.argv = training_command(spec, run, path, cwd)
+        run.evaluate_argv = evaluation_command(spec, run, path)
         runs.append(run)
     seen = {}
     for run in runs:
@@ -239,7 +244,8 @@ def training_command(spec: Dict[str, Any], run: Run, path: Path, cwd: Path) -> L
     data = run.options.pop("data", spec.get("data"))
     if not data:
         raise SweepError(f"{path}: no data directory: set 'data' at the top level (or in base/grid/runs)")
-    argv = command + [_resolve(str(data), cwd)]
+    run.data = _resolve(str(data), cwd)
+    argv = command + [run.data]
     for key, value in run.options.items():
         if value is None or value is False:
             continue
@@ -249,6 +255,25 @@ def training_command(spec: Dict[str, Any], run: Run, path: Path, cwd: Path) -> L
     argv += ["--save-dir", str(run.directory / "checkpoints")]
     if run.world_size > 1:
         _check_distributed(run, path)
+    return argv
+
+
+def evaluation_command(spec: Dict[str, Any], run: Run, path: Path) -> List[str]:
+    """scripts/evaluate.py on the run's checkpoint after training, when the sweep file has an
+    ``evaluate`` mapping (its options, e.g. splits, beam, lang-pairs; ``checkpoint`` picks the
+    file, default checkpoint_best.pt). Writes RUN/bleu.json, which ``collect`` reads."""
+    options = _mapping(spec.get("evaluate"), path, "evaluate")
+    if "evaluate" not in spec:
+        return []
+    checkpoint = options.pop("checkpoint", "checkpoint_best.pt")
+    if "data" in options or "output" in options:
+        raise SweepError(f"{path}: evaluate: 'data' and 'output' are set by the sweep (the run's data, RUN/bleu.json)")
+    argv = [sys.executable, str(EVALUATE_SCRIPT), "--data", run.data,
+            "--checkpoint", f"run={run.directory / 'checkpoints' / checkpoint}",
+            "--output", str(run.directory / "bleu.json")]
+    for key, value in options.items():
+        if value is not None and value is not False:
+            argv += [f"--{key}"] + ([] if value is True else [_scalar(value)])
     return argv
 
 
@@ -388,27 +413,37 @@ class TrainingJob(submitit.helpers.Checkpointable):
             log.write(f"\n# attempt started {time.strftime('%Y-%m-%d %H:%M:%S')} on {environment.hostname}, "
                       f"job {environment.job_id}, rank {rank}\n")
             log.flush()
-            # fairseq-train ignores the scheduler's warning signal (this process handles it),
-            # and writes its log as it goes (Python buffers a redirected stdout)
-            self._process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=lambda: signal.signal(submitit.JobEnvironment._usr_sig(), signal.SIG_IGN))
-            try:
-                # poll rather than wait(): a signal handler that stops the child must not find
-                # Popen's wait lock held
-                while self._process.poll() is None:
-                    time.sleep(0.5)
-            finally:  # cancelled or interrupted: no orphaned fairseq-train
-                self._stop_trainer()
-        code, self._process = self._last_exit_code, None
+            code = self._run(argv, log, run_dir)
         if code != 0:
             if rank == 0:
                 write_state(run_dir, "failed", exit_code=code)
             raise RuntimeError(f"fairseq-train exited with code {code} (run {config['name']}); see {log_path}")
+        if rank == 0 and config.get("evaluate_argv"):
+            with open(run_dir / "evaluate.log", "w", encoding="utf-8") as log:
+                code = self._run(config["evaluate_argv"], log, run_dir)
+            if code != 0:
+                write_state(run_dir, "failed", exit_code=code, detail="training finished; evaluation failed")
+                raise RuntimeError(f"scripts/evaluate.py exited with code {code} (run {config['name']}); "
+                                   f"see {run_dir / 'evaluate.log'}")
         if rank == 0:
             write_state(run_dir, "done", exit_code=0)
         return final_metrics(run_dir)
+
+    def _run(self, argv: List[str], log, run_dir: Path) -> int:
+        """Runs a child process to its end (or until checkpoint() stops it); its exit code."""
+        # the child ignores the scheduler's warning signal (this process handles it) and writes
+        # its log as it goes (Python buffers a redirected stdout)
+        self._process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=lambda: signal.signal(submitit.JobEnvironment._usr_sig(), signal.SIG_IGN))
+        try:
+            # poll rather than wait(): a signal handler that stops the child must not find
+            # Popen's wait lock held
+            while self._process.poll() is None:
+                time.sleep(0.5)
+        finally:  # cancelled or interrupted: no orphaned child
+            self._stop_trainer()
+        return self._last_exit_code
 
     @staticmethod
     def distributed_arguments(environment, world_size: int) -> List[str]:

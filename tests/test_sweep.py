@@ -46,6 +46,17 @@ def test_grid_times_runs_expands_every_combination_in_order(tmp_path):
                         "--save-dir", str(run.directory / "checkpoints")]
 
 
+def test_evaluation_after_training_when_asked(tmp_path):
+    spec = {**BASE, "evaluate": {"splits": "test,test_degraded", "beam": 5, "checkpoint": "checkpoint_last.pt"}}
+    (run,) = sweeps.load_sweep(write_sweep(tmp_path, spec), cwd=tmp_path).runs
+    assert run.evaluate_argv == [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--data",
+                                 str(tmp_path / "data-bin"), "--checkpoint",
+                                 f"run={run.directory / 'checkpoints' / 'checkpoint_last.pt'}",
+                                 "--output", str(run.directory / "bleu.json"), "--splits", "test,test_degraded",
+                                 "--beam", "5"]
+    assert sweeps.load_sweep(write_sweep(tmp_path, BASE), cwd=tmp_path).runs[0].evaluate_argv == []
+
+
 def test_grid_alone_list_alone_and_neither(tmp_path):
     only_grid = sweeps.load_sweep(write_sweep(tmp_path, {**BASE, "grid": {"seed": [1, 2, 3]}}), cwd=tmp_path)
     assert [r.name for r in only_grid.runs] == ["seed=1", "seed=2", "seed=3"]
@@ -236,7 +247,8 @@ def test_local_sweep_trains_is_interrupted_requeued_and_resumes(tmp_path, data_d
                      "optimizer": "adam", "lr": 0.001, "max-tokens": 300, "max-update": 12,
                      "save-interval-updates": 2, "keep-interval-updates": 1, "no-epoch-checkpoints": True,
                      "log-format": "simple", "log-interval": 1, "num-workers": 0},
-            "resources": {"time_min": 10}}
+            "resources": {"time_min": 10},
+            "evaluate": {"splits": "test", "lang-pairs": "en-de", "beam": 2, "checkpoint": "checkpoint_last.pt"}}
     sweep = sweeps.load_sweep(write_sweep(tmp_path, spec), cwd=tmp_path)
     (run,) = sweep.runs
     sweeps.prepare_run_dir(run)
@@ -263,4 +275,7 @@ def test_local_sweep_trains_is_interrupted_requeued_and_resumes(tmp_path, data_d
     attempts = text.split("# attempt started")
     temperatures = [float(t) for t in re.findall(r"sampling temperature ([\d.]+)", attempts[2])]
     assert temperatures[0] == pytest.approx(1 + int(resumed[1]) / 100 * 2)
-    assert sweeps.final_metrics(run.directory)["num_updates"] == 12
+    metrics = sweeps.final_metrics(run.directory)
+    assert metrics["num_updates"] == 12
+    # scripts/evaluate.py ran after training; its BLEU joins the table
+    assert 0 <= metrics["bleu:test:en-de"] <= 100 and set(k for k in metrics if k.startswith("bleu")) == {"bleu:test:en-de"}

@@ -4,7 +4,7 @@ daemons and sets SLURM_CONF; skipped otherwise):
 1. a 2-configuration sweep of tiny trainings (text-only, m3P) is submitted through submitit with
    --cluster slurm; both finish with checkpoints and validation numbers in `collect`;
 2. a third run is added to the sweep file and the sweep submitted again: the two finished runs are
-   skipped, and the new one, whose Slurm time limit (2 min) is too short for its --max-update,
+   skipped, and the new one, whose Slurm time limit (4 min) is too short for its --max-update,
    gets Slurm's warning signal, checkpoints, is requeued (`scontrol requeue`) and resumes from
    checkpoint_last.pt until it finishes.
 """
@@ -80,13 +80,13 @@ def test_sweep_on_slurm_with_a_time_limit_requeue(tmp_path, data_dir):
 
     # 2. a run that cannot finish within its time limit: Slurm signals it (USR2, signal_delay_s
     # before the limit; slurmctld checks every 30 s), submitit calls TrainingJob.checkpoint and
-    # requeues it. Its length is set from the measured speed: ~150 s of training, so the first
-    # attempt (signalled 60-90 s after it starts) cannot finish.
-    max_update = int(updates_per_second(logs["m3p"]) * 150)
+    # requeues it. Its length is set from the measured speed: ~300 s of training, so the first
+    # attempt (signalled 150-180 s after it starts) cannot finish.
+    max_update = int(updates_per_second(logs["m3p"]) * 300)
     spec["runs"].append({"name": "requeued", **{k: v for k, v in M3P.items() if k != "name"},
                          "max-update": max_update, "save-interval-updates": 10, "keep-interval-updates": 1,
                          "validate-interval-updates": 10, "log-interval": 10,
-                         "resources.time_min": 2, "resources.signal_delay_s": 30, "resources.max_requeues": 8})
+                         "resources.time_min": 4, "resources.signal_delay_s": 60, "resources.max_requeues": 8})
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     out = sweep_cli("submit", path, "--cluster", "slurm", cwd=tmp_path)
     assert "text-only: skipped (done)" in out and "m3p: skipped (done)" in out
