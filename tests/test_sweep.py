@@ -3,8 +3,10 @@ submit (skip finished, resubmit failed), status/collect, and a real fairseq-trai
 submitit's local executor, interrupted by the timeout signal and requeued."""
 
 import json
+import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -261,7 +263,11 @@ def test_local_sweep_trains_is_interrupted_requeued_and_resumes(tmp_path, data_d
                                               log.read_text())):
             assert time.time() < deadline and not job.done(), log.read_text() if log.exists() else "no train.log"
             time.sleep(0.2)
-        job._interrupt()  # what Slurm sends before the time limit (SIGUSR2): checkpoint and requeue
+        # what Slurm, or the local executor at its timeout, sends the job's task before the
+        # time limit: SIGUSR2 -> checkpoint and requeue (job._interrupt() would signal the local
+        # controller, which does not handle it)
+        (task_pid,) = Path(f"/proc/{job._process.pid}/task/{job._process.pid}/children").read_text().split()
+        os.kill(int(task_pid), signal.SIGUSR2)
         job.result()
     finally:
         job.cancel()  # stops the job and (TrainingJob) its fairseq-train if the test failed early
