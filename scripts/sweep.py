@@ -1,0 +1,24 @@
+"""Sweeps of fairseq-train configurations through submitit: submit, status, collect.
+
+    python scripts/sweep.py submit  examples/sweeps/quickstart.yaml --cluster slurm|local|debug
+    python scripts/sweep.py status  examples/sweeps/quickstart.yaml
+    python scripts/sweep.py collect examples/sweeps/quickstart.yaml
+
+The implementation (and the job that submitit unpickles on the nodes) is m3p_fairseq/sweep.py;
+docs/sweeps.md describes the sweep file.
+"""
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+# before fairseq is imported: its import would otherwise turn on DEBUG logging for everything
+logging.basicConfig(level=logging.WARNING)
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from m3p_fairseq.sweep import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
