@@ -31,12 +31,14 @@ Writes ``OUTPUT_DIR/results.json`` (every run), ``OUTPUT_DIR/results.md`` (the t
 """
 
 import argparse
+import cProfile
 import ctypes
 import gc
 import json
 import logging
 import os
 import platform
+import pstats
 import resource
 import shutil
 import subprocess
@@ -45,6 +47,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from statistics import median
 from typing import Dict, List, Optional
 
@@ -96,6 +99,7 @@ def _configs() -> List[ModelConfig]:
 CONFIGS = {config.name: config for config in _configs()}
 SWEEP_CONFIGS = [BASELINE, "m3p cvlm +MMCL +MDropNet"]
 TARGET_CONFIG = "m3p cvlm +MMCL"  # the issue's training target: CVLM with MMCL
+KEY_CONFIGS = [BASELINE, TARGET_CONFIG, "m3p cvlm +MMCL +MDropNet"]
 
 
 @dataclass
@@ -114,14 +118,15 @@ class Settings:
     batch_size: int = 32  # sentences per update
     sweep_batch_sizes: List[int] = field(default_factory=lambda: [8, 16, 32, 64])
     warmup_steps: int = 2
-    timed_steps: int = 8
+    timed_steps: int = 6
     # generation
-    gen_batch_size: int = 25
+    gen_batch_size: int = 20
     gen_batches: int = 2
     gen_length: int = 20
     beam: int = 5
-    # protocol
-    repeats: int = 3
+    # protocol: every row once, the key rows (KEY_CONFIGS) in this many rounds in all
+    repeats: int = 1
+    key_repeats: int = 3
     sweep_repeats: int = 1
     threads: int = 1
     # reader: generated feature files of these sizes; every image read once, in random order
@@ -132,7 +137,7 @@ class Settings:
 
 TINY = Settings(train_sentences=40, test_sentences=12, num_patches=4, feature_dim=16, embed_dim=32,
                 ffn_dim=64, heads=2, layers=1, batch_size=4, sweep_batch_sizes=[2, 4], warmup_steps=1,
-                timed_steps=2, gen_batch_size=4, gen_batches=1, gen_length=4, repeats=1, sweep_repeats=1,
+                timed_steps=2, gen_batch_size=4, gen_batches=1, gen_length=4, repeats=1, key_repeats=2, sweep_repeats=1,
                 reader_sizes=[50, 100, 200], reader_patches=4, reader_dim=16)
 
 
@@ -248,12 +253,22 @@ def model_run(job: dict, run: dict, steps: Optional[int] = None) -> dict:
     tokens = 0
     steps = steps or s["warmup_steps"] + s["timed_steps"]
     batches = fixed_batches(s["train_sentences"], run["batch_size"], steps, seed=1)
+    # CPU time, not wall time: on a shared machine a preemption would land on a random function
+    profiler = cProfile.Profile(time.process_time) if run.get("profile") else None
+    data_cpu = 0.0
     for step, ids in enumerate(batches):
+        timed = step >= min(s["warmup_steps"], steps - 1)
+        if profiler is not None and timed:
+            profiler.enable()
         with Clock() as clock:
-            sample = train.collater([train[i] for i in ids])
+            with Clock() as data_clock:
+                sample = train.collater([train[i] for i in ids])
             trainer.train_step([sample])
-        if step >= min(s["warmup_steps"], steps - 1):
+        if profiler is not None and timed:
+            profiler.disable()
+        if timed:
             wall, cpu, tokens = wall + clock.wall, cpu + clock.cpu, tokens + int(sample["ntokens"])
+            data_cpu += data_clock.cpu
     result = {
         "config": config.name, "batch_size": run["batch_size"], "round": job["round"],
         "train_wps": tokens / cpu, "train_wps_wall": tokens / wall, "train_tokens": tokens,
@@ -261,6 +276,9 @@ def model_run(job: dict, run: dict, steps: Optional[int] = None) -> dict:
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     result["training_rss_growth_mib"] = result["peak_rss_mib"] - rss_start
+    result["data_cpu_share"] = data_cpu / cpu  # reading features and collating, of the step's CPU time
+    if profiler is not None:
+        result["profile"] = profile_summary(profiler)
     if torch.cuda.is_available():
         result["cuda_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
     if run["generate"]:
@@ -328,6 +346,38 @@ def reader_run(ImageFeatureStore, file_kind: str, path: str, num_images: int) ->
             "samples_per_second": len(order) / reading.cpu, "samples_per_second_wall": len(order) / reading.wall,
             "rss_start_mib": rss_start, "rss_growth_mib": current_rss_mib() - rss_start,
             "peak_rss_mib": peak_rss_mib(), "checksum": checksum}
+
+
+def profile_summary(profiler: "cProfile.Profile", top: int = 18) -> dict:
+    """The functions that take the most time: by own time (where the CPU goes, mostly torch's
+    C++ ops) and, for the plugin's own functions, by cumulative time (what each part costs)."""
+    stats = pstats.Stats(profiler)
+    rows = []
+    for (path, line, function), (_calls, calls, own, cumulative, _callers) in stats.stats.items():
+        where = f"{Path(path).parent.name}/{Path(path).name}:{line}" if path != "~" else "built-in"
+        rows.append({"function": f"{where} {function}", "calls": calls, "own_seconds": own,
+                     "cumulative_seconds": cumulative, "plugin": "m3p_fairseq" in path})
+    return {"total_seconds": stats.total_tt,
+            "by_own_time": sorted(rows, key=lambda r: -r["own_seconds"])[:top],
+            "plugin_by_cumulative_time": sorted((r for r in rows if r["plugin"]),
+                                                key=lambda r: -r["cumulative_seconds"])[:top]}
+
+
+def profile_markdown(results: List[dict]) -> str:
+    lines = []
+    for r in results:
+        profile = r["profile"]
+        lines += [f"### {r['config']} (batch {r['batch_size']}): {profile['total_seconds']:.2f} s profiled, "
+                  f"{100 * r['data_cpu_share']:.1f}% of the CPU time in reading and collating", "",
+                  "| function (own time) | calls | own s | cumulative s |", "|---|---:|---:|---:|"]
+        lines += [f"| {row['function']} | {row['calls']} | {row['own_seconds']:.3f} | {row['cumulative_seconds']:.3f} |"
+                  for row in profile["by_own_time"]]
+        if profile["plugin_by_cumulative_time"]:
+            lines += ["", "| plugin function (cumulative time) | calls | own s | cumulative s |", "|---|---:|---:|---:|"]
+            lines += [f"| {row['function']} | {row['calls']} | {row['own_seconds']:.3f} | {row['cumulative_seconds']:.3f} |"
+                      for row in profile["plugin_by_cumulative_time"]]
+        lines.append("")
+    return "\n".join(lines)
 
 
 WORKERS = {"model": model_round, "reader": reader_round}
@@ -412,14 +462,14 @@ def fixed_batches(num_sentences: int, batch_size: int, count: int, seed: int) ->
 
 
 # ---- the protocol ----------------------------------------------------------------------------
-def interleaved_model_runs(names: List[str], batch_sizes: List[int], repeats: int, generate: bool,
+def interleaved_model_runs(names: List[str], batch_sizes: List[int], rounds: range, generate: bool,
                            s: Settings, paths: Dict[str, Path], log) -> List[dict]:
     """``repeats`` rounds, each one worker process running every configuration once; the order
     is reversed every other round, so a drift of the machine's load hits both ends alike."""
     if (s.gen_batches + 1) * s.gen_batch_size > s.test_sentences:
         raise ValueError("(gen_batches + 1) x gen_batch_size exceeds the test sentences")
     results = []
-    for round_number in range(repeats):
+    for round_number in rounds:
         runs = [{"config": name, "batch_size": b, "generate": generate} for b in batch_sizes for name in names]
         if round_number % 2:
             runs.reverse()
@@ -480,8 +530,9 @@ def markdown_tables(report: dict) -> str:
     lines = [
         f"Training at {s['batch_size']} sentences per update, {s['timed_steps']} timed updates after "
         f"{s['warmup_steps']} warm-up; beam {s['beam']} generation of {s['gen_batches']} batches of "
-        f"{s['gen_batch_size']} sentences, {s['gen_length']} steps each; {s['repeats']} interleaved rounds; "
-        "median (min–max over rounds).",
+        f"{s['gen_batch_size']} sentences, {s['gen_length']} steps each; every row in {s['repeats']} round(s), "
+        f"the key rows ({', '.join(KEY_CONFIGS)}) in {s['key_repeats']} interleaved rounds: median (min–max over rounds). Words/s and sentences/s are per CPU second of the run's process "
+        f"({s['threads']} torch thread(s)); results.json also holds the wall-clock rates.",
         "",
         "| model | parameters | train words/s | train ratio | generation sent/s | generation ratio "
         "| training peak RSS growth, MiB |",
@@ -561,7 +612,7 @@ def plot(report: dict, path: Path) -> None:
     axis.set_xscale("log", base=2)
     axis.set_xticks(report["sweep_batch_sizes"], [str(b) for b in report["sweep_batch_sizes"]])
     axis.set_xlabel("batch size (sentences per update)")
-    axis.set_ylabel("training words/s (target tokens)")
+    axis.set_ylabel("training words per CPU second (target tokens)")
     s = report["settings"]
     axis.set_title(f"{s['layers']}+{s['layers']} layers, {s['embed_dim']} wide, {s['threads']} thread(s), "
                    f"{report['machine']['device']}", fontsize=10)
@@ -598,21 +649,34 @@ def main(argv=None):
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"comma-separated rows to measure (the baseline is always added); default all: "
                              f"{', '.join(CONFIGS)}")
-    parser.add_argument("--repeats", type=int, help="interleaved rounds (default 3, tiny 1)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds of every row (default 1)")
+    parser.add_argument("--key-repeats", type=int,
+                        help=f"rounds of the key rows {KEY_CONFIGS} in all (default 3, tiny 2)")
     parser.add_argument("--threads", type=int, help="torch threads of every run (default 1)")
     parser.add_argument("--skip-reader", action="store_true", help="leave out the feature-reader part")
     parser.add_argument("--skip-sweep", action="store_true", help="leave out the batch-size sweep")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the benchmark: profile (cProfile) the training steps of --configs "
+                             "and the baseline, one round, and write OUTPUT_DIR/profile.md")
+    parser.add_argument("--from-results", type=Path,
+                        help="only rewrite results.md and the plot from an earlier results.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         job = json.loads(args.worker)
         print(json.dumps(WORKERS[job["worker"]](job)))
         return
+    if args.from_results:
+        write_report(json.loads(args.from_results.read_text()), args.output_dir)
+        return
 
     logging.basicConfig(level=logging.WARNING, force=True)
     s = replace(TINY if args.tiny else Settings())
     if args.repeats:
         s.repeats = args.repeats
+    if args.key_repeats:
+        s.key_repeats = args.key_repeats
+    s.key_repeats = max(s.key_repeats, s.repeats)
     if args.threads:
         s.threads = args.threads
     names = [BASELINE] + [n.strip() for n in args.configs.split(",") if n.strip() and n.strip() != BASELINE]
@@ -630,23 +694,49 @@ def main(argv=None):
               "machine": machine_info(s), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     paths = prepare_data(args.work_dir, s)
     log(f"data in {paths['data_dir']}")
-    report["model_runs"] = interleaved_model_runs(names, [s.batch_size], s.repeats, True, s, paths, log)
+    if args.profile:
+        job = {"worker": "model", "round": 0, "settings": asdict(s), "threads": s.threads,
+               "runs": [{"config": name, "batch_size": s.batch_size, "generate": False, "profile": True}
+                        for name in names],
+               "data_dir": str(paths["data_dir"]), "baseline_dir": str(paths["baseline_dir"])}
+        text = f"Command: `{report['command']}`\n\n" + profile_markdown(run_worker(job))
+        (args.output_dir / "profile.md").write_text(text)
+        print(text)
+        return
+    with ThreadPoolExecutor(1) as background:  # the reader part meanwhile, in its own process
+        readers = background.submit(lambda: [] if args.skip_reader else reader_runs(args.work_dir, s, log))
+        report.update(model_and_sweep_runs(names, s, paths, log, args.skip_sweep))
+        report["reader_runs"] = readers.result()
+    report["seconds"] = time.time() - began
+    (args.output_dir / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(write_report(report, args.output_dir))
+    log(f"wrote {args.output_dir}/results.json, results.md, throughput_vs_batch_size.png")
+
+
+def model_and_sweep_runs(names: List[str], s: Settings, paths: Dict[str, Path], log, skip_sweep: bool) -> dict:
+    """Every row in rounds 0..repeats-1, the key rows also in the further rounds up to
+    key_repeats, then the batch-size sweep."""
+    report = {"model_runs": interleaved_model_runs(names, [s.batch_size], range(s.repeats), True, s, paths, log)}
+    key_names = [n for n in KEY_CONFIGS if n in names]
+    report["model_runs"] += interleaved_model_runs(key_names, [s.batch_size], range(s.repeats, s.key_repeats),
+                                                   True, s, paths, log)
     sweep_sizes = [b for b in s.sweep_batch_sizes if b != s.batch_size]
     report["sweep_batch_sizes"] = sorted(set(s.sweep_batch_sizes) | {s.batch_size})
     sweep_names = [n for n in SWEEP_CONFIGS if n in names]
-    report["sweep_runs"] = ([] if args.skip_sweep else
-                            interleaved_model_runs(sweep_names, sweep_sizes, s.sweep_repeats, False, s, paths, log))
-    if args.skip_sweep:
+    report["sweep_runs"] = ([] if skip_sweep else
+                            interleaved_model_runs(sweep_names, sweep_sizes, range(s.sweep_repeats), False, s, paths, log))
+    if skip_sweep:
         report["sweep_batch_sizes"] = [s.batch_size]
-    report["reader_runs"] = [] if args.skip_reader else reader_runs(args.work_dir, s, log)
-    report["seconds"] = time.time() - began
-    (args.output_dir / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def write_report(report: dict, output_dir: Path) -> str:
+    output_dir.mkdir(parents=True, exist_ok=True)
     tables = markdown_tables(report)
-    (args.output_dir / "results.md").write_text(
+    (output_dir / "results.md").write_text(
         f"Command: `{report['command']}`\n\nMachine: {report['machine']}\n\n{tables}")
-    plot(report, args.output_dir / "throughput_vs_batch_size.png")
-    print(tables)
-    log(f"wrote {args.output_dir}/results.json, results.md, throughput_vs_batch_size.png")
+    plot(report, output_dir / "throughput_vs_batch_size.png")
+    return tables
 
 
 if __name__ == "__main__":

@@ -81,3 +81,21 @@ def test_peak_rss_sees_an_allocation_and_restarts_after_release():
     del block
     start = benchmark.release_memory()
     assert benchmark.peak_rss_mib() - start < 30
+
+
+def test_profile_summary_lists_the_plugins_functions():
+    import cProfile
+
+    import torch
+    from m3p_fairseq.models.contrastive_head import mean_over_tokens
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(3):
+        mean_over_tokens(torch.ones(5, 2, 4), torch.ones(2, 5, dtype=torch.bool))
+    profiler.disable()
+    summary = benchmark.profile_summary(profiler)
+    plugin = {row["function"].split()[-1]: row for row in summary["plugin_by_cumulative_time"]}
+    assert plugin["mean_over_tokens"]["calls"] == 3
+    assert "contrastive_head.py" in plugin["mean_over_tokens"]["function"]
+    assert summary["by_own_time"] and summary["total_seconds"] > 0
