@@ -1,0 +1,101 @@
+"""scripts/benchmark.py: its tiniest setting end to end (files, table structure, sane ratios) and
+the measuring helpers. No timed assertion: speed is reported in docs/benchmarks.md, not tested."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import benchmark  # noqa: E402
+
+
+def test_tiny_benchmark_writes_results_table_and_plot(tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--tiny", "--output-dir", str(out),
+         "--work-dir", str(tmp_path / "work"), "--configs", "m3p cvlm +MMCL +MDropNet,m3p cvlm +MMCL"],
+        capture_output=True, text=True, cwd=REPO)
+    assert process.returncode == 0, process.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+
+    names = {r["config"] for r in report["model_runs"]}
+    assert names == {"transformer", "m3p cvlm +MMCL", "m3p cvlm +MMCL +MDropNet"}
+    for key in ("train_wps", "gen_sentences_per_second"):
+        for name, values in benchmark.ratios(report["model_runs"], key, report["settings"]["batch_size"]).items():
+            assert all(math.isfinite(v) and v > 0 for v in values), (key, name, values)
+    for run in report["model_runs"]:
+        assert run["training_rss_growth_mib"] >= 0 and run["num_parameters"] > 0
+    # the m3P model holds the baseline's parameters and more (image projection, CVLM, MMCL head)
+    params = {r["config"]: r["num_parameters"] for r in report["model_runs"]}
+    assert params["m3p cvlm +MMCL"] > params["transformer"]
+    # sweep: every batch size of the plot, for both plotted models
+    points = benchmark.sweep_points(report)
+    assert set(points) == {"transformer", "m3p cvlm +MMCL +MDropNet"}
+    assert all(set(p) == {2, 4} for p in points.values())
+    # reader: both readers, every generated size
+    readers = {(r["kind"], r["num_images"]) for r in report["reader_runs"]}
+    assert readers == {(kind, n) for kind in ("hdf5", "npy") for n in (50, 100, 200)}
+    assert all(r["samples_per_second"] > 0 for r in report["reader_runs"])
+    # the HDF5 and .npy readers read the same features
+    checksums = {}
+    for r in report["reader_runs"]:
+        checksums.setdefault(r["num_images"], set()).add(round(r["checksum"], 3))
+    assert all(len(c) == 1 for c in checksums.values()), checksums
+    assert not list((tmp_path / "work").glob("reader_*")), "generated reader files are deleted"
+
+    table = (out / "results.md").read_text()
+    assert "| model | parameters | train words/s | train ratio |" in table
+    assert "| m3p cvlm +MMCL | " in table and "| transformer | " in table
+    assert "| ImageFeatureStore (HDF5) | 200 |" in table and "| one .npy, np.load | 50 |" in table
+    assert "| training ratio, CVLM + MMCL | >= 0.90 |" in table
+    assert (out / "throughput_vs_batch_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ratios_are_taken_against_the_baseline_of_the_same_round():
+    runs = [{"config": "transformer", "round": 0, "batch_size": 8, "train_wps": 100.0},
+            {"config": "m3p cvlm", "round": 0, "batch_size": 8, "train_wps": 90.0},
+            {"config": "transformer", "round": 1, "batch_size": 8, "train_wps": 50.0},
+            {"config": "m3p cvlm", "round": 1, "batch_size": 8, "train_wps": 40.0},
+            {"config": "m3p cvlm", "round": 0, "batch_size": 16, "train_wps": 1.0}]
+    assert benchmark.ratios(runs, "train_wps", 8) == {"transformer": [1.0, 1.0], "m3p cvlm": [0.9, 0.8]}
+
+
+def test_fixed_batches_use_every_sentence_before_repeating_one():
+    batches = benchmark.fixed_batches(10, 4, 5, seed=1)
+    assert [len(b) for b in batches] == [4] * 5
+    flat = [i for b in batches for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    assert batches == benchmark.fixed_batches(10, 4, 5, seed=1)
+
+
+def test_peak_rss_sees_an_allocation_and_restarts_after_release():
+    start = benchmark.release_memory()
+    block = np.ones(64 * 2 ** 20, dtype=np.uint8)  # 64 MiB, every page touched
+    assert benchmark.peak_rss_mib() - start >= 60
+    del block
+    start = benchmark.release_memory()
+    assert benchmark.peak_rss_mib() - start < 30
+
+
+def test_profile_summary_lists_the_plugins_functions():
+    import cProfile
+
+    import torch
+    from m3p_fairseq.models.contrastive_head import mean_over_tokens
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(3):
+        mean_over_tokens(torch.ones(5, 2, 4), torch.ones(2, 5, dtype=torch.bool))
+    profiler.disable()
+    summary = benchmark.profile_summary(profiler)
+    plugin = {row["function"].split()[-1]: row for row in summary["plugin_by_cumulative_time"]}
+    assert plugin["mean_over_tokens"]["calls"] == 3
+    assert "contrastive_head.py" in plugin["mean_over_tokens"]["function"]
+    assert summary["by_own_time"] and summary["total_seconds"] > 0
