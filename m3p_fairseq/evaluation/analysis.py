@@ -1,0 +1,101 @@
+"""What a trained model computes inside, for the figures: pooled encoder representations of
+source sentences (Fig. 4) and the CVLM cross-attention of source tokens over image patches
+(Fig. 6). Both run the model's ordinary encoder in eval mode; nothing of its code is replaced."""
+
+from typing import List, Optional, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from ..data.image_features import IMAGE_IDS
+from ..models.fusion import ConditionalVisionLanguageMemory
+
+
+def encoder_inputs(dataset, indices: Sequence[int]):
+    """(net_input, ids in batch order) of the given examples, collated as fairseq batches them."""
+    sample = dataset.collater([dataset[int(i)] for i in indices])
+    net_input = sample["net_input"]
+    inputs = {key: net_input[key] for key in ("src_tokens", "src_lengths", "image_patches", "image_global",
+                                              "image_usable") if key in net_input}
+    return inputs, sample["id"].tolist()
+
+
+@torch.no_grad()
+def pooled_representations(model, dataset, indices: Sequence[int], batch_size: int = 64) -> np.ndarray:
+    """[len(indices), C]: s^k, each sentence's text-encoder states averaged over its tokens (the
+    target-language tag and padding left out, :meth:`M3PTransformerModel.pooled_text`), in the
+    order of ``indices``. A model that reads images gets the sentence's image, as in translation."""
+    model.eval()
+    by_id = {}
+    for start in range(0, len(indices), batch_size):
+        inputs, ids = encoder_inputs(dataset, indices[start:start + batch_size])
+        if getattr(model, "image_feature_dim", None) is None:
+            inputs = {k: v for k, v in inputs.items() if k in ("src_tokens", "src_lengths")}
+        encoder_out = model.encoder(**inputs)
+        pooled = model.pooled_text(inputs["src_tokens"], encoder_out)
+        by_id.update(zip(ids, pooled.float().cpu().numpy()))
+    return np.stack([by_id[int(i)] for i in indices])
+
+
+def cvlm_module(model) -> ConditionalVisionLanguageMemory:
+    fusion = getattr(model.encoder, "fusion", None)
+    if not isinstance(fusion, ConditionalVisionLanguageMemory):
+        raise ValueError(f"the model's fusion is {getattr(model.encoder, 'fusion_name', 'none')!r}: "
+                         "CVLM attention needs a model trained with --fusion cvlm")
+    return fusion
+
+
+@torch.no_grad()
+def cvlm_attention(model, dataset, index: int) -> torch.Tensor:
+    """[T, P]: how much each source token of example ``index`` (target-language tag first,
+    </s> last) attends to each image patch in the CVLM (Eq. 8), averaged over heads.
+
+    A forward hook records the CVLM's inputs during the model's ordinary encoder pass; the
+    weights are then recomputed from them by the same attention module, asked for its weights
+    (inference itself calls it with need_weights=False)."""
+    model.eval()
+    fusion = cvlm_module(model)
+    recorded = {}
+
+    def record(_module, args, _output):
+        recorded["text"], recorded["padding"], recorded["patches"] = args[0], args[1], args[2]
+
+    handle = fusion.register_forward_hook(record)
+    try:
+        inputs, _ = encoder_inputs(dataset, [index])
+        model.encoder(**inputs)
+    finally:
+        handle.remove()
+    _, weights = fusion.attention(query=recorded["text"], key=recorded["patches"], value=recorded["patches"],
+                                  need_weights=True, need_head_weights=True)
+    # [heads, B=1, T, P] -> [T, P], without the padding positions (none for a single sentence)
+    return weights.mean(dim=0)[0][~recorded["padding"][0]].float().cpu()
+
+
+def image_id_of(dataset, index: int) -> str:
+    """The image id of example ``index`` (as stored in its feature file)."""
+    if not getattr(dataset, "has_images", False):
+        raise ValueError("the split has no image features")
+    with h5py.File(dataset.image_store.path, "r") as f:
+        return f[IMAGE_IDS].asstr()[int(dataset.image_rows[index])]
+
+
+def source_pieces(dataset, index: int) -> List[str]:
+    """The dictionary symbols of example ``index``'s source, one per token, as the model sees them."""
+    dictionary = dataset.src_dict
+    return [dictionary[int(t)] for t in dataset.src[index]]
+
+
+def patch_grid(num_patches: int, grid: Optional[Sequence[int]] = None):
+    """(rows, columns) of the patch layout: given, or the square that ``num_patches`` fills."""
+    if grid is not None:
+        rows, columns = grid
+        if rows * columns != num_patches:
+            raise ValueError(f"--patch-grid {rows}x{columns} has {rows * columns} cells but the image has "
+                             f"{num_patches} patches")
+        return rows, columns
+    side = int(round(num_patches ** 0.5))
+    if side * side != num_patches:
+        raise ValueError(f"{num_patches} patches are not a square grid: give --patch-grid ROWSxCOLUMNS")
+    return side, side
