@@ -69,7 +69,7 @@ def score(hypotheses: List[str], references: List[str], tgt: str, off_target_can
 
 
 def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pairs=None,
-             beam: int = 5, batch_size: int = 64, references_dir: Optional[Path] = None,
+             beam: int = 5, batch_size: int = 64, max_len_b: int = 200, references_dir: Optional[Path] = None,
              output_dir: Optional[Path] = None, incongruent_seed: Optional[int] = None,
              off_target: bool = False, langid_all_languages: bool = False) -> dict:
     """results[system][split][direction] = scores; with ``incongruent_seed`` also
@@ -92,7 +92,7 @@ def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pai
                     variants.append((split + INCONGRUENT, shuffled))
                 for label, variant in variants:
                     began = time.time()
-                    hypotheses, references = translate_dataset(models, task, variant, beam, batch_size)
+                    hypotheses, references = translate_dataset(models, task, variant, beam, batch_size, max_len_b)
                     if references_dir is not None:
                         references = raw_references(references_dir, split, src, tgt, len(hypotheses))
                     scores = score(hypotheses, references, tgt, candidates)
@@ -179,6 +179,7 @@ def main(argv=None):
                                              "default: all of them")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-len-b", type=int, default=200, help="longest hypothesis, in tokens")
     parser.add_argument("--output", type=Path, help="write scores and hypotheses as JSON here")
     parser.add_argument("--output-dir", type=Path,
                         help="write table.md, table.csv, results.json and the hypotheses (hyp/, ref/) here")
@@ -216,7 +217,7 @@ def main(argv=None):
             checkpoints[name] = path
         results = evaluate(checkpoints, args.data, args.splits.split(","),
                            parse_lang_pairs(args.lang_pairs) if args.lang_pairs else None, args.beam,
-                           args.batch_size, args.references_dir, args.output_dir,
+                           args.batch_size, args.max_len_b, args.references_dir, args.output_dir,
                            args.shuffle_seed if args.incongruent_images else None,
                            args.off_target, args.langid_all_languages)
     print(markdown_table(results))

@@ -56,10 +56,8 @@ def directions(task, lang_pairs: Optional[str]) -> List[Tuple[str, str]]:
     return pairs
 
 
-def average_bleu(models, task, datasets, args) -> float:
-    scores = [corpus_scores(*translate_dataset(models, task, dataset, args.beam, args.batch_size))["bleu"]
-              for dataset in datasets]
-    return average(scores)
+def bleu(models, task, dataset, args) -> float:
+    return corpus_scores(*translate_dataset(models, task, dataset, args.beam, args.batch_size, args.max_len_b))["bleu"]
 
 
 def write_points(path: Path, points: dict) -> None:
@@ -84,7 +82,7 @@ def source_masking(args, parser) -> Path:
             for pair, dataset in datasets.items():
                 masked = with_masked_source(dataset, task, ratio, args.seed, args.mask_word,
                                             max_sentences=args.max_sentences)
-                scores[pair] = corpus_scores(*translate_dataset(models, task, masked, args.beam, args.batch_size))["bleu"]
+                scores[pair] = bleu(models, task, masked, args)
             curves.setdefault(name, []).append((ratio, average(list(scores.values()))))
             per_direction.setdefault(name, {})[str(ratio)] = scores
             print(f"{name} mask ratio {ratio:.0%}: BLEU {curves[name][-1][1]:.1f} {scores}", file=sys.stderr, flush=True)
@@ -104,7 +102,7 @@ def low_resource(args, parser) -> Path:
         scores = {}
         for s, t in directions(task, args.lang_pairs):
             dataset = first_sentences(direction_dataset(task, args.split, s, t), args.max_sentences)
-            scores[f"{s}-{t}"] = corpus_scores(*translate_dataset(models, task, dataset, args.beam, args.batch_size))["bleu"]
+            scores[f"{s}-{t}"] = bleu(models, task, dataset, args)
         curves.setdefault(name, []).append((float(fraction), average(list(scores.values()))))
         per_direction.setdefault(name, {})[fraction] = scores
         print(f"{name} at {float(fraction):.0%} of the training data: BLEU {curves[name][-1][1]:.1f} {scores}",
@@ -211,6 +209,7 @@ def main(argv=None):
     def translating(sub):
         sub.add_argument("--beam", type=int, default=5)
         sub.add_argument("--batch-size", type=int, default=64)
+        sub.add_argument("--max-len-b", type=int, default=200, help="longest hypothesis, in tokens")
         sub.add_argument("--max-sentences", type=int, help="only the first N sentences of each direction")
 
     sub = command("source-masking", source_masking, "Fig. 7: BLEU vs masked source words", "fig7_source_masking.png")

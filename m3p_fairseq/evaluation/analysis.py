@@ -69,8 +69,9 @@ def cvlm_attention(model, dataset, index: int) -> torch.Tensor:
         handle.remove()
     _, weights = fusion.attention(query=recorded["text"], key=recorded["patches"], value=recorded["patches"],
                                   need_weights=True, need_head_weights=True)
-    # [heads, B=1, T, P] -> [T, P], without the padding positions (none for a single sentence)
-    return weights.mean(dim=0)[0][~recorded["padding"][0]].float().cpu()
+    if weights.dim() == 4:  # [heads, B, T, P]; torch's fused path returns the head average [B, T, P]
+        weights = weights.mean(dim=0)
+    return weights[0][~recorded["padding"][0]].float().cpu()  # [T, P] of the one sentence
 
 
 def image_id_of(dataset, index: int) -> str:

@@ -34,9 +34,11 @@ def direction_dataset(task, split: str, src: str, tgt: str):
 
 
 @torch.no_grad()
-def translate_dataset(models, task, dataset, beam: int = 5, batch_size: int = 64) -> Tuple[List[str], List[str]]:
-    """(hypotheses, references) of every sentence of ``dataset``, detokenized, in corpus order."""
-    generator = task.build_generator(models, GenerationConfig(beam=beam, max_len_b=200))
+def translate_dataset(models, task, dataset, beam: int = 5, batch_size: int = 64,
+                      max_len_b: int = 200) -> Tuple[List[str], List[str]]:
+    """(hypotheses, references) of every sentence of ``dataset``, detokenized, in corpus order;
+    a hypothesis has at most ``max_len_b`` tokens (fairseq-generate's --max-len-b)."""
+    generator = task.build_generator(models, GenerationConfig(beam=beam, max_len_b=max_len_b))
     iterator = task.get_batch_iterator(
         dataset=dataset, max_sentences=batch_size,
         max_positions=utils.resolve_max_positions(task.max_positions(), *[m.max_positions() for m in models]),
@@ -56,6 +58,7 @@ def translate_dataset(models, task, dataset, beam: int = 5, batch_size: int = 64
     return [hypotheses[i] for i in order], [references[i] for i in order]
 
 
-def translate(models, task, split: str, src: str, tgt: str, beam: int = 5, batch_size: int = 64):
+def translate(models, task, split: str, src: str, tgt: str, beam: int = 5, batch_size: int = 64,
+              max_len_b: int = 200):
     """(hypotheses, references) of one direction of ``split``."""
-    return translate_dataset(models, task, direction_dataset(task, split, src, tgt), beam, batch_size)
+    return translate_dataset(models, task, direction_dataset(task, split, src, tgt), beam, batch_size, max_len_b)
