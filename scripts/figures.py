@@ -140,25 +140,31 @@ def tsne(args, parser) -> Path:
 
 def cvlm_attention(args, parser) -> Path:
     """Fig. 6: for sentence --index of the split, in each source language, the CVLM attention of
-    its tokens over the image patches (mean over heads), over the image when --images-dir is given."""
+    its words over the image patches (mean over heads and a word's pieces), over the image when --images-dir is given."""
     (name, checkpoint), = named_checkpoints([args.checkpoint], parser).items()
     models, task = load(checkpoint, args.data)
     model = models[0]
     by_source = {}
     for s, t in directions(task, args.lang_pairs):
         by_source.setdefault(s, (s, t))
-    rows, image_ids, points = [], set(), {}
+    rows, image_ids, points, sentences = [], set(), {}, {}
     for src, (s, t) in by_source.items():
         dataset = direction_dataset(task, args.split, s, t)
         if not 0 <= args.index < len(dataset):
             parser.error(f"--index {args.index}: split {args.split!r} has {len(dataset)} sentences ({s}-{t})")
         weights = analysis.cvlm_attention(model, dataset, args.index).numpy()
-        pieces = analysis.source_pieces(dataset, args.index)
-        # drop the target-language tag and </s>: they carry no word of the sentence
-        content = [i for i, piece in enumerate(pieces) if not (piece.startswith("__") and piece.endswith("__"))
-                   and piece != dataset.src_dict[dataset.src_dict.eos()]][:args.max_tokens]
-        text = dataset.src_dict.string(dataset.src[args.index][1:], "sentencepiece")
-        rows.append((f"{src}: {shorten(text)}", [pieces[i] for i in content], weights[content]))
+        dictionary = dataset.src_dict
+        # one map per word (its pieces' attention averaged); the target-language tag and </s>
+        # carry no word of the sentence
+        words = analysis.word_spans(analysis.source_pieces(dataset, args.index),
+                                    ignored=[dictionary[dataset.src[args.index][0]], dictionary[dictionary.eos()]])
+        words = words[:args.max_words]
+        word_weights = np.stack([weights[positions].mean(axis=0) for _, positions in words])
+        text = dictionary.string(dataset.src[args.index][1:], "sentencepiece")
+        rows.append((src, [word for word, _ in words], word_weights))
+        sentences[src] = text
+        points[src] = {"sentence": text, "words": [word for word, _ in words],
+                       "weights": word_weights.round(4).tolist()}
         image_ids.add(analysis.image_id_of(dataset, args.index))
         points[src] = {"sentence": text, "tokens": [pieces[i] for i in content],
                        "weights": weights[content].round(4).tolist()}
@@ -176,11 +182,8 @@ def cvlm_attention(args, parser) -> Path:
         image = np.asarray(Image.open(image_file).convert("RGB"))
     write_points(args.output, {"image_id": image_id, "grid": grid, "languages": points})
     return figures.plot_attention(rows, grid, args.output, image,
-                                  f"CVLM attention over image patches ({name}, {args.split} #{args.index}, {image_id})")
-
-
-def shorten(text: str, width: int = 28) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
+                                  f"CVLM attention over image patches ({name}, {args.split} #{args.index}, {image_id})",
+                                  sentences)
 
 
 def parse_grid(text: Optional[str]):
@@ -231,7 +234,7 @@ def main(argv=None):
     sub.add_argument("--images-dir", type=Path, help="folder of the image files (named by image id): draw "
                                                      "the heat maps over the image rather than the patch grid")
     sub.add_argument("--patch-grid", help="ROWSxCOLUMNS of the patches; default: a square")
-    sub.add_argument("--max-tokens", type=int, default=10, help="heat maps of at most this many source tokens")
+    sub.add_argument("--max-words", type=int, default=12, help="heat maps of at most this many source words")
     args = parser.parse_args(argv)
     path = args.function(args, parser)
     print(f"wrote {path} and {Path(path).with_suffix('.json')}")

@@ -108,12 +108,12 @@ def test_tsne_figure(checkpoints, data_dir, tmp_path):
 def test_cvlm_attention_figure(checkpoints, data_dir, raw_corpus, tmp_path):
     output = tmp_path / "attention.png"
     run([PYTHON, "scripts/figures.py", "cvlm-attention", "--data", data_dir, "--checkpoint", checkpoints["cvlm"],
-         "--index", 3, "--images-dir", raw_corpus / "images", "--output", output])
+         "--index", 3, "--max-words", 5, "--images-dir", raw_corpus / "images", "--output", output])
     points = png(output)
     assert points["grid"] == [2, 2]  # 4 patches per image in the test data
     for lang in ("en", "de"):
         weights = points["languages"][lang]["weights"]
-        assert len(weights) == len(points["languages"][lang]["tokens"]) > 0
+        assert len(weights) == len(points["languages"][lang]["words"]) == 5
         assert all(sum(row) == pytest.approx(1, abs=1e-3) for row in weights)  # a distribution over patches
     grid_only = tmp_path / "grid.png"
     run([PYTHON, "scripts/figures.py", "cvlm-attention", "--data", data_dir, "--checkpoint", checkpoints["cvlm"],

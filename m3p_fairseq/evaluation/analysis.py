@@ -2,7 +2,7 @@
 source sentences (Fig. 4) and the CVLM cross-attention of source tokens over image patches
 (Fig. 6). Both run the model's ordinary encoder in eval mode; nothing of its code is replaced."""
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -86,6 +86,27 @@ def source_pieces(dataset, index: int) -> List[str]:
     """The dictionary symbols of example ``index``'s source, one per token, as the model sees them."""
     dictionary = dataset.src_dict
     return [dictionary[int(t)] for t in dataset.src[index]]
+
+
+def word_spans(pieces: Sequence[str], ignored: Sequence[str] = ()) -> List[Tuple[str, List[int]]]:
+    """(word, positions of its pieces) of a SentencePiece-encoded sentence: a piece starting
+    with "\u2581" begins a word, and a bare "\u2581" belongs to the word after it; ``ignored``
+    symbols (the language tag, </s>) belong to no word."""
+    words: List[Tuple[str, List[int]]] = []
+    pending: List[int] = []
+    new_word = True
+    for position, piece in enumerate(pieces):
+        if piece in ignored:
+            new_word = True
+        elif piece == "\u2581":
+            pending.append(position)
+            new_word = True
+        elif piece.startswith("\u2581") or new_word:
+            words.append((piece.lstrip("\u2581"), pending + [position]))
+            pending, new_word = [], False
+        else:
+            words[-1] = (words[-1][0] + piece, words[-1][1] + [position])
+    return words
 
 
 def patch_grid(num_patches: int, grid: Optional[Sequence[int]] = None):

@@ -61,12 +61,14 @@ def plot_tsne(panels: Dict[str, Tuple[np.ndarray, Sequence[str]]], path: Path, t
 
 
 def plot_attention(rows: List[Tuple[str, List[str], np.ndarray]], grid: Tuple[int, int], path: Path,
-                   image: Optional[np.ndarray] = None, title: Optional[str] = None) -> Path:
-    """One row per sentence (label, token labels, weights [tokens, patches]): the image (or the
-    empty patch grid), the sentence average, then one heat map per token. Weights are drawn over
-    the image, each map scaled to its own maximum (brighter = more attention)."""
+                   image: Optional[np.ndarray] = None, title: Optional[str] = None,
+                   sentences: Optional[Dict[str, str]] = None) -> Path:
+    """One row per sentence (label, word labels, weights [words, patches]): the image (or the
+    empty patch grid), the sentence average, then one heat map per word. Weights are drawn over
+    the image, each map scaled to its own maximum (brighter = more attention); ``sentences``
+    (label -> text) are written under their rows."""
     columns = 2 + max(len(tokens) for _, tokens, _ in rows)
-    figure, axes = plt.subplots(len(rows), columns, figsize=(1.7 * columns, 1.9 * len(rows)), squeeze=False)
+    figure, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns, 2.1 * len(rows)), squeeze=False)
     extent = (0, grid[1], grid[0], 0)
     for r, (label, tokens, weights) in enumerate(rows):
         maps = [("(image)", None), ("sentence average", weights.mean(axis=0))] + list(zip(tokens, weights))
@@ -89,8 +91,11 @@ def plot_attention(rows: List[Tuple[str, List[str], np.ndarray]], grid: Tuple[in
                 heat = values.reshape(grid)
                 ax.imshow(heat / max(float(heat.max()), 1e-9), cmap="inferno", alpha=0.65 if image is not None else 1.0,
                           vmin=0, vmax=1, extent=extent, interpolation="nearest")
-            ax.set_title(name, fontsize=8)
-        axes[r][0].set_ylabel(label, fontsize=9)
+            ax.set_title(name, fontsize=9)
+        axes[r][0].set_ylabel(label, fontsize=12, fontweight="bold")
+        if sentences and label in sentences:
+            axes[r][1].text(0, -0.12, sentences[label], transform=axes[r][1].transAxes, fontsize=8,
+                            va="top", ha="left", style="italic")
     if title:
         figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)
