@@ -166,8 +166,6 @@ def cvlm_attention(args, parser) -> Path:
         points[src] = {"sentence": text, "words": [word for word, _ in words],
                        "weights": word_weights.round(4).tolist()}
         image_ids.add(analysis.image_id_of(dataset, args.index))
-        points[src] = {"sentence": text, "tokens": [pieces[i] for i in content],
-                       "weights": weights[content].round(4).tolist()}
     if len(image_ids) != 1:
         raise ValueError(f"sentence {args.index} has different images in different directions: {sorted(image_ids)}")
     image_id = image_ids.pop()
