@@ -11,13 +11,25 @@ import sacrebleu
 
 from conftest import REPO
 
-PYTHON = sys.executable
+sys.path.insert(0, str(REPO / "scripts"))
+import evaluate  # noqa: E402
+import figures  # noqa: E402
+
+# The commands run in this process (their main(argv)): loading torch and fairseq once keeps the
+# tests fast; the training that makes the checkpoints uses the real fairseq-train.
 
 
 def run(command):
     result = subprocess.run([str(c) for c in command], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, f"{command[:3]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + result.stderr
+
+
+def cli(capsys, script, argv):
+    """Run a script's main(argv) here; returns what it printed."""
+    script.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return captured.out + captured.err
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +47,9 @@ def checkpoints(tmp_path_factory, data_dir):
     return found
 
 
-def test_evaluate_writes_tables_hypotheses_and_the_probes(checkpoints, data_dir, tmp_path):
+def test_evaluate_writes_tables_hypotheses_and_the_probes(checkpoints, data_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    printed = run([PYTHON, "scripts/evaluate.py", "--data", data_dir, "--checkpoint", f"text-only={checkpoints['text-only']}",
+    printed = cli(capsys, evaluate, ["--data", data_dir, "--checkpoint", f"text-only={checkpoints['text-only']}",
                    "--checkpoint", f"cvlm={checkpoints['cvlm']}", "--lang-pairs", "en-de,de-en", "--beam", 2, "--max-len-b", 6,
                    "--output-dir", out, "--incongruent-images", "--off-target", "--output", tmp_path / "r.json"])
     assert "sacreBLEU signatures: BLEU nrefs:1|case:mixed|eff:no|tok:13a" in printed
@@ -62,7 +74,7 @@ def test_evaluate_writes_tables_hypotheses_and_the_probes(checkpoints, data_dir,
 
     # --rescore: the same numbers from the saved files, without a model
     (out / "results.json").unlink()
-    run([PYTHON, "scripts/evaluate.py", "--rescore", out, "--off-target"])
+    cli(capsys, evaluate, ["--rescore", out, "--off-target"])
     rescored = json.loads((out / "results.json").read_text(encoding="utf-8"))
     for system, by_split in results.items():
         for split, scores in by_split.items():
@@ -76,9 +88,9 @@ def png(path):
     return json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
 
 
-def test_source_masking_figure(checkpoints, data_dir, tmp_path):
+def test_source_masking_figure(checkpoints, data_dir, tmp_path, capsys):
     output = tmp_path / "masking.png"
-    run([PYTHON, "scripts/figures.py", "source-masking", "--data", data_dir, "--checkpoint",
+    cli(capsys, figures, ["source-masking", "--data", data_dir, "--checkpoint",
          f"text-only={checkpoints['text-only']}", "--checkpoint", f"cvlm={checkpoints['cvlm']}",
          "--lang-pairs", "en-de", "--ratios", "0,0.5,1", "--max-sentences", 8, "--beam", 1, "--max-len-b", 6, "--output", output])
     points = png(output)
@@ -86,9 +98,9 @@ def test_source_masking_figure(checkpoints, data_dir, tmp_path):
     assert set(points["bleu"]["text-only"]["1.0"]) == {"en-de"}
 
 
-def test_low_resource_figure(checkpoints, data_dir, tmp_path):
+def test_low_resource_figure(checkpoints, data_dir, tmp_path, capsys):
     output = tmp_path / "low.png"
-    run([PYTHON, "scripts/figures.py", "low-resource", "--data", data_dir, "--lang-pairs", "de-en",
+    cli(capsys, figures, ["low-resource", "--data", data_dir, "--lang-pairs", "de-en",
          "--run", "cvlm", 0.5, checkpoints["cvlm"], "--run", "cvlm", 1.0, checkpoints["cvlm"],
          "--run", "text-only", 1.0, checkpoints["text-only"], "--max-sentences", 6, "--beam", 1, "--max-len-b", 6, "--output", output])
     points = png(output)
@@ -96,18 +108,18 @@ def test_low_resource_figure(checkpoints, data_dir, tmp_path):
     assert half[0] == 0.5 and full[0] == 1.0 and half[1] == full[1]  # the same checkpoint twice
 
 
-def test_tsne_figure(checkpoints, data_dir, tmp_path):
+def test_tsne_figure(checkpoints, data_dir, tmp_path, capsys):
     output = tmp_path / "tsne.png"
-    run([PYTHON, "scripts/figures.py", "tsne", "--data", data_dir, "--checkpoint", f"text-only={checkpoints['text-only']}",
+    cli(capsys, figures, ["tsne", "--data", data_dir, "--checkpoint", f"text-only={checkpoints['text-only']}",
          "--checkpoint", f"cvlm={checkpoints['cvlm']}", "--max-sentences", 12, "--output", output])
     points = png(output)
     # sources of en-de,de-en,en-fr: en and de, 12 sentences each
     assert sorted(set(points["cvlm"]["languages"])) == ["de", "en"] and len(points["cvlm"]["points"]) == 24
 
 
-def test_cvlm_attention_figure(checkpoints, data_dir, raw_corpus, tmp_path):
+def test_cvlm_attention_figure(checkpoints, data_dir, raw_corpus, tmp_path, capsys):
     output = tmp_path / "attention.png"
-    run([PYTHON, "scripts/figures.py", "cvlm-attention", "--data", data_dir, "--checkpoint", checkpoints["cvlm"],
+    cli(capsys, figures, ["cvlm-attention", "--data", data_dir, "--checkpoint", checkpoints["cvlm"],
          "--index", 3, "--max-words", 5, "--images-dir", raw_corpus / "images", "--output", output])
     points = png(output)
     assert points["grid"] == [2, 2]  # 4 patches per image in the test data
@@ -116,10 +128,9 @@ def test_cvlm_attention_figure(checkpoints, data_dir, raw_corpus, tmp_path):
         assert len(weights) == len(points["languages"][lang]["words"]) == 5
         assert all(sum(row) == pytest.approx(1, abs=1e-3) for row in weights)  # a distribution over patches
     grid_only = tmp_path / "grid.png"
-    run([PYTHON, "scripts/figures.py", "cvlm-attention", "--data", data_dir, "--checkpoint", checkpoints["cvlm"],
+    cli(capsys, figures, ["cvlm-attention", "--data", data_dir, "--checkpoint", checkpoints["cvlm"],
          "--output", grid_only])
     png(grid_only)
-    failed = subprocess.run([PYTHON, "scripts/figures.py", "cvlm-attention", "--data", data_dir, "--checkpoint",
-                             checkpoints["text-only"], "--output", tmp_path / "x.png"], cwd=REPO,
-                            capture_output=True, text=True)
-    assert failed.returncode != 0 and "needs a model trained with --fusion cvlm" in failed.stderr
+    with pytest.raises(ValueError, match="needs a model trained with --fusion cvlm"):
+        figures.main(["cvlm-attention", "--data", str(data_dir), "--checkpoint", str(checkpoints["text-only"]),
+                      "--output", str(tmp_path / "x.png")])
