@@ -117,7 +117,7 @@ def tsne(args, parser) -> Path:
     same sentences in a multi-way split), their pooled text-encoder states, t-SNE to 2-d."""
     from sklearn.manifold import TSNE
 
-    panels = {}
+    panels, mixing = {}, {}
     for name, checkpoint in named_checkpoints(args.checkpoint, parser).items():
         models, task = load(checkpoint, args.data)
         by_source = {}
@@ -132,9 +132,15 @@ def tsne(args, parser) -> Path:
         vectors = np.concatenate(vectors)
         perplexity = min(args.perplexity, (len(vectors) - 1) / 3)
         points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=args.seed).fit_transform(vectors)
+        # how separated the languages are, measured in the encoder space (t-SNE distorts distances)
+        mixing[name] = analysis.same_label_neighbours(vectors, labels)
         panels[name] = (points, labels)
-    write_points(args.output, {name: {"points": points.round(3).tolist(), "languages": labels}
+        print(f"{name}: same-language share of the 10 nearest neighbours {mixing[name]:.3f}", file=sys.stderr)
+    write_points(args.output, {name: {"points": points.round(3).tolist(), "languages": labels,
+                                      "same_language_neighbours": round(mixing[name], 4)}
                                for name, (points, labels) in panels.items()})
+    panels = {f"{name}\nsame-language share of 10 nearest neighbours: {mixing[name]:.2f}": panel
+              for name, panel in panels.items()}
     return figures.plot_tsne(panels, args.output, f"t-SNE of pooled encoder states ({args.split})")
 
 

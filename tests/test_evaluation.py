@@ -194,3 +194,16 @@ def test_subsample_keeps_nested_aligned_training_subsets(data_dir, tmp_path):
     assert len(task.dataset("train")) > 0
     with pytest.raises(ValueError, match=r"--fraction must be in \(0, 1\]"):
         subsample(data_dir, tmp_path / "data-0", 0.0)
+
+
+def test_same_label_neighbours_separates_clusters_from_a_mix():
+    from m3p_fairseq.evaluation.analysis import same_label_neighbours
+
+    rng = np.random.default_rng(0)
+    labels = ["en"] * 20 + ["de"] * 20
+    apart = np.concatenate([rng.normal(0, 1, (20, 4)), rng.normal(50, 1, (20, 4))])
+    assert same_label_neighbours(apart, labels, k=5) == 1.0
+    mixed = rng.normal(0, 1, (40, 4))
+    assert 0.3 < same_label_neighbours(mixed, labels, k=5) < 0.7
+    pairs = np.array([[0.0], [0.1], [5.0], [5.1]])  # each point's nearest neighbour has the other label
+    assert same_label_neighbours(pairs, ["en", "de", "en", "de"], k=1) == 0.0

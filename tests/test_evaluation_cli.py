@@ -115,6 +115,7 @@ def test_tsne_figure(checkpoints, data_dir, tmp_path, capsys):
     points = png(output)
     # sources of en-de,de-en,en-fr: en and de, 12 sentences each
     assert sorted(set(points["cvlm"]["languages"])) == ["de", "en"] and len(points["cvlm"]["points"]) == 24
+    assert 0 <= points["cvlm"]["same_language_neighbours"] <= 1
 
 
 def test_cvlm_attention_figure(checkpoints, data_dir, raw_corpus, tmp_path, capsys):

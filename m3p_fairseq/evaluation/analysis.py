@@ -38,6 +38,19 @@ def pooled_representations(model, dataset, indices: Sequence[int], batch_size: i
     return np.stack([by_id[int(i)] for i in indices])
 
 
+def same_label_neighbours(vectors: np.ndarray, labels: Sequence[str], k: int = 10) -> float:
+    """The share of each vector's k nearest neighbours (Euclidean, itself excluded) that have its
+    label: 1 when every language forms its own cluster, 1/number-of-languages (for equal-sized
+    groups) when the languages are mixed at random."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    labels = np.asarray(labels)
+    squared = (vectors ** 2).sum(axis=1)
+    distances = squared[:, None] + squared[None, :] - 2 * vectors @ vectors.T
+    np.fill_diagonal(distances, np.inf)
+    nearest = np.argsort(distances, axis=1)[:, :k]
+    return float((labels[nearest] == labels[:, None]).mean())
+
+
 def cvlm_module(model) -> ConditionalVisionLanguageMemory:
     fusion = getattr(model.encoder, "fusion", None)
     if not isinstance(fusion, ConditionalVisionLanguageMemory):

@@ -54,7 +54,9 @@ def plot_tsne(panels: Dict[str, Tuple[np.ndarray, Sequence[str]]], path: Path, t
         axes.set_title(system)
         axes.set_xticks([])
         axes.set_yticks([])
-    axes_row[0][0].legend(title="source language", loc="best", fontsize=8, markerscale=2)
+    handles, names = axes_row[0][0].get_legend_handles_labels()
+    figure.legend(handles, names, title="source language", loc="lower center", ncol=len(languages),
+                  bbox_to_anchor=(0.5, -0.1), markerscale=2)
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)
