@@ -139,7 +139,7 @@ def tsne(args, parser) -> Path:
     write_points(args.output, {name: {"points": points.round(3).tolist(), "languages": labels,
                                       "same_language_neighbours": round(mixing[name], 4)}
                                for name, (points, labels) in panels.items()})
-    panels = {f"{name}\nsame-language share of 10 nearest neighbours: {mixing[name]:.2f}": panel
+    panels = {f"{name}\n(same language among 10 nearest: {mixing[name]:.2f})": panel
               for name, panel in panels.items()}
     return figures.plot_tsne(panels, args.output, f"t-SNE of pooled encoder states ({args.split})")
 

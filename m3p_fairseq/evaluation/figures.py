@@ -51,14 +51,14 @@ def plot_tsne(panels: Dict[str, Tuple[np.ndarray, Sequence[str]]], path: Path, t
         for lang in languages:
             chosen = labels == lang
             axes.scatter(points[chosen, 0], points[chosen, 1], s=9, alpha=0.7, color=colours[lang], label=lang)
-        axes.set_title(system)
+        axes.set_title(system, fontsize=10)
         axes.set_xticks([])
         axes.set_yticks([])
     handles, names = axes_row[0][0].get_legend_handles_labels()
     figure.legend(handles, names, title="source language", loc="lower center", ncol=len(languages),
                   bbox_to_anchor=(0.5, -0.1), markerscale=2)
     if title:
-        figure.suptitle(title)
+        figure.suptitle(title, y=1.06)
     return save_figure(figure, path)
 
 
