@@ -1,13 +1,24 @@
 """Translate test splits with fairseq's beam search and score each direction with sacreBLEU.
 
     python scripts/evaluate.py --data DATA --checkpoint text=ckpt_text.pt --checkpoint cvlm=ckpt_cvlm.pt \
-        --splits test,test_degraded --beam 5 --output results.json
+        --splits test,test_degraded --beam 5 --output-dir results/ [--incongruent-images] [--off-target]
+    python scripts/evaluate.py --rescore results/ [--references-dir RAW] [--off-target]
 
 Each checkpoint is loaded once and run over every direction it was trained on (or those of
 them named by --lang-pairs). Hypotheses and references are detokenized (SentencePiece pieces
-joined), so the score is case-sensitive detokenized sacreBLEU, as in the paper; with
---references-dir the references are the raw target text. Prints a Markdown table of BLEU per
-direction and split, and writes the scores (and hypotheses) as JSON.
+joined), so the scores are case-sensitive detokenized sacreBLEU and chrF, as in the paper; with
+--references-dir the references are the raw target text. Prints a Markdown table per split
+(directions as rows) and the sacreBLEU signatures.
+
+With --output-dir OUT it also writes the paper's Table-1 layout (rows = systems, columns =
+directions + average) as OUT/table.md and OUT/table.csv, the scores as OUT/results.json, and
+every hypothesis as OUT/hyp/{system}/{split}.{src}-{tgt}.txt (references in OUT/ref/), which
+--rescore OUT scores again without translating.
+
+Probes: --incongruent-images translates each split a second time with every sentence given
+another sentence's image (a seeded derangement) and writes OUT/image_awareness.md: BLEU with
+correct and incongruent images and the drop. --off-target adds the share of hypotheses that
+py3langid does not detect as the target language.
 """
 
 import argparse
@@ -16,66 +27,28 @@ import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-import sacrebleu
-import torch
-
-# fairseq's loader asks for pinned memory even without a GPU (torch warns once per direction),
-# and fairseq still calls torch.jit.script at import
-warnings.filterwarnings("ignore", message=".*pin_memory.*")
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
-from fairseq import checkpoint_utils, utils  # noqa: E402
-from fairseq.dataclass.configs import GenerationConfig  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # preprocess/ lives beside scripts/
+from m3p_fairseq.evaluation.translation import direction_dataset, load, translate_dataset  # noqa: E402
 
 # importing fairseq attached a DEBUG-level root handler; keep the output to warnings
 logging.basicConfig(level=logging.WARNING, force=True)
-import m3p_fairseq  # noqa: E402,F401  (registers the task and models)
+from m3p_fairseq.evaluation import hypotheses as saved_hypotheses  # noqa: E402
+from m3p_fairseq.evaluation.language_id import off_target_rate  # noqa: E402
+from m3p_fairseq.evaluation.probes import with_incongruent_images  # noqa: E402
+from m3p_fairseq.evaluation.scoring import average, corpus_scores  # noqa: E402
+from m3p_fairseq.evaluation.tables import csv_table, image_awareness_table, markdown_tables  # noqa: E402
 from m3p_fairseq.tasks.multimodal_translation import parse_lang_pairs  # noqa: E402
 
-
-def load(checkpoint: str, data: str):
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data})
-    use_cuda = torch.cuda.is_available()
-    for model in models:
-        model.eval()
-        if use_cuda:
-            model.cuda()
-    return models, task
-
-
-@torch.no_grad()
-def translate(models, task, split: str, src: str, tgt: str, beam: int, batch_size: int) -> Tuple[List[str], List[str]]:
-    """(hypotheses, references) of one direction, detokenized, in corpus order."""
-    task.cfg.source_lang, task.cfg.target_lang = src, tgt
-    task.load_dataset(split)
-    dataset = task.dataset(split)
-    generator = task.build_generator(models, GenerationConfig(beam=beam, max_len_b=200))
-    iterator = task.get_batch_iterator(
-        dataset=dataset, max_sentences=batch_size,
-        max_positions=utils.resolve_max_positions(task.max_positions(), *[m.max_positions() for m in models]),
-    ).next_epoch_itr(shuffle=False)
-    hypotheses: Dict[int, str] = {}
-    references: Dict[int, str] = {}
-    pad = task.target_dictionary.pad()
-    for sample in iterator:
-        if torch.cuda.is_available():
-            sample = utils.move_to_cuda(sample)
-        outputs = task.inference_step(generator, models, sample)
-        for i, sample_id in enumerate(sample["id"].tolist()):
-            hypotheses[sample_id] = task.target_dictionary.string(outputs[i][0]["tokens"].int().cpu(), "sentencepiece")
-            references[sample_id] = task.target_dictionary.string(
-                utils.strip_pad(sample["target"][i], pad).int().cpu(), "sentencepiece")
-    order = sorted(hypotheses)
-    return [hypotheses[i] for i in order], [references[i] for i in order]
+INCONGRUENT = "-incongruent"  # suffix of the pseudo-split translated with shuffled images
 
 
 def raw_references(references_dir: Path, split: str, src: str, tgt: str, expected: int) -> List[str]:
     """The original target sentences (as given to preprocess.binarize), not the ones decoded
     back from SentencePiece pieces, whose normalisation (NFKC) may differ."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # preprocess/ lives beside scripts/
     from preprocess.binarize import raw_text_path, read_lines
 
     path, _ = raw_text_path(Path(references_dir), split, src, tgt, tgt)
@@ -85,26 +58,68 @@ def raw_references(references_dir: Path, split: str, src: str, tgt: str, expecte
     return lines
 
 
+def score(hypotheses: List[str], references: List[str], tgt: str, off_target_candidates=None) -> dict:
+    """A direction's entry of the results: BLEU, chrF, signatures, optionally the off-target
+    rate (``off_target_candidates``: the languages detection chooses among, [] for all)."""
+    scores = corpus_scores(hypotheses, references)
+    if off_target_candidates is not None:
+        scores["off_target"] = round(off_target_rate(hypotheses, tgt, off_target_candidates or None)[0], 2)
+    scores["hypotheses"] = hypotheses
+    return scores
+
+
 def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pairs=None,
-             beam: int = 5, batch_size: int = 64, references_dir: Optional[Path] = None) -> dict:
+             beam: int = 5, batch_size: int = 64, max_len_b: int = 200, references_dir: Optional[Path] = None,
+             output_dir: Optional[Path] = None, incongruent_seed: Optional[int] = None,
+             off_target: bool = False, langid_all_languages: bool = False) -> dict:
+    """results[system][split][direction] = scores; with ``incongruent_seed`` also
+    results[system][split + "-incongruent"] (systems that read images only)."""
     results = {}
     for name, checkpoint in checkpoints.items():
         models, task = load(checkpoint, data)
         pairs = [pair for pair in task.lang_pairs if lang_pairs is None or pair in lang_pairs]
+        candidates = None if not off_target else ([] if langid_all_languages else
+                                                  sorted({lang for pair in task.lang_pairs for lang in pair}))
         for split in splits:
             for src, tgt in pairs:
-                began = time.time()
-                hypotheses, references = translate(models, task, split, src, tgt, beam, batch_size)
+                dataset = direction_dataset(task, split, src, tgt)
+                variants = [(split, dataset)]
+                if incongruent_seed is not None and getattr(models[0], "image_feature_dim", None):
+                    shuffled, unchanged = with_incongruent_images(dataset, incongruent_seed)
+                    if unchanged:
+                        print(f"{name} {split} {src}-{tgt}: {unchanged} sentences keep their own image "
+                              "(their image id is repeated in the split)", file=sys.stderr)
+                    variants.append((split + INCONGRUENT, shuffled))
+                for label, variant in variants:
+                    began = time.time()
+                    hypotheses, references = translate_dataset(models, task, variant, beam, batch_size, max_len_b)
+                    if references_dir is not None:
+                        references = raw_references(references_dir, split, src, tgt, len(hypotheses))
+                    scores = score(hypotheses, references, tgt, candidates)
+                    results.setdefault(name, {}).setdefault(label, {})[f"{src}-{tgt}"] = scores
+                    if output_dir is not None:
+                        saved_hypotheses.save(output_dir, name, label, f"{src}-{tgt}", hypotheses, references)
+                    print(f"{name} {label} {src}-{tgt}: BLEU {scores['bleu']:.1f} chrF {scores['chrf']:.1f}"
+                          + (f" off-target {scores['off_target']:.1f}%" if "off_target" in scores else "")
+                          + f" ({len(hypotheses)} sentences, {time.time() - began:.0f} s)", file=sys.stderr, flush=True)
+    return results
+
+
+def rescore(out_dir: Path, references_dir: Optional[Path] = None, off_target: bool = False,
+            langid_all_languages: bool = False) -> dict:
+    """The results of the hypotheses saved in ``out_dir``, scored again without translating."""
+    results = {}
+    for name, by_split in saved_hypotheses.saved(out_dir).items():
+        languages = sorted({lang for scores in by_split.values() for d in scores for lang in d.split("-")})
+        candidates = None if not off_target else ([] if langid_all_languages else languages)
+        for label, by_direction in by_split.items():
+            for direction, (hypotheses, references) in by_direction.items():
+                src, tgt = direction.split("-")
                 if references_dir is not None:
-                    references = raw_references(references_dir, split, src, tgt, len(hypotheses))
-                metric = sacrebleu.BLEU()
-                bleu = metric.corpus_score(hypotheses, [references])
-                print(f"{name} {split} {src}-{tgt}: BLEU {bleu.score:.1f} ({len(hypotheses)} sentences, "
-                      f"{time.time() - began:.0f} s)", file=sys.stderr, flush=True)
-                results.setdefault(name, {}).setdefault(split, {})[f"{src}-{tgt}"] = {
-                    "bleu": round(bleu.score, 2), "signature": str(metric.get_signature()),
-                    "sentences": len(hypotheses), "hypotheses": hypotheses,
-                }
+                    references = raw_references(references_dir, label.removesuffix(INCONGRUENT), src, tgt,
+                                                len(hypotheses))
+                results.setdefault(name, {}).setdefault(label, {})[direction] = score(
+                    hypotheses, references, tgt, candidates)
     return results
 
 
@@ -119,43 +134,98 @@ def markdown_table(results: dict) -> str:
         for name, split in columns:
             scores = results[name][split]
             if direction == "average":
-                cells.append(f"{sum(s['bleu'] for s in scores.values()) / len(scores):.1f}")
+                cells.append(f"{average([s['bleu'] for s in scores.values()]):.1f}")
             else:
                 cells.append(f"{scores[direction]['bleu']:.1f}" if direction in scores else "-")
         lines.append(f"| {direction} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_reports(results: dict, out_dir: Path, metrics: List[str]) -> None:
+    """OUT/table.md, OUT/table.csv, OUT/results.json and, with incongruent-image runs,
+    OUT/image_awareness.md."""
+    write_text(out_dir / "table.md", markdown_tables(results, metrics))
+    write_text(out_dir / "table.csv", csv_table(results, metrics))
+    write_text(out_dir / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
+    shuffled = {label.removesuffix(INCONGRUENT): label for by_split in results.values()
+                for label in by_split if label.endswith(INCONGRUENT)}
+    if shuffled:
+        write_text(out_dir / "image_awareness.md", image_awareness_table(results, shuffled))
+    print(f"wrote {out_dir}/table.md, table.csv, results.json"
+          + (", image_awareness.md" if shuffled else ""), file=sys.stderr)
+
+
+def signatures(results: dict) -> str:
+    entries = [s for by_split in results.values() for scores in by_split.values() for s in scores.values()]
+    bleu = sorted({s["signature"] for s in entries if "signature" in s})
+    chrf = sorted({s["chrf_signature"] for s in entries if "chrf_signature" in s})
+    return f"sacreBLEU signatures: BLEU {' '.join(bleu)}; chrF {' '.join(chrf)}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="data directory (as for fairseq-generate)")
-    parser.add_argument("--checkpoint", action="append", required=True,
+    parser.add_argument("--data", help="data directory (as for fairseq-generate)")
+    parser.add_argument("--checkpoint", action="append", default=[],
                         help="NAME=PATH (or PATH); repeat to compare models")
     parser.add_argument("--splits", default="test", help="comma-separated splits")
     parser.add_argument("--lang-pairs", help="score only these of the directions each model was trained on; "
                                              "default: all of them")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-len-b", type=int, default=200, help="longest hypothesis, in tokens")
     parser.add_argument("--output", type=Path, help="write scores and hypotheses as JSON here")
+    parser.add_argument("--output-dir", type=Path,
+                        help="write table.md, table.csv, results.json and the hypotheses (hyp/, ref/) here")
+    parser.add_argument("--rescore", type=Path, metavar="OUT",
+                        help="score the hypotheses saved in OUT (an earlier --output-dir) again, without "
+                             "translating; rewrites OUT's tables")
     parser.add_argument("--references-dir", type=Path,
                         help="score against the raw target text in this folder (the --raw-dir given to "
                              "preprocess.binarize) instead of the references decoded from the data")
+    parser.add_argument("--incongruent-images", action="store_true",
+                        help="image-awareness probe: also translate every split with each sentence given "
+                             "another sentence's image (a seeded derangement), as split SPLIT-incongruent")
+    parser.add_argument("--shuffle-seed", type=int, default=1, help="seed of the incongruent-image derangement")
+    parser.add_argument("--off-target", action="store_true",
+                        help="also report the percentage of hypotheses py3langid detects as another "
+                             "language than the target")
+    parser.add_argument("--langid-all-languages", action="store_true",
+                        help="detect among all of py3langid's 97 languages, not only the model's")
     args = parser.parse_args(argv)
-    checkpoints = {}
-    for item in args.checkpoint:
-        name, sep, path = item.partition("=")
-        name, path = (name, path) if sep else (Path(item).stem, item)
-        if not os.path.isfile(path):
-            parser.error(f"--checkpoint {path}: file not found")
-        checkpoints[name] = path
-    results = evaluate(checkpoints, args.data, args.splits.split(","),
-                       parse_lang_pairs(args.lang_pairs) if args.lang_pairs else None, args.beam, args.batch_size,
-                       args.references_dir)
+    metrics = ["bleu", "chrf"] + (["off_target"] if args.off_target else [])
+    if args.rescore:
+        if args.checkpoint:
+            parser.error("--rescore scores saved hypotheses: give no --checkpoint")
+        results = rescore(args.rescore, args.references_dir, args.off_target, args.langid_all_languages)
+        args.output_dir = args.output_dir or args.rescore
+    else:
+        if not args.data or not args.checkpoint:
+            parser.error("--data and --checkpoint are required (or --rescore OUT)")
+        checkpoints = {}
+        for item in args.checkpoint:
+            name, sep, path = item.partition("=")
+            name, path = (name, path) if sep else (Path(item).stem, item)
+            if not os.path.isfile(path):
+                parser.error(f"--checkpoint {path}: file not found")
+            checkpoints[name] = path
+        results = evaluate(checkpoints, args.data, args.splits.split(","),
+                           parse_lang_pairs(args.lang_pairs) if args.lang_pairs else None, args.beam,
+                           args.batch_size, args.max_len_b, args.references_dir, args.output_dir,
+                           args.shuffle_seed if args.incongruent_images else None,
+                           args.off_target, args.langid_all_languages)
     print(markdown_table(results))
+    print(signatures(results))
+    if args.output_dir:
+        write_reports(results, args.output_dir, metrics)
     if args.output:
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, args.output)
+        write_text(args.output, json.dumps(results, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""Test-time probes of how much a model uses its inputs: the same test set with the images of
+other sentences (incongruent images), and with a share of the source words masked (Fig. 7).
+
+Both build a modified copy of a loaded test dataset rather than adding task options: they are
+for analysis only, must never reach training, and a copy leaves the task and the loaded split
+untouched for the ordinary run that they are compared with."""
+
+import copy
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from ..data.multimodal_pair_dataset import MultimodalLanguagePairDataset
+
+MASK_WORD = "[MASK]"
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation with no fixed point (Sattolo's algorithm: a random n-cycle), so that
+    every sentence gets another sentence's image. n must be at least 2."""
+    if n < 2:
+        raise ValueError(f"cannot shuffle images across {n} sentence(s): need at least 2")
+    rng = np.random.default_rng(seed)
+    permutation = np.arange(n)
+    for i in range(n - 1, 0, -1):
+        j = int(rng.integers(0, i))  # j < i, never i itself: the result is one cycle
+        permutation[i], permutation[j] = permutation[j], permutation[i]
+    return permutation
+
+
+def with_incongruent_images(dataset: MultimodalLanguagePairDataset, seed: int):
+    """A copy of ``dataset`` in which sentence i has the image of sentence derangement[i].
+    Returns (copy, number of sentences whose new image is still their own: the same image id
+    appearing on several lines of the split)."""
+    if not getattr(dataset, "has_images", False):
+        raise ValueError("the split has no image features: there are no images to shuffle")
+    shuffled = copy.copy(dataset)
+    rows = np.asarray(dataset.image_rows)
+    shuffled.image_rows = rows[derangement(len(rows), seed)]
+    return shuffled, int((shuffled.image_rows == rows).sum())
+
+
+def masked_word_order(num_words: int, seed: int, sentence: int) -> np.ndarray:
+    """The order in which a sentence's words get masked as the ratio grows: a permutation seeded
+    by (seed, sentence), so a higher ratio masks the words of a lower one and more."""
+    return np.random.default_rng([seed, sentence]).permutation(num_words)
+
+
+def mask_words(sentence: str, ratio: float, order: np.ndarray, mask_word: str = MASK_WORD) -> str:
+    """``sentence`` with round(ratio * words) of its whitespace-separated words, taken in
+    ``order``, replaced by ``mask_word``."""
+    words = sentence.split()
+    for i in order[:round(ratio * len(words))]:
+        words[i] = mask_word
+    return " ".join(words)
+
+
+def first_sentences(dataset: MultimodalLanguagePairDataset, count: Optional[int],
+                    sources: Optional[List[torch.Tensor]] = None) -> MultimodalLanguagePairDataset:
+    """The first ``count`` examples of ``dataset`` (all when None) as a dataset of their own,
+    with their images; ``sources`` replaces their source sentences."""
+    count = len(dataset) if count is None else min(count, len(dataset))
+    if sources is None:
+        sources = [dataset.src[i] for i in range(count)]
+    targets = [dataset.tgt[i] for i in range(count)]
+    return MultimodalLanguagePairDataset(
+        sources, np.array([len(s) for s in sources]), dataset.src_dict, targets,
+        np.array([len(t) for t in targets]), dataset.tgt_dict, left_pad_source=dataset.left_pad_source,
+        left_pad_target=dataset.left_pad_target, shuffle=False, image_store=dataset.image_store,
+        image_rows=None if dataset.image_rows is None else np.asarray(dataset.image_rows)[:count])
+
+
+def with_masked_source(dataset: MultimodalLanguagePairDataset, task, ratio: float, seed: int = 1,
+                       mask_word: str = MASK_WORD, spm_model: Optional[Path] = None,
+                       max_sentences: Optional[int] = None):
+    """A copy of ``dataset`` whose source sentences have ``ratio`` of their words masked.
+
+    Each source is detokenized, masked word by word and encoded again with the data's
+    SentencePiece model (DATA/spm.model by default), exactly as preprocess.binarize encodes
+    text, so ``[MASK]`` becomes the same pieces it was at training when the corpus had it (the
+    quickstart's degraded sources); a mask word the dictionary lacks becomes <unk>, a mask just the
+    same. The target-language tag in front is kept. With
+    ``max_sentences`` only the first ones are kept."""
+    import sentencepiece as spm
+    from fairseq import utils
+
+    if not 0 <= ratio <= 1:
+        raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
+    if spm_model is None:
+        spm_model = Path(utils.split_paths(task.cfg.data)[0]) / "spm.model"
+    if not Path(spm_model).is_file():
+        raise FileNotFoundError(f"{spm_model}: SentencePiece model not found (needed to encode masked sources)")
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    dictionary = dataset.src_dict
+    sources: List[torch.Tensor] = []
+    count = len(dataset) if max_sentences is None else min(max_sentences, len(dataset))
+    for index in range(count):
+        tokens = dataset.src[index]
+        tag, body = tokens[:1], tokens[1:]
+        text = dictionary.string(body, "sentencepiece")
+        order = masked_word_order(len(text.split()), seed, index)
+        pieces = sp.encode(mask_words(text, ratio, order, mask_word), out_type=str)
+        encoded = dictionary.encode_line(" ".join(pieces), add_if_not_exist=False, append_eos=True).long()
+        sources.append(torch.cat([tag.long(), encoded]))
+    return first_sentences(dataset, count, sources)

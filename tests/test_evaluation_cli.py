@@ -1,0 +1,137 @@
+"""scripts/evaluate.py and scripts/figures.py on two tiny models trained here (text-only and
+CVLM): the table files, saved hypotheses and --rescore, the incongruent-image probe, and every
+figure command producing a PNG."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import sacrebleu
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import evaluate  # noqa: E402
+import figures  # noqa: E402
+
+# The commands run in this process (their main(argv)): loading torch and fairseq once keeps the
+# tests fast; the training that makes the checkpoints uses the real fairseq-train.
+
+
+def run(command):
+    result = subprocess.run([str(c) for c in command], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, f"{command[:3]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def cli(capsys, script, argv):
+    """Run a script's main(argv) here; returns what it printed."""
+    script.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return captured.out + captured.err
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, data_dir):
+    work = tmp_path_factory.mktemp("evaluation")
+    found = {}
+    for name, fusion in (("text-only", "none"), ("cvlm", "cvlm")):
+        run(["fairseq-train", data_dir, "--user-dir", REPO / "m3p_fairseq", "--task", "multimodal_translation",
+             "--lang-pairs", "en-de,de-en,en-fr", "--arch", "m3p_transformer_tiny", "--fusion", fusion,
+             "--encoder-layers", 1, "--decoder-layers", 1, "--encoder-embed-dim", 32, "--encoder-ffn-embed-dim", 64,
+             "--encoder-attention-heads", 2, "--optimizer", "adam", "--lr", 3e-3, "--max-tokens", 600,
+             "--max-update", 4, "--save-dir", work / name, "--no-epoch-checkpoints", "--no-save-optimizer-state",
+             "--disable-validation", "--num-workers", 0, "--seed", 2])
+        found[name] = work / name / "checkpoint_last.pt"
+    return found
+
+
+def test_evaluate_writes_tables_hypotheses_and_the_probes(checkpoints, data_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    printed = cli(capsys, evaluate, ["--data", data_dir, "--checkpoint", f"text-only={checkpoints['text-only']}",
+                   "--checkpoint", f"cvlm={checkpoints['cvlm']}", "--lang-pairs", "en-de,de-en", "--beam", 2, "--max-len-b", 6,
+                   "--output-dir", out, "--incongruent-images", "--off-target", "--output", tmp_path / "r.json"])
+    assert "sacreBLEU signatures: BLEU nrefs:1|case:mixed|eff:no|tok:13a" in printed
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8")) == results
+    assert set(results["text-only"]) == {"test"}  # a text-only model has no images to shuffle
+    assert set(results["cvlm"]) == {"test", "test-incongruent"}
+    for system, by_split in results.items():
+        for split, scores in by_split.items():
+            for direction in ("en-de", "de-en"):
+                hyps = (out / "hyp" / system / f"{split}.{direction}.txt").read_text(encoding="utf-8").splitlines()
+                refs = (out / "ref" / f"{split}.{direction}.txt").read_text(encoding="utf-8").splitlines()
+                assert hyps == scores[direction]["hypotheses"] and len(refs) == 40
+                assert scores[direction]["bleu"] == round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
+                assert 0 <= scores[direction]["off_target"] <= 100
+    table = (out / "table.md").read_text(encoding="utf-8")
+    assert "| system | en-de | de-en | average |" in table and "### test: off-target %" in table
+    csv_lines = (out / "table.csv").read_text(encoding="utf-8").splitlines()
+    assert csv_lines[0] == "split,metric,system,en-de,de-en,average,directions_averaged"
+    awareness = (out / "image_awareness.md").read_text(encoding="utf-8")
+    assert "| cvlm | test | **average** |" in awareness and "text-only" not in awareness
+
+    # --rescore: the same numbers from the saved files, without a model
+    (out / "results.json").unlink()
+    cli(capsys, evaluate, ["--rescore", out, "--off-target"])
+    rescored = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    for system, by_split in results.items():
+        for split, scores in by_split.items():
+            for direction, entry in scores.items():
+                assert rescored[system][split][direction] == entry
+
+
+def png(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    return json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+
+
+def test_source_masking_figure(checkpoints, data_dir, tmp_path, capsys):
+    output = tmp_path / "masking.png"
+    cli(capsys, figures, ["source-masking", "--data", data_dir, "--checkpoint",
+         f"text-only={checkpoints['text-only']}", "--checkpoint", f"cvlm={checkpoints['cvlm']}",
+         "--lang-pairs", "en-de", "--ratios", "0,0.5,1", "--max-sentences", 8, "--beam", 1, "--max-len-b", 6, "--output", output])
+    points = png(output)
+    assert [ratio for ratio, _ in points["average_bleu"]["cvlm"]] == [0, 0.5, 1]
+    assert set(points["bleu"]["text-only"]["1.0"]) == {"en-de"}
+
+
+def test_low_resource_figure(checkpoints, data_dir, tmp_path, capsys):
+    output = tmp_path / "low.png"
+    cli(capsys, figures, ["low-resource", "--data", data_dir, "--lang-pairs", "de-en",
+         "--run", "cvlm", 0.5, checkpoints["cvlm"], "--run", "cvlm", 1.0, checkpoints["cvlm"],
+         "--run", "text-only", 1.0, checkpoints["text-only"], "--max-sentences", 6, "--beam", 1, "--max-len-b", 6, "--output", output])
+    points = png(output)
+    half, full = points["average_bleu"]["cvlm"]
+    assert half[0] == 0.5 and full[0] == 1.0 and half[1] == full[1]  # the same checkpoint twice
+
+
+def test_tsne_figure(checkpoints, data_dir, tmp_path, capsys):
+    output = tmp_path / "tsne.png"
+    cli(capsys, figures, ["tsne", "--data", data_dir, "--checkpoint", f"text-only={checkpoints['text-only']}",
+         "--checkpoint", f"cvlm={checkpoints['cvlm']}", "--max-sentences", 12, "--output", output])
+    points = png(output)
+    # sources of en-de,de-en,en-fr: en and de, 12 sentences each
+    assert sorted(set(points["cvlm"]["languages"])) == ["de", "en"] and len(points["cvlm"]["points"]) == 24
+    assert 0 <= points["cvlm"]["same_language_neighbours"] <= 1
+
+
+def test_cvlm_attention_figure(checkpoints, data_dir, raw_corpus, tmp_path, capsys):
+    output = tmp_path / "attention.png"
+    cli(capsys, figures, ["cvlm-attention", "--data", data_dir, "--checkpoint", checkpoints["cvlm"],
+         "--index", 3, "--max-words", 5, "--images-dir", raw_corpus / "images", "--output", output])
+    points = png(output)
+    assert points["grid"] == [2, 2]  # 4 patches per image in the test data
+    for lang in ("en", "de"):
+        weights = points["languages"][lang]["weights"]
+        assert len(weights) == len(points["languages"][lang]["words"]) == 5
+        assert all(sum(row) == pytest.approx(1, abs=1e-3) for row in weights)  # a distribution over patches
+    grid_only = tmp_path / "grid.png"
+    cli(capsys, figures, ["cvlm-attention", "--data", data_dir, "--checkpoint", checkpoints["cvlm"],
+         "--output", grid_only])
+    png(grid_only)
+    with pytest.raises(ValueError, match="needs a model trained with --fusion cvlm"):
+        figures.main(["cvlm-attention", "--data", str(data_dir), "--checkpoint", str(checkpoints["text-only"]),
+                      "--output", str(tmp_path / "x.png")])
