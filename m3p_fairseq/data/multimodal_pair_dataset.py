@@ -25,11 +25,15 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
     ``view_negatives`` the batch also carries ``net_input["image_negative_global"]`` [B, D].
     A batch holding an image that was flagged unusable at extraction (missing or undecodable
     file) also carries ``net_input["image_usable"]`` [B] bool: those sentences are text-only.
+    With ``source_lang_index`` (the source language tag's index) and ``emit_source_lang`` set,
+    the batch carries ``net_input["source_lang"]`` [B] for models that read it (the
+    decoder-only model's instruction prompt names the source language).
     """
 
     def __init__(self, *args, image_store: Optional[ImageFeatureStore] = None,
                  image_rows: Optional[np.ndarray] = None,
-                 augmentation: Optional[MultimodalAugmentation] = None, **kwargs):
+                 augmentation: Optional[MultimodalAugmentation] = None,
+                 source_lang_index: Optional[int] = None, emit_source_lang: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if (image_store is None) != (image_rows is None):
             raise ValueError("image_store and image_rows go together")
@@ -46,6 +50,8 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         self.image_store = image_store
         self.image_rows = image_rows
         self.augmentation = augmentation
+        self.source_lang_index = source_lang_index
+        self.emit_source_lang = emit_source_lang  # the task turns it on for models that read it
         self.epoch = 1
 
     @property
@@ -85,6 +91,10 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
 
     def collater(self, samples, pad_to_length=None):
         batch = super().collater(samples, pad_to_length=pad_to_length)
+        if self.emit_source_lang and len(samples) > 0:
+            if self.source_lang_index is None:
+                raise ValueError("the model reads the source language, but this dataset was built without it")
+            batch["net_input"]["source_lang"] = torch.full_like(batch["id"], self.source_lang_index)
         if self.image_store is None or len(samples) == 0:
             return batch
         # fairseq's collate sorts by source length; follow its order through the example ids.
