@@ -47,12 +47,13 @@ def load(checkpoint: str, data: str):
 
 
 @torch.no_grad()
-def translate(models, task, split: str, src: str, tgt: str, beam: int, batch_size: int) -> Tuple[List[str], List[str]]:
+def translate(models, task, split: str, src: str, tgt: str, beam: int, batch_size: int,
+              max_len_b: int = 200) -> Tuple[List[str], List[str]]:
     """(hypotheses, references) of one direction, detokenized, in corpus order."""
     task.cfg.source_lang, task.cfg.target_lang = src, tgt
     task.load_dataset(split)
     dataset = task.dataset(split)
-    generator = task.build_generator(models, GenerationConfig(beam=beam, max_len_b=200))
+    generator = task.build_generator(models, GenerationConfig(beam=beam, max_len_b=max_len_b))
     iterator = task.get_batch_iterator(
         dataset=dataset, max_sentences=batch_size,
         max_positions=utils.resolve_max_positions(task.max_positions(), *[m.max_positions() for m in models]),
@@ -86,7 +87,8 @@ def raw_references(references_dir: Path, split: str, src: str, tgt: str, expecte
 
 
 def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pairs=None,
-             beam: int = 5, batch_size: int = 64, references_dir: Optional[Path] = None) -> dict:
+             beam: int = 5, batch_size: int = 64, references_dir: Optional[Path] = None,
+             max_len_b: int = 200) -> dict:
     results = {}
     for name, checkpoint in checkpoints.items():
         models, task = load(checkpoint, data)
@@ -94,7 +96,7 @@ def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pai
         for split in splits:
             for src, tgt in pairs:
                 began = time.time()
-                hypotheses, references = translate(models, task, split, src, tgt, beam, batch_size)
+                hypotheses, references = translate(models, task, split, src, tgt, beam, batch_size, max_len_b)
                 if references_dir is not None:
                     references = raw_references(references_dir, split, src, tgt, len(hypotheses))
                 metric = sacrebleu.BLEU()
@@ -109,7 +111,8 @@ def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pai
 
 
 def markdown_table(results: dict) -> str:
-    """Directions as rows, (model, split) as columns; "-" where a model lacks the direction."""
+    """Directions as rows, (model, split) as columns; "-" where a model lacks the direction. The
+    average row is the unweighted mean over the directions the column has (the paper's Avg101)."""
     columns = [(name, split) for name, by_split in results.items() for split in by_split]
     directions = list(dict.fromkeys(d for by_split in results.values() for scores in by_split.values() for d in scores))
     lines = ["| direction | " + " | ".join(f"{name} {split}" for name, split in columns) + " |",
@@ -123,6 +126,8 @@ def markdown_table(results: dict) -> str:
             else:
                 cells.append(f"{scores[direction]['bleu']:.1f}" if direction in scores else "-")
         lines.append(f"| {direction} | " + " | ".join(cells) + " |")
+    # how many directions each average covers (e.g. 101 on InstrMulti102; columns may differ)
+    lines.append("| directions averaged | " + " | ".join(str(len(results[name][split])) for name, split in columns) + " |")
     return "\n".join(lines)
 
 
@@ -136,6 +141,7 @@ def main(argv=None):
                                              "default: all of them")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-len-b", type=int, default=200, help="longest hypothesis, in tokens")
     parser.add_argument("--output", type=Path, help="write scores and hypotheses as JSON here")
     parser.add_argument("--references-dir", type=Path,
                         help="score against the raw target text in this folder (the --raw-dir given to "
@@ -150,7 +156,7 @@ def main(argv=None):
         checkpoints[name] = path
     results = evaluate(checkpoints, args.data, args.splits.split(","),
                        parse_lang_pairs(args.lang_pairs) if args.lang_pairs else None, args.beam, args.batch_size,
-                       args.references_dir)
+                       args.references_dir, args.max_len_b)
     print(markdown_table(results))
     if args.output:
         tmp = args.output.with_name(args.output.name + ".tmp")
