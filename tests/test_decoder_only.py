@@ -133,3 +133,19 @@ def test_a_missing_source_language_is_a_clear_error(data_dir):
     del net_input["source_lang"]
     with pytest.raises(ValueError, match="source_lang"):
         model(**net_input)
+
+
+def test_a_batch_mixing_directions_carries_each_sentences_source_language(data_dir):
+    torch.manual_seed(0)
+    task, cfg = setup_task(data_dir, *TINY, arch="m3p_decoder_only_tiny")  # en-de, de-en, en-fr
+    task.load_dataset("train")
+    task.build_model(cfg.model)
+    train = task.dataset("train")
+    offsets = [0] + list(train.cumulative_sizes[:-1])
+    # the same local id (3, 7) in every direction: ids alone cannot tell these sentences apart
+    batch = train.collater([train[offset + i] for offset in offsets for i in (3, 7)])
+    tags = batch["net_input"]["src_tokens"].gather(1, (batch["net_input"]["src_tokens"] != task.source_dictionary.pad())
+                                                   .long().argmax(1, keepdim=True)).squeeze(1)
+    directions = [(task.source_dictionary[s][2:-2], task.source_dictionary[t][2:-2])
+                  for s, t in zip(batch["net_input"]["source_lang"].tolist(), tags.tolist())]
+    assert sorted(directions) == sorted([("en", "de"), ("de", "en"), ("en", "fr")] * 2)

@@ -106,7 +106,9 @@ def test_build_binarize_train_generate_evaluate(english, tmp_path):
     assert not any("Please translate" in line for line in hypotheses)  # the prompt is not output
     sources = [line for line in out.splitlines() if line.startswith("S-")]
     assert len(sources) == 8 and all("__en__" in line for line in sources)
-    run([python, "scripts/evaluate.py", "--data", data, "--checkpoint", f"tiny={save_dir / 'checkpoint_last.pt'}",
-         "--beam", 1, "--output", tmp_path / "scores.json"])
+    table = run([python, "scripts/evaluate.py", "--data", data, "--checkpoint", f"tiny={save_dir / 'checkpoint_last.pt'}",
+         "--beam", 1, "--max-len-b", 10, "--output", tmp_path / "scores.json"])
     scores = json.loads((tmp_path / "scores.json").read_text())["tiny"]["test"]
     assert sorted(scores) == sorted(pairs.split(","))
+    average = sum(score["bleu"] for score in scores.values()) / NUM_LANGUAGES
+    assert f"| average | {average:.1f} |" in table and f"| directions averaged | {NUM_LANGUAGES} |" in table

@@ -16,6 +16,26 @@ def stack_images(images: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch
             torch.stack([global_vector for _, global_vector in images]).float())
 
 
+def in_batch_order(samples: List[dict], batch: dict, pad: int) -> List[dict]:
+    """``samples`` in the order of the collated batch (fairseq's collate sorts by source length).
+    Ids are per direction (the task concatenates directions, each with its own 0..n-1), so a
+    batch mixing directions may hold one id twice: those samples are told apart by their source."""
+    by_id: dict = {}
+    for sample in samples:
+        by_id.setdefault(int(sample["id"]), []).append(sample)
+    ordered = []
+    for row, sample_id in enumerate(batch["id"].tolist()):
+        candidates = by_id[sample_id]
+        if len(candidates) == 1:
+            ordered.append(candidates[0])
+            continue
+        tokens = batch["net_input"]["src_tokens"][row]
+        tokens = tokens[tokens != pad]
+        match = next((k for k, s in enumerate(candidates) if torch.equal(s["source"], tokens)), 0)
+        ordered.append(candidates.pop(match))
+    return ordered
+
+
 class MultimodalLanguagePairDataset(LanguagePairDataset):
     """Adds ``net_input["image_patches"]`` [B, P, D] and ``net_input["image_global"]`` [B, D].
 
@@ -70,6 +90,8 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
 
     def __getitem__(self, index):
         example = super().__getitem__(index)
+        if self.source_lang_index is not None:
+            example["source_lang"] = self.source_lang_index
         augmentation = self.augmentation
         rng = augmentation.generator(self.epoch, index) if augmentation is not None else None
         if augmentation is not None and augmentation.text_mask_ratio > 0:
@@ -91,15 +113,15 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
 
     def collater(self, samples, pad_to_length=None):
         batch = super().collater(samples, pad_to_length=pad_to_length)
-        if self.emit_source_lang and len(samples) > 0:
-            if self.source_lang_index is None:
-                raise ValueError("the model reads the source language, but this dataset was built without it")
-            batch["net_input"]["source_lang"] = torch.full_like(batch["id"], self.source_lang_index)
-        if self.image_store is None or len(samples) == 0:
+        if len(samples) == 0 or (self.image_store is None and not self.emit_source_lang):
             return batch
-        # fairseq's collate sorts by source length; follow its order through the example ids.
-        by_id = {sample["id"]: sample for sample in samples}
-        ordered = [by_id[int(i)] for i in batch["id"]]
+        ordered = in_batch_order(samples, batch, self.src_dict.pad())
+        if self.emit_source_lang:
+            if any("source_lang" not in s for s in ordered):
+                raise ValueError("the model reads the source language, but this dataset was built without it")
+            batch["net_input"]["source_lang"] = torch.tensor([s["source_lang"] for s in ordered])
+        if self.image_store is None:
+            return batch
         batch["net_input"]["image_patches"], batch["net_input"]["image_global"] = stack_images(
             [(s["image_patches"], s["image_global"]) for s in ordered])
         usable = torch.tensor([s["image_usable"] for s in ordered])
