@@ -7,7 +7,7 @@ import torch
 from conftest import setup_task
 from m3p_fairseq.criterions.m3p_loss import M3PLoss
 from m3p_fairseq.models.mdropnet import IMAGE_ONLY, TEXT_AND_IMAGE, TEXT_ONLY
-from test_generation import generate
+from test_generation import assert_batch_equals_alone
 
 TINY = ["--decoder-layers", "2", "--dropout", "0"]
 
@@ -62,14 +62,7 @@ def test_decoder_output_covers_the_target_only_and_incremental_decoding_agrees(d
 @pytest.mark.parametrize("fusion", ["prefix", "none"])
 def test_batch_and_single_sentence_give_the_same_hypothesis(data_dir, fusion):
     task, model, dataset = build(data_dir, "--fusion", fusion)
-    model.eval()
-    indices = list(range(16))
-    batched = generate(task, model, dataset, indices)
-    alone = {}
-    for i in indices:
-        alone.update(generate(task, model, dataset, [i]))
-    assert batched == alone
-    assert len({tuple(tokens) for tokens in batched.values()}) > 1
+    assert_batch_equals_alone(task, model.eval(), dataset, list(range(16)))
 
 
 def test_the_prompt_names_the_direction(data_dir):

@@ -47,7 +47,7 @@ from .causal_lm import CausalTransformer
 from .contrastive_head import ContrastiveHead, mean_over_tokens
 from .image_encoder import ImageFeatureEncoder
 from .instruction_prompt import DEFAULT_TEMPLATE, InstructionPrompt
-from .m3p_transformer import M3PModelConfig
+from .m3p_transformer import M3PModelConfig, _set_default
 from .mdropnet import IMAGE_ONLY, TEXT_AND_IMAGE, TEXT_ONLY, check_probabilities, draw_modalities
 
 logger = logging.getLogger(__name__)
@@ -352,11 +352,6 @@ def _set_in_config(args, values: dict):
     with open_dict(args) if OmegaConf.is_config(args) else ExitStack():
         for name, value in values.items():
             setattr(args, name, value)
-
-
-def _set_default(args, name, value):
-    if getattr(args, name, None) is None:
-        setattr(args, name, value)
 
 
 @register_model_architecture("m3p_decoder_only", "m3p_decoder_only")
