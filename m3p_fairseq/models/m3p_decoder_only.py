@@ -377,7 +377,8 @@ def m3p_decoder_only_tiny(args):
 
 @register_model_architecture("m3p_decoder_only", "m3p_decoder_only_base")
 def m3p_decoder_only_base(args):
-    """The encoder-decoder base's budget in one stack: 24 layers, 768 wide, SwiGLU 2048."""
+    """24 layers, 768 wide, SwiGLU 2048: 170M parameters in the layers, vs 198M in
+    m3p_transformer_base's 12 + 12."""
     _set_default(args, "decoder_embed_dim", 768)
     _set_default(args, "decoder_ffn_embed_dim", 2048)
     _set_default(args, "decoder_layers", 24)
