@@ -24,10 +24,7 @@ def test_batch_and_single_sentence_give_the_same_hypothesis(data_dir, fusion):
     task.load_dataset("test")
     dataset = task.dataset("test")
     model = as_if_trained(task.build_model(cfg.model)).eval()
-    assert_batch_equals_alone(task, model, dataset, list(range(32)))
-
-
-def assert_batch_equals_alone(task, model, dataset, indices):
+    indices = list(range(32))
     batched = generate(task, model, dataset, indices)
     alone = {}
     for i in indices:
