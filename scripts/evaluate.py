@@ -124,7 +124,8 @@ def rescore(out_dir: Path, references_dir: Optional[Path] = None, off_target: bo
 
 
 def markdown_table(results: dict) -> str:
-    """Directions as rows, (model, split) as columns; "-" where a model lacks the direction."""
+    """Directions as rows, (model, split) as columns; "-" where a model lacks the direction. The
+    average row is the unweighted mean over the directions the column has (the paper's Avg101)."""
     columns = [(name, split) for name, by_split in results.items() for split in by_split]
     directions = list(dict.fromkeys(d for by_split in results.values() for scores in by_split.values() for d in scores))
     lines = ["| direction | " + " | ".join(f"{name} {split}" for name, split in columns) + " |",
@@ -138,6 +139,8 @@ def markdown_table(results: dict) -> str:
             else:
                 cells.append(f"{scores[direction]['bleu']:.1f}" if direction in scores else "-")
         lines.append(f"| {direction} | " + " | ".join(cells) + " |")
+    # how many directions each average covers (e.g. 101 on InstrMulti102; columns may differ)
+    lines.append("| directions averaged | " + " | ".join(str(len(results[name][split])) for name, split in columns) + " |")
     return "\n".join(lines)
 
 

@@ -20,6 +20,15 @@ def test_table_marks_directions_a_model_was_not_trained_on():
     assert lines[2] == "| en-de | 40.0 | - |"
     assert lines[3] == "| de-en | 44.0 | 41.5 |"
     assert lines[4] == "| average | 42.0 | 41.5 |"
+    assert lines[5] == "| directions averaged | 2 | 1 |"
+
+
+def test_the_average_covers_every_one_of_many_directions():
+    bleu = {f"l{i:03d}-en": {"bleu": float(i % 7)} for i in range(101)}
+    lines = markdown_table({"m": {"test": bleu}}).splitlines()
+    assert len(lines) == 2 + 101 + 2
+    assert lines[-2] == f"| average | {sum(i % 7 for i in range(101)) / 101:.1f} |"
+    assert lines[-1] == "| directions averaged | 101 |"
 
 
 def test_raw_references_follow_the_binarize_layout(tmp_path):

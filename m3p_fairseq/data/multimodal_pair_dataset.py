@@ -16,6 +16,26 @@ def stack_images(images: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch
             torch.stack([global_vector for _, global_vector in images]).float())
 
 
+def in_batch_order(samples: List[dict], batch: dict, pad: int) -> List[dict]:
+    """``samples`` in the order of the collated batch (fairseq's collate sorts by source length).
+    Ids are per direction (the task concatenates directions, each with its own 0..n-1), so a
+    batch mixing directions may hold one id twice: those samples are told apart by their source."""
+    by_id: dict = {}
+    for sample in samples:
+        by_id.setdefault(int(sample["id"]), []).append(sample)
+    ordered = []
+    for row, sample_id in enumerate(batch["id"].tolist()):
+        candidates = by_id[sample_id]
+        if len(candidates) == 1:
+            ordered.append(candidates[0])
+            continue
+        tokens = batch["net_input"]["src_tokens"][row]
+        tokens = tokens[tokens != pad]
+        match = next((k for k, s in enumerate(candidates) if torch.equal(s["source"], tokens)), 0)
+        ordered.append(candidates.pop(match))
+    return ordered
+
+
 class MultimodalLanguagePairDataset(LanguagePairDataset):
     """Adds ``net_input["image_patches"]`` [B, P, D] and ``net_input["image_global"]`` [B, D].
 
@@ -25,11 +45,15 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
     ``view_negatives`` the batch also carries ``net_input["image_negative_global"]`` [B, D].
     A batch holding an image that was flagged unusable at extraction (missing or undecodable
     file) also carries ``net_input["image_usable"]`` [B] bool: those sentences are text-only.
+    With ``source_lang_index`` (the source language tag's index) and ``emit_source_lang`` set,
+    the batch carries ``net_input["source_lang"]`` [B] for models that read it (the
+    decoder-only model's instruction prompt names the source language).
     """
 
     def __init__(self, *args, image_store: Optional[ImageFeatureStore] = None,
                  image_rows: Optional[np.ndarray] = None,
-                 augmentation: Optional[MultimodalAugmentation] = None, **kwargs):
+                 augmentation: Optional[MultimodalAugmentation] = None,
+                 source_lang_index: Optional[int] = None, emit_source_lang: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if (image_store is None) != (image_rows is None):
             raise ValueError("image_store and image_rows go together")
@@ -46,6 +70,8 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         self.image_store = image_store
         self.image_rows = image_rows
         self.augmentation = augmentation
+        self.source_lang_index = source_lang_index
+        self.emit_source_lang = emit_source_lang  # the task turns it on for models that read it
         self.epoch = 1
 
     @property
@@ -64,6 +90,8 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
 
     def __getitem__(self, index):
         example = super().__getitem__(index)
+        if self.source_lang_index is not None:
+            example["source_lang"] = self.source_lang_index
         augmentation = self.augmentation
         rng = augmentation.generator(self.epoch, index) if augmentation is not None else None
         if augmentation is not None and augmentation.text_mask_ratio > 0:
@@ -85,11 +113,15 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
 
     def collater(self, samples, pad_to_length=None):
         batch = super().collater(samples, pad_to_length=pad_to_length)
-        if self.image_store is None or len(samples) == 0:
+        if len(samples) == 0 or (self.image_store is None and not self.emit_source_lang):
             return batch
-        # fairseq's collate sorts by source length; follow its order through the example ids.
-        by_id = {sample["id"]: sample for sample in samples}
-        ordered = [by_id[int(i)] for i in batch["id"]]
+        ordered = in_batch_order(samples, batch, self.src_dict.pad())
+        if self.emit_source_lang:
+            if any("source_lang" not in s for s in ordered):
+                raise ValueError("the model reads the source language, but this dataset was built without it")
+            batch["net_input"]["source_lang"] = torch.tensor([s["source_lang"] for s in ordered])
+        if self.image_store is None:
+            return batch
         batch["net_input"]["image_patches"], batch["net_input"]["image_global"] = stack_images(
             [(s["image_patches"], s["image_global"]) for s in ordered])
         usable = torch.tensor([s["image_usable"] for s in ordered])

@@ -141,6 +141,9 @@ class MultimodalTranslationTask(TranslationTask):
         self._image_row_of_source: Dict[tuple, int] = {}  # fairseq-interactive's current chunk
         self._model_image_dim: Optional[int] = None  # None: no model yet, or a text-only one
         self._training_model = None  # its update count drives the sampling warm-up
+        # set by build_model for models that read net_input["source_lang"] (the decoder-only
+        # model); other models' forward() does not take it
+        self._source_lang_in_batch = False
 
     # ---- set-up -----------------------------------------------------------------------------
     @classmethod
@@ -227,6 +230,7 @@ class MultimodalTranslationTask(TranslationTask):
             pad_to_multiple=self.cfg.required_seq_len_multiple,
             image_store=image_store, image_rows=image_rows,
             augmentation=self._augmentation(f"{src}-{tgt}") if split == self.cfg.train_subset else None,
+            source_lang_index=self.lang_tag_index(src), emit_source_lang=self._source_lang_in_batch,
         )
 
     def _augmentation(self, direction: str) -> Optional[MultimodalAugmentation]:
@@ -322,9 +326,11 @@ class MultimodalTranslationTask(TranslationTask):
         model = super().build_model(cfg, from_checkpoint)
         self._training_model = model
         self._model_image_dim = getattr(model, "image_feature_dim", None)
+        self._source_lang_in_batch = getattr(model, "reads_source_language", False)
         for split, dataset in self.datasets.items():
             for part in getattr(dataset, "datasets", [dataset]):
                 self._check_model_compatible(split, part)
+                part.emit_source_lang = self._source_lang_in_batch
         return model
 
     def _check_model_compatible(self, split: str, dataset: MultimodalLanguagePairDataset) -> None:
@@ -386,9 +392,13 @@ class MultimodalTranslationTask(TranslationTask):
         elif self._model_image_dim is not None:
             raise ImageFeatureError("the model fuses images: pass --image-features FILE.h5 and "
                                     "give each input line as IMAGE_ID<TAB>sentence")
+        if self._source_lang_in_batch and not self.cfg.source_lang:
+            raise ValueError("the model's instruction prompt names the source language: pass --source-lang")
         return MultimodalLanguagePairDataset(
             src_tokens, src_lengths, self.source_dictionary, tgt_dict=self.target_dictionary,
             constraints=constraints, image_store=image_store, image_rows=image_rows,
+            source_lang_index=self.lang_tag_index(self.cfg.source_lang) if self.cfg.source_lang else None,
+            emit_source_lang=self._source_lang_in_batch,
         )
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
@@ -399,6 +409,13 @@ class MultimodalTranslationTask(TranslationTask):
             net_input["image_patches"], net_input["image_global"], usable = self._images_of(net_input["src_tokens"])
             if usable is not None:
                 net_input["image_usable"] = usable
+        if self._source_lang_in_batch and "source_lang" not in net_input:
+            # fairseq-interactive drops it too; one direction per run
+            if not self.cfg.source_lang:
+                raise ValueError("the model's instruction prompt names the source language: pass --source-lang")
+            net_input["source_lang"] = torch.full((net_input["src_tokens"].size(0),),
+                                                  self.lang_tag_index(self.cfg.source_lang),
+                                                  dtype=torch.long, device=net_input["src_tokens"].device)
         return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
                                       constraints=constraints)
 
