@@ -31,7 +31,7 @@ def main(argv=None):
     parser.add_argument("--split", default="test_degraded", help="the split scored for the figure")
     parser.add_argument("--output", type=Path, help="PNG (default WORK/fig5_low_resource.png)")
     parser.add_argument("--lang-pairs", default="en-de", help="the directions trained and scored")
-    parser.add_argument("--parallel", type=int, default=8, help="trainings run at once, one thread each")
+    parser.add_argument("--parallel", type=int, default=2, help="trainings run at once, one thread each (each takes about 1.3 GB)")
     parser.add_argument("--max-update", type=int, default=120)
     parser.add_argument("--max-tokens", type=int, default=2048)
     parser.add_argument("--lr", type=float, default=2e-3)
