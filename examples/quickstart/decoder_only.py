@@ -32,8 +32,13 @@ def parameter_count(checkpoint: Path) -> int:
 
     import m3p_fairseq  # noqa: F401  (allow-lists the checkpoint's classes)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
-    # the decoder-only model keeps one copy of its stack; buffers are not parameters
-    return sum(t.numel() for name, t in state.items() if not name.endswith("log_logit_scale"))
+    # shared embeddings appear under several names but share one storage (torch.save keeps the
+    # sharing): count each storage once; the decoder-only model keeps one copy of its stack
+    storages = {}
+    for name, tensor in state.items():
+        if not name.endswith(("log_logit_scale", ".version")):  # buffers, not parameters
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes() // tensor.element_size()
+    return sum(storages.values())
 
 
 def table(results: dict, parameters: dict) -> str:
