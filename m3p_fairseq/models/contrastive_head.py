@@ -6,6 +6,7 @@ learned (CLIP-style, in log space) and never exceeds 1/min_temperature.
 """
 
 import math
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,19 @@ class ContrastiveHead(nn.Module):
 
     def embed_image(self, image_state: Tensor) -> Tensor:
         return F.normalize(self.image_projection(image_state), dim=-1)
+
+    def outputs(self, pooled_text: Tensor, image_state: Tensor, negative_image_state: Optional[Tensor] = None,
+                usable: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """What a model's forward hands the ``m3p_loss`` criterion (in the decoder's extra output):
+        ``mmcl_text``, ``mmcl_image`` [B, d], ``mmcl_image_negatives`` [B, d] for augmented views,
+        ``mmcl_logit_scale`` and, when some images are unusable, ``mmcl_usable`` [B]."""
+        result = {"mmcl_text": self.embed_text(pooled_text), "mmcl_image": self.embed_image(image_state),
+                  "mmcl_logit_scale": self.logit_scale()}
+        if negative_image_state is not None:
+            result["mmcl_image_negatives"] = self.embed_image(negative_image_state)
+        if usable is not None:
+            result["mmcl_usable"] = usable
+        return result
 
 
 def mean_over_tokens(states: Tensor, keep: Tensor) -> Tensor:

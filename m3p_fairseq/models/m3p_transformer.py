@@ -232,15 +232,11 @@ class M3PTransformerModel(TransformerModel):
             if self.contrastive_head is None:
                 raise ValueError("MMCL needs a model that reads images: train with --fusion "
                                  "gated|concat|selective|cvlm, or set --mmcl-weight 0")
-            head = self.contrastive_head
-            extra["mmcl_text"] = head.embed_text(self.pooled_text(src_tokens, encoder_out))
-            extra["mmcl_image"] = head.embed_image(encoder_out["image_global_state"][0])
-            if image_negative_global is not None:
-                extra["mmcl_image_negatives"] = head.embed_image(
-                    self.encoder.image_encoder.embed_global(image_negative_global.to(logits.dtype)))
-            extra["mmcl_logit_scale"] = head.logit_scale()
-            if image_usable is not None:
-                extra["mmcl_usable"] = image_usable
+            negatives = (None if image_negative_global is None else
+                         self.encoder.image_encoder.embed_global(image_negative_global.to(logits.dtype)))
+            extra.update(self.contrastive_head.outputs(self.pooled_text(src_tokens, encoder_out),
+                                                       encoder_out["image_global_state"][0], negatives,
+                                                       image_usable))
         return logits, extra
 
 
