@@ -26,11 +26,11 @@ import hashlib
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from m3p_fairseq.data.languages import INSTRMULTI102_LANGUAGES, PIVOT_LANGUAGE, unknown_language_message
+from preprocess.binarize import atomic_target, read_lines
 
 logger = logging.getLogger("preprocess.build_instrmulti")
 DIRECTIONS = ("many-to-one", "one-to-many", "both")
@@ -41,18 +41,12 @@ class InstrMultiError(ValueError):
     pass
 
 
-def read_lines(path: Path) -> List[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\r\n") for line in f]
-
-
 def write_text_atomically(path: Path, text: str) -> bool:
     """Writes ``text`` unless ``path`` already holds it; returns whether it wrote."""
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return False
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    tmp = atomic_target(path)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return True
 

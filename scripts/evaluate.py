@@ -144,23 +144,16 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_reports(results: dict, out_dir: Path, metrics: List[str]) -> None:
     """OUT/table.md, OUT/table.csv, OUT/results.json and, with incongruent-image runs,
     OUT/image_awareness.md."""
-    write_text(out_dir / "table.md", markdown_tables(results, metrics))
-    write_text(out_dir / "table.csv", csv_table(results, metrics))
-    write_text(out_dir / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
+    saved_hypotheses.write_text(out_dir / "table.md", markdown_tables(results, metrics))
+    saved_hypotheses.write_text(out_dir / "table.csv", csv_table(results, metrics))
+    saved_hypotheses.write_text(out_dir / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
     shuffled = {label.removesuffix(INCONGRUENT): label for by_split in results.values()
                 for label in by_split if label.endswith(INCONGRUENT)}
     if shuffled:
-        write_text(out_dir / "image_awareness.md", image_awareness_table(results, shuffled))
+        saved_hypotheses.write_text(out_dir / "image_awareness.md", image_awareness_table(results, shuffled))
     print(f"wrote {out_dir}/table.md, table.csv, results.json"
           + (", image_awareness.md" if shuffled else ""), file=sys.stderr)
 
@@ -228,7 +221,7 @@ def main(argv=None):
     if args.output_dir:
         write_reports(results, args.output_dir, metrics)
     if args.output:
-        write_text(args.output, json.dumps(results, indent=1, ensure_ascii=False))
+        saved_hypotheses.write_text(args.output, json.dumps(results, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -27,9 +27,14 @@ def write_lines(path: Path, lines: List[str]) -> None:
     for number, line in enumerate(lines, start=1):
         if "\n" in line or "\r" in line:
             raise ValueError(f"{path}: sentence {number} contains a line break")
+    write_text(path, "".join(line + "\n" for line in lines))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically: a temporary file beside ``path``, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

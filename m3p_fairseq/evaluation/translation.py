@@ -57,8 +57,3 @@ def translate_dataset(models, task, dataset, beam: int = 5, batch_size: int = 64
     order = sorted(hypotheses)
     return [hypotheses[i] for i in order], [references[i] for i in order]
 
-
-def translate(models, task, split: str, src: str, tgt: str, beam: int = 5, batch_size: int = 64,
-              max_len_b: int = 200):
-    """(hypotheses, references) of one direction of ``split``."""
-    return translate_dataset(models, task, direction_dataset(task, split, src, tgt), beam, batch_size, max_len_b)
