@@ -1,0 +1,24 @@
+"""The batch contract: every key a multimodal batch or a model output may carry, defined once.
+
+The collater writes these into ``batch["net_input"]``; models accept the whole ``net_input``
+(``**net_input``) and ignore the keys they do not use; the criterion and evaluation read model
+outputs by the ``MMCL_*`` names. Adding an input means adding a name here and reading it where
+it is used, nothing else.
+"""
+
+# --- batch["net_input"] (besides fairseq's src_tokens, src_lengths, prev_output_tokens) ---
+IMAGE_PATCHES = "image_patches"  # (B, P, D) float: patch features of each sentence's image
+IMAGE_GLOBAL = "image_global"  # (B, D) float: the image's global vector
+IMAGE_USABLE = "image_usable"  # (B,) bool: False where the image is missing or failed to decode
+IMAGE_NEGATIVE_GLOBAL = "image_negative_global"  # (B, D) float: MMA's augmented view, an MMCL negative
+SOURCE_LANG = "source_lang"  # (B,) long: dictionary index of the source-language tag
+
+# --- extras of a model's forward output (the dict beside the decoder's output) ---
+IMAGE_GLOBAL_STATE = "image_global_state"
+MMCL_TEXT = "mmcl_text"  # (B, E) normalised text vectors
+MMCL_IMAGE = "mmcl_image"  # (B, E) normalised image vectors
+MMCL_IMAGE_NEGATIVES = "mmcl_image_negatives"  # (B, E) normalised negative image vectors
+MMCL_USABLE = "mmcl_usable"  # (B,) bool: rows that take part in MMCL
+MMCL_LOGIT_SCALE = "mmcl_logit_scale"  # scalar tensor: 1 / temperature
+
+IMAGE_INPUTS = (IMAGE_PATCHES, IMAGE_GLOBAL, IMAGE_USABLE, IMAGE_NEGATIVE_GLOBAL)
