@@ -5,7 +5,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,7 +15,8 @@ import m3p_fairseq  # noqa: E402,F401  (registers the task and models)
 from fairseq import options, tasks  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 
-from m3p_fairseq.data.image_features import ImageFeatureWriter, read_image_ids  # noqa: E402
+from m3p_fairseq.data.image_features import read_image_ids  # noqa: E402
+from m3p_fairseq.data.random_features import write_random_features  # noqa: E402,F401  (re-exported)
 from m3p_fairseq.models.fusion import ConditionalVisionLanguageMemory  # noqa: E402
 from preprocess.binarize import binarize  # noqa: E402
 from preprocess.make_synthetic_corpus import make_corpus  # noqa: E402
@@ -25,20 +25,6 @@ LANGS = ["en", "de", "fr"]
 PAIRS = [("en", "de"), ("de", "en"), ("en", "fr")]
 FEATURE_DIM = 16
 NUM_PATCHES = 4
-
-
-def write_random_features(path: Path, image_ids, num_patches=NUM_PATCHES, feature_dim=FEATURE_DIM, seed=0,
-                          num_views=0):
-    rng = np.random.default_rng(seed)
-    n = len(image_ids)
-    writer = ImageFeatureWriter(path, image_ids, num_patches, feature_dim, "float32", num_views=num_views)
-    views = {}
-    if num_views:
-        views = {"view_patches": rng.standard_normal((n, num_views, num_patches, feature_dim)).astype("float32"),
-                 "view_global": rng.standard_normal((n, num_views, feature_dim)).astype("float32")}
-    writer.write(rng.standard_normal((n, num_patches, feature_dim)).astype("float32"),
-                 rng.standard_normal((n, feature_dim)).astype("float32"), **views)
-    writer.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import csv
 import io
 from typing import Dict, List, Optional, Sequence
 
+from ..markdown import markdown_table
 from .scoring import average
 
 METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "off_target": "off-target %"}
@@ -55,15 +56,12 @@ def markdown_tables(results: dict, metrics: Sequence[str] = ("bleu", "chrf")) ->
             rows = metric_rows(results, split, metric, directions)
             if not rows:
                 continue
+            marks = ["*" if count < len(directions) else "" for _, _, _, count in rows]
+            body = [[system, *map(_cell, values), _cell(mean) + mark]
+                    for (system, values, mean, _), mark in zip(rows, marks)]
             lines = [f"### {split}: {METRIC_NAMES.get(metric, metric)}", "",
-                     "| system | " + " | ".join(directions) + " | average |",
-                     "|---|" + "---:|" * (len(directions) + 1)]
-            partial = False
-            for system, values, mean, count in rows:
-                mark = "*" if count < len(directions) else ""
-                partial |= bool(mark)
-                lines.append(f"| {system} | " + " | ".join(map(_cell, values)) + f" | {_cell(mean)}{mark} |")
-            if partial:
+                     markdown_table(["system", *directions, "average"], body)]
+            if any(marks):
                 lines += ["", "\\* averaged over the directions the system was scored on"]
             sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"
@@ -87,8 +85,7 @@ def csv_table(results: dict, metrics: Sequence[str] = ("bleu", "chrf")) -> str:
 def image_awareness_table(results: dict, pairs: Dict[str, str]) -> str:
     """BLEU with the correct images and with incongruent ones, and the drop, per system and
     direction. ``pairs`` maps a split to its incongruent-image counterpart in ``results``."""
-    lines = ["| system | split | direction | BLEU, correct images | BLEU, incongruent images | drop |",
-             "|---|---|---|---:|---:|---:|"]
+    body = []
     for system, by_split in results.items():
         for split, shuffled in pairs.items():
             if split not in by_split or shuffled not in by_split:
@@ -101,9 +98,10 @@ def image_awareness_table(results: dict, pairs: Dict[str, str]) -> str:
                 drops.append(correct - incongruent)
                 correct_all.append(correct)
                 shuffled_all.append(incongruent)
-                lines.append(f"| {system} | {split} | {direction} | {correct:.1f} | {incongruent:.1f} | "
-                             f"{correct - incongruent:+.1f} |")
+                body.append([system, split, direction, f"{correct:.1f}", f"{incongruent:.1f}",
+                             f"{correct - incongruent:+.1f}"])
             if drops:
-                lines.append(f"| {system} | {split} | **average** | {average(correct_all):.1f} | "
-                             f"{average(shuffled_all):.1f} | **{average(drops):+.1f}** |")
-    return "\n".join(lines) + "\n"
+                body.append([system, split, "**average**", f"{average(correct_all):.1f}",
+                             f"{average(shuffled_all):.1f}", f"**{average(drops):+.1f}**"])
+    header = ["system", "split", "direction", "BLEU, correct images", "BLEU, incongruent images", "drop"]
+    return markdown_table(header, body, align="lll") + "\n"
