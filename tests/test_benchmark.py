@@ -1,5 +1,6 @@
-"""scripts/benchmark.py: its tiniest setting end to end (files, table structure, sane ratios) and
-the measuring helpers. No timed assertion: speed is reported in docs/benchmarks.md, not tested."""
+"""scripts/benchmark.py (m3p_fairseq/benchmark/): its tiniest setting end to end (files, table
+structure, sane ratios, parameter counts worked out by hand) and the measuring helpers. No timed
+assertion: speed is reported in docs/benchmarks.md, not tested."""
 
 import json
 import math
@@ -7,12 +8,23 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from conftest import REPO
+from m3p_fairseq.benchmark.configs import TINY
+from m3p_fairseq.benchmark.measuring import peak_rss_mib, profile_summary, release_memory
+from m3p_fairseq.benchmark.report import ratios, sweep_points
+from m3p_fairseq.benchmark.worker import fixed_batches
 
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
+
+def transformer_parameters(vocabulary: int, width: int, ffn: int) -> int:
+    """fairseq's post-norm ``transformer`` with one encoder and one decoder layer, all embeddings
+    shared, sinusoidal positions: counted weight by weight."""
+    attention = 4 * (width * width + width)  # q, k, v, out projections with biases
+    feed_forward = width * ffn + ffn + ffn * width + width
+    layer_norm = 2 * width
+    encoder_layer = attention + feed_forward + 2 * layer_norm
+    decoder_layer = 2 * attention + feed_forward + 3 * layer_norm  # self- and encoder attention
+    return vocabulary * width + encoder_layer + decoder_layer
 
 
 def test_tiny_benchmark_writes_results_table_and_plot(tmp_path):
@@ -27,15 +39,18 @@ def test_tiny_benchmark_writes_results_table_and_plot(tmp_path):
     names = {r["config"] for r in report["model_runs"]}
     assert names == {"transformer", "m3p cvlm +MMCL", "m3p cvlm +MMCL +MDropNet"}
     for key in ("train_wps", "gen_sentences_per_second"):
-        for name, values in benchmark.ratios(report["model_runs"], key, report["settings"]["batch_size"]).items():
+        for name, values in ratios(report["model_runs"], key, report["settings"]["batch_size"]).items():
             assert all(math.isfinite(v) and v > 0 for v in values), (key, name, values)
-    for run in report["model_runs"]:
-        assert run["training_rss_growth_mib"] >= 0 and run["num_parameters"] > 0
-    # the m3P model holds the baseline's parameters and more (image projection, CVLM, MMCL head)
+    # the transformer over itself is 1 in every round
+    assert ratios(report["model_runs"], "train_wps", TINY.batch_size)["transformer"] == [1.0] * TINY.key_repeats
+    # parameters: the baseline's, counted by hand (4 special symbols + the shared dict.txt)
     params = {r["config"]: r["num_parameters"] for r in report["model_runs"]}
+    vocabulary = 4 + len((tmp_path / "work" / "data-bin" / "dict.txt").read_text().splitlines())
+    assert params["transformer"] == transformer_parameters(vocabulary, TINY.embed_dim, TINY.ffn_dim)
+    # the m3P model holds the baseline's parameters and more (image projection, CVLM, MMCL head)
     assert params["m3p cvlm +MMCL"] > params["transformer"]
     # sweep: every batch size of the plot, for both plotted models
-    points = benchmark.sweep_points(report)
+    points = sweep_points(report)
     assert set(points) == {"transformer", "m3p cvlm +MMCL +MDropNet"}
     assert all(set(p) == {2, 4} for p in points.values())
     # reader: both readers, every generated size
@@ -63,24 +78,24 @@ def test_ratios_are_taken_against_the_baseline_of_the_same_round():
             {"config": "transformer", "round": 1, "batch_size": 8, "train_wps": 50.0},
             {"config": "m3p cvlm", "round": 1, "batch_size": 8, "train_wps": 40.0},
             {"config": "m3p cvlm", "round": 0, "batch_size": 16, "train_wps": 1.0}]
-    assert benchmark.ratios(runs, "train_wps", 8) == {"transformer": [1.0, 1.0], "m3p cvlm": [0.9, 0.8]}
+    assert ratios(runs, "train_wps", 8) == {"transformer": [1.0, 1.0], "m3p cvlm": [0.9, 0.8]}
 
 
 def test_fixed_batches_use_every_sentence_before_repeating_one():
-    batches = benchmark.fixed_batches(10, 4, 5, seed=1)
+    batches = fixed_batches(10, 4, 5, seed=1)
     assert [len(b) for b in batches] == [4] * 5
     flat = [i for b in batches for i in b]
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
-    assert batches == benchmark.fixed_batches(10, 4, 5, seed=1)
+    assert batches == fixed_batches(10, 4, 5, seed=1)
 
 
 def test_peak_rss_sees_an_allocation_and_restarts_after_release():
-    start = benchmark.release_memory()
+    start = release_memory()
     block = np.ones(64 * 2 ** 20, dtype=np.uint8)  # 64 MiB, every page touched
-    assert benchmark.peak_rss_mib() - start >= 60
+    assert peak_rss_mib() - start >= 60
     del block
-    start = benchmark.release_memory()
-    assert benchmark.peak_rss_mib() - start < 30
+    start = release_memory()
+    assert peak_rss_mib() - start < 30
 
 
 def test_profile_summary_lists_the_plugins_functions():
@@ -94,7 +109,7 @@ def test_profile_summary_lists_the_plugins_functions():
     for _ in range(3):
         mean_over_tokens(torch.ones(5, 2, 4), torch.ones(2, 5, dtype=torch.bool))
     profiler.disable()
-    summary = benchmark.profile_summary(profiler)
+    summary = profile_summary(profiler)
     plugin = {row["function"].split()[-1]: row for row in summary["plugin_by_cumulative_time"]}
     assert plugin["mean_over_tokens"]["calls"] == 3
     assert "contrastive_head.py" in plugin["mean_over_tokens"]["function"]
