@@ -1,4 +1,6 @@
-"""--criterion m3p_loss (Eq. 12): label-smoothed CE + lambda * MMCL, its normalisation and logs."""
+"""--criterion m3p_loss (Eq. 12): label-smoothed CE + lambda * MMCL, its normalisation and logs.
+Expected values are worked out here from the model's outputs with Python floats, not with the
+criterion's own functions."""
 
 import math
 
@@ -7,7 +9,6 @@ import torch
 from fairseq import metrics
 
 from m3p_fairseq.criterions.m3p_loss import M3PLoss
-from m3p_fairseq.criterions.mmcl import symmetric_info_nce
 from conftest import setup_task
 
 
@@ -20,17 +21,88 @@ def criterion_and_batch(data_dir, *extra):
     return task, model, task.build_criterion(cfg.criterion), dataset.collater([dataset[i] for i in range(8)])
 
 
+def cross_entropy_by_hand(logits, target, pad, epsilon=0.1):
+    """(label-smoothed CE, plain NLL), summed over the non-padding target tokens. The smoothed
+    target puts 1 - epsilon on the reference token and epsilon / (V - 1) on each other one."""
+    smoothed = nll = 0.0
+    for row, reference in zip(logits.double().reshape(-1, logits.size(-1)).tolist(), target.reshape(-1).tolist()):
+        if reference == pad:
+            continue
+        log_z = math.log(sum(math.exp(v - max(row)) for v in row)) + max(row)
+        log_probs = [v - log_z for v in row]
+        nll -= log_probs[reference]
+        others = sum(log_probs) - log_probs[reference]
+        smoothed -= (1 - epsilon) * log_probs[reference] + epsilon / (len(row) - 1) * others
+    return smoothed, nll
+
+
+def mmcl_by_hand(extra, with_views=False):
+    """Per pair: image k against every text plus text k against every image (and against every
+    other pair's augmented view), Eqs. 4-6; and how many of the 2N retrievals rank the partner first."""
+    scale = float(extra["mmcl_logit_scale"])
+    text, image = extra["mmcl_text"].double().tolist(), extra["mmcl_image"].double().tolist()
+    views = extra["mmcl_image_negatives"].double().tolist() if with_views else []
+    n = len(text)
+
+    def dot(a, b):
+        return scale * sum(x * y for x, y in zip(a, b))
+
+    losses, correct = [], 0
+    for k in range(n):
+        per_text = [dot(text[k], image[j]) for j in range(n)] + [dot(text[k], views[j]) for j in range(len(views)) if j != k]
+        per_image = [dot(image[k], text[j]) for j in range(n)]
+        losses.append(sum(math.log(sum(math.exp(v) for v in scores)) - scores[k] for scores in (per_text, per_image)))
+        correct += (max(range(len(per_text)), key=per_text.__getitem__) == k) + \
+            (max(range(n), key=per_image.__getitem__) == k)
+    return losses, correct
+
+
+def by_hand(model, batch, mmcl_weight):
+    """The criterion's loss, nll_loss and MMCL sums, worked out from the model's outputs."""
+    with torch.no_grad():
+        logits, extra = model(**batch["net_input"], contrastive=True)
+    smoothed, nll = cross_entropy_by_hand(logits, batch["target"], model.decoder.dictionary.pad())
+    losses, correct = mmcl_by_hand(extra, with_views="mmcl_image_negatives" in extra)
+    mean_mmcl = sum(losses) / len(losses)
+    return {"loss": smoothed + mmcl_weight * batch["ntokens"] * mean_mmcl, "smoothed": smoothed, "nll": nll,
+            "mmcl_sum": sum(losses), "mmcl_mean": mean_mmcl, "correct": correct}
+
+
 def test_loss_is_cross_entropy_plus_lambda_times_mean_mmcl_per_token(data_dir):
     task, model, criterion, batch = criterion_and_batch(data_dir, "--mmcl-weight", "0.5")
     loss, sample_size, logs = criterion(model, batch)
-    logits, extra = model(**batch["net_input"], contrastive=True)
-    ce, _ = criterion.compute_loss(model, (logits, extra), batch)
-    pairs, _, _ = symmetric_info_nce(extra["mmcl_text"], extra["mmcl_image"], extra["mmcl_logit_scale"])
+    expected = by_hand(model, batch, 0.5)
     assert sample_size == batch["ntokens"]
-    torch.testing.assert_close(loss, ce + 0.5 * batch["ntokens"] * pairs.mean())
-    torch.testing.assert_close(logs["mmcl_loss"], pairs.sum())
-    assert logs["mmcl_pairs"] == 8 and 0 <= logs["mmcl_correct"] <= 16
+    assert float(loss.detach()) == pytest.approx(expected["loss"], rel=1e-5)
+    assert float(logs["loss"]) == pytest.approx(expected["loss"], rel=1e-5)
+    assert float(logs["nll_loss"]) == pytest.approx(expected["nll"], rel=1e-5)
+    assert float(logs["mmcl_loss"]) == pytest.approx(expected["mmcl_sum"], rel=1e-5)
+    assert logs["mmcl_pairs"] == 8 and logs["mmcl_correct"] == expected["correct"]
     assert logs["mmcl_temperature"] == pytest.approx(0.1 * 8)
+
+
+def test_contrastive_term_on_hand_made_embeddings():
+    """Two orthogonal pairs at scale 10: each retrieval costs log(1 + e^-10); a view at cosine 0.6
+    adds e^-4 to the other text's sum. The term is lambda * sample_size / N * the pairs' sum."""
+    criterion = M3PLoss.__new__(M3PLoss)  # contrastive_loss needs only the weight, no task
+    criterion.mmcl_weight = 0.5
+    eye = torch.eye(2, dtype=torch.float64)
+    extra = {"mmcl_text": eye, "mmcl_image": eye, "mmcl_logit_scale": torch.tensor(10.0, dtype=torch.float64)}
+    term, logs = criterion.contrastive_loss(extra, sample_size=6)
+    pair = 2 * math.log(1 + math.exp(-10))
+    assert float(term) == pytest.approx(0.5 * 6 / 2 * 2 * pair, rel=1e-12)
+    assert float(logs["mmcl_loss"]) == pytest.approx(2 * pair, rel=1e-12)
+    assert logs["mmcl_pairs"] == 2 and logs["mmcl_correct"] == 4
+    assert logs["mmcl_temperature"] == pytest.approx(0.1 * 2)
+
+    views = torch.tensor([[0.8, 0.6], [0.6, 0.8]], dtype=torch.float64)  # each text meets the other's view at 0.6
+    _, logs = criterion.contrastive_loss({**extra, "mmcl_image_negatives": views}, sample_size=6)
+    pair = math.log(1 + math.exp(-10) + math.exp(-4)) + math.log(1 + math.exp(-10))
+    assert float(logs["mmcl_loss"]) == pytest.approx(2 * pair, rel=1e-12)
+
+    # a pair whose image was unusable is left out of MMCL altogether
+    _, logs = criterion.contrastive_loss({**extra, "mmcl_usable": torch.tensor([True, False])}, sample_size=6)
+    assert logs["mmcl_pairs"] == 1 and float(logs["mmcl_loss"]) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_weight_zero_is_plain_label_smoothed_cross_entropy_and_keeps_the_head_in_the_graph(data_dir):
@@ -49,8 +121,8 @@ def test_weight_zero_is_plain_label_smoothed_cross_entropy_and_keeps_the_head_in
 def test_mmcl_gradient_reaches_the_text_encoder_and_the_image_encoder(data_dir):
     _, model, criterion, batch = criterion_and_batch(data_dir, "--mmcl-weight", "1")
     logits, extra = model(**batch["net_input"], contrastive=True)
-    pairs, _, _ = symmetric_info_nce(extra["mmcl_text"], extra["mmcl_image"], extra["mmcl_logit_scale"])
-    pairs.sum().backward()
+    term, _ = criterion.contrastive_loss(extra, batch["ntokens"])
+    term.backward()
     assert model.encoder.text_encoder.layers[0].fc1.weight.grad.abs().sum() > 0
     assert model.encoder.image_encoder.projection.weight.grad.abs().sum() > 0
     assert model.decoder.layers[0].fc1.weight.grad is None  # MMCL does not touch the decoder
@@ -60,8 +132,12 @@ def test_augmented_view_negatives_enter_the_loss(data_dir):
     _, model, criterion, batch = criterion_and_batch(data_dir)
     plain, _, _ = criterion(model, batch)
     net_input = dict(batch["net_input"], image_negative_global=batch["net_input"]["image_global"].flip(0))
-    with_views, _, _ = criterion(model, {**batch, "net_input": net_input})
-    assert with_views > plain
+    with_views = {**batch, "net_input": net_input}
+    loss, _, logs = criterion(model, with_views)
+    expected = by_hand(model, with_views, 0.1)
+    assert float(loss.detach()) == pytest.approx(expected["loss"], rel=1e-5)
+    assert float(logs["mmcl_loss"]) == pytest.approx(expected["mmcl_sum"], rel=1e-5)
+    assert loss > plain  # more negatives, higher loss
 
 
 def test_reduced_metrics(data_dir):
@@ -70,13 +146,16 @@ def test_reduced_metrics(data_dir):
     with metrics.aggregate() as aggregator:
         M3PLoss.reduce_metrics(logs)
         values = aggregator.get_smoothed_values()
-    assert values["mmcl"] == pytest.approx(float(logs[0]["mmcl_loss"]) / 8 / math.log(2), abs=1e-3)
-    assert values["mmcl_accuracy"] == pytest.approx(100 * logs[0]["mmcl_correct"] / 16, abs=0.01)
+    expected = by_hand(model, batch, 1)
+    bits = math.log(2)
+    # the same batch twice: the means are those of one batch, in bits, rounded to 3 decimals
+    assert values["mmcl"] == pytest.approx(expected["mmcl_mean"] / bits, abs=1e-3)
+    assert values["mmcl_accuracy"] == pytest.approx(100 * expected["correct"] / 16, abs=0.01)
     assert values["mmcl_temperature"] == pytest.approx(0.1)
-    ce_bits = float(logs[0]["nll_loss"]) / batch["ntokens"] / math.log(2)
-    assert values["nll_loss"] == pytest.approx(ce_bits, abs=1e-3)
-    # the logged loss is label-smoothed CE + lambda * mmcl, both in bits
-    assert values["loss"] > values["mmcl"]
+    assert values["nll_loss"] == pytest.approx(expected["nll"] / batch["ntokens"] / bits, abs=1e-3)
+    # the logged loss is label-smoothed CE per token + lambda * mmcl, both in bits
+    assert values["loss"] == pytest.approx(expected["smoothed"] / batch["ntokens"] / bits + expected["mmcl_mean"] / bits,
+                                           abs=2e-3)
 
 
 def test_text_only_model_with_mmcl_is_refused(data_dir):
