@@ -3,6 +3,7 @@ CVLM): the table files, saved hypotheses and --rescore, the incongruent-image pr
 figure command producing a PNG."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -64,7 +65,7 @@ def test_evaluate_writes_tables_hypotheses_and_the_probes(checkpoints, data_dir,
                 refs = (out / "ref" / f"{split}.{direction}.txt").read_text(encoding="utf-8").splitlines()
                 assert hyps == scores[direction]["hypotheses"] and len(refs) == 40
                 assert scores[direction]["bleu"] == round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
-                assert 0 <= scores[direction]["off_target"] <= 100
+                assert "off_target" in scores[direction]  # its values: the hand-made files below
     table = (out / "table.md").read_text(encoding="utf-8")
     assert "| system | en-de | de-en | average |" in table and "### test: off-target %" in table
     csv_lines = (out / "table.csv").read_text(encoding="utf-8").splitlines()
@@ -80,6 +81,26 @@ def test_evaluate_writes_tables_hypotheses_and_the_probes(checkpoints, data_dir,
         for split, scores in by_split.items():
             for direction, entry in scores.items():
                 assert rescored[system][split][direction] == entry
+
+    # hand-made hypotheses whose scores are known: identical -> 100; a prefix of every reference
+    # keeps every n-gram precision at 1, so BLEU is 100 * the brevity penalty exp(1 - r/c),
+    # here r = 15 reference and c = 13 hypothesis words; German where English is expected is
+    # off-target, English is not
+    english = ["a red circle in the top left corner", "two blue squares next to a green triangle"]
+    german = ["ein roter Kreis in der oberen linken Ecke", "zwei blaue Quadrate neben einem grünen Dreieck"]
+    prefixes = [" ".join(line.split()[:-1]) for line in german]
+    hand_made = {("ref", "test.en-de.txt"): german, ("hyp/text-only", "test.en-de.txt"): german,
+                 ("hyp/cvlm", "test.en-de.txt"): prefixes, ("ref", "test.de-en.txt"): english,
+                 ("hyp/text-only", "test.de-en.txt"): german, ("hyp/cvlm", "test.de-en.txt"): english}
+    for (folder, name), lines in hand_made.items():
+        (out / folder / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    cli(capsys, evaluate, ["--rescore", out, "--off-target"])
+    known = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    text_only, cvlm = known["text-only"]["test"], known["cvlm"]["test"]
+    assert (text_only["en-de"]["bleu"], text_only["en-de"]["chrf"], text_only["en-de"]["off_target"]) == (100, 100, 0)
+    assert cvlm["en-de"]["bleu"] == pytest.approx(100 * math.exp(1 - 15 / 13), abs=0.01)
+    assert text_only["de-en"]["off_target"] == 100 and cvlm["de-en"]["off_target"] == 0
+    assert known["cvlm"]["test-incongruent"] == results["cvlm"]["test-incongruent"]  # untouched files
 
 
 def png(path):
@@ -115,7 +136,37 @@ def test_tsne_figure(checkpoints, data_dir, tmp_path, capsys):
     points = png(output)
     # sources of en-de,de-en,en-fr: en and de, 12 sentences each
     assert sorted(set(points["cvlm"]["languages"])) == ["de", "en"] and len(points["cvlm"]["points"]) == 24
-    assert 0 <= points["cvlm"]["same_language_neighbours"] <= 1
+    expected = same_language_neighbours_by_hand(checkpoints["text-only"], data_dir, [("en", "de"), ("de", "en")], 12)
+    assert points["text-only"]["same_language_neighbours"] == pytest.approx(expected, abs=1e-4)
+
+
+def same_language_neighbours_by_hand(checkpoint, data_dir, directions, count, k=10):
+    """Fig. 4's number for a text-only model, worked out here: each sentence's text-encoder
+    states averaged over its tokens without padding and the language tag, then the share of
+    its k nearest neighbours (Euclidean, itself excluded) with its source language."""
+    import torch
+
+    from m3p_fairseq.evaluation.translation import direction_dataset, load
+
+    models, task = load(checkpoint, data_dir)
+    dictionary = task.source_dictionary
+    vectors, languages = [], []
+    for src, tgt in directions:
+        dataset = direction_dataset(task, "test", src, tgt)
+        for i in range(count):
+            tokens = dataset[i]["source"]
+            with torch.no_grad():
+                states = models[0].encoder(tokens[None], src_lengths=torch.tensor([len(tokens)]))["encoder_out"][0]
+            keep = [t != dictionary.pad() and not dictionary[t].startswith("__") for t in tokens.tolist()]
+            rows = [states[t, 0].double().tolist() for t in range(len(tokens)) if keep[t]]
+            vectors.append([sum(column) / len(rows) for column in zip(*rows)])
+            languages.append(src)
+    same = 0
+    for i, vector in enumerate(vectors):
+        distances = sorted((sum((a - b) ** 2 for a, b in zip(vector, other)), j)
+                           for j, other in enumerate(vectors) if j != i)
+        same += sum(languages[j] == languages[i] for _, j in distances[:k])
+    return same / (k * len(vectors))
 
 
 def test_cvlm_attention_figure(checkpoints, data_dir, raw_corpus, tmp_path, capsys):
