@@ -1,6 +1,7 @@
 """The real command lines, in subprocesses: synthetic corpus -> timm features -> binarize ->
 fairseq-train (with images) -> resume -> fairseq-generate and fairseq-interactive."""
 
+import math
 import re
 import subprocess
 import sys
@@ -55,17 +56,50 @@ def test_training_ran_and_resumed_with_the_warmed_up_temperature(trained):
     assert "with images" in trained["first_log"]
 
 
+def logged_values(line):
+    return {key: float(value) for key, value in re.findall(r"(\w+)[= ]([-\d.]+)", line)}
+
+
 def test_m3p_loss_logs_each_term(trained):
-    lines = trained["first_log"].splitlines()
-    train_lines = [line.split("| train_inner |")[1] for line in lines if "| train_inner |" in line]
-    valid_lines = [line.split("subset |")[1] for line in lines if "valid on 'valid' subset |" in line]
-    assert train_lines and valid_lines
-    for line in train_lines[:1] + valid_lines[:1]:
-        values = dict(re.findall(r"(\w+)[= ]([-\d.]+)", line))
-        assert float(values["mmcl"]) > 0
-        assert 0 <= float(values["mmcl_accuracy"]) <= 100
-        assert float(values["mmcl_temperature"]) == pytest.approx(0.1)
-        assert float(values["loss"]) > float(values["nll_loss"])
+    train_lines = [line.split("| train_inner |")[1] for line in trained["first_log"].splitlines()
+                   if "| train_inner |" in line]
+    assert train_lines
+    for line in train_lines:
+        values = logged_values(line)
+        assert {"loss", "nll_loss", "mmcl", "mmcl_accuracy"} <= set(values)
+        assert values["mmcl_temperature"] == pytest.approx(0.1)
+
+
+def test_the_last_validation_line_equals_the_loss_worked_out_by_hand(trained):
+    """The resumed run validates at update 9 and saves that model as checkpoint_last.pt: its logged
+    loss, nll_loss, mmcl and mmcl_accuracy are recomputed here from the checkpoint's outputs on
+    the same validation batches (label-smoothed CE and MMCL with Python floats)."""
+    from fairseq import checkpoint_utils, utils
+    from test_m3p_loss import by_hand
+
+    last = [line for line in trained["resumed_log"].splitlines() if "valid on 'valid' subset |" in line][-1]
+    logged = logged_values(last.split("subset |")[1])
+    assert logged["num_updates"] == 9
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(trained["checkpoint"])])
+    model = models[0].eval()
+    task.load_dataset("valid")
+    batches = task.get_batch_iterator(
+        dataset=task.dataset("valid"), max_tokens=cfg.dataset.max_tokens_valid,
+        max_sentences=cfg.dataset.batch_size_valid,
+        max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
+        required_batch_size_multiple=cfg.dataset.required_batch_size_multiple, seed=cfg.common.seed,
+    ).next_epoch_itr(shuffle=False)
+    loss = nll = mmcl = tokens = pairs = correct = 0
+    for batch in batches:
+        expected = by_hand(model, batch, mmcl_weight=1)
+        loss, nll, mmcl = loss + expected["loss"], nll + expected["nll"], mmcl + expected["mmcl_sum"]
+        tokens, pairs, correct = tokens + batch["ntokens"], pairs + batch["target"].size(0), correct + expected["correct"]
+    assert pairs == 16  # the 8 validation sentences in both directions
+    bits = math.log(2)
+    assert logged["loss"] == pytest.approx(loss / tokens / bits, abs=1.5e-3)
+    assert logged["nll_loss"] == pytest.approx(nll / tokens / bits, abs=1.5e-3)
+    assert logged["mmcl"] == pytest.approx(mmcl / pairs / bits, abs=1.5e-3)
+    assert logged["mmcl_accuracy"] == pytest.approx(100 * correct / (2 * pairs), abs=0.01)
 
 
 def test_tensorboard_logging_when_asked(trained):
