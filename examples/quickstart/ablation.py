@@ -52,17 +52,19 @@ ROWS = [
 
 def table(results: dict) -> str:
     """Rows as in Table 5: BLEU of en-de and de-en on the clean and the degraded test set."""
+    from m3p_fairseq.markdown import markdown_table
+
     splits = [("test", "clean"), ("test_degraded", "degraded")]
-    header = "| model | " + " | ".join(f"{pair} {label}" for _, label in splits for pair in REPORTED) + " |"
-    lines = [header, "|" + "---|" * (1 + len(splits) * len(REPORTED))]
+    header = ["model"] + [f"{pair} {label}" for _, label in splits for pair in REPORTED]
+    rows = []
     for row, models in ROWS:
         cells = []
         for split, _ in splits:
             for pair in REPORTED:
                 name = next(n for n, (_, pairs) in models.items() if pair in pairs)
                 cells.append(f"{results[name][split][pair]['bleu']:.1f}")
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([row, *cells])
+    return markdown_table(header, rows, align="l" * len(header)) + "\n"
 
 
 def main(argv=None):

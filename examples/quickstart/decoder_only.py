@@ -42,16 +42,17 @@ def parameter_count(checkpoint: Path) -> int:
 
 
 def table(results: dict, parameters: dict) -> str:
-    header = ("| model | parameters | " + " | ".join(f"{pair} {label}" for _, label in SPLITS for pair in LANG_PAIRS)
-              + " | average clean | average degraded |")
-    lines = [header, "|---|---:|" + "---:|" * (len(SPLITS) * len(LANG_PAIRS) + 2)]
+    from m3p_fairseq.markdown import markdown_table
+
+    header = (["model", "parameters"] + [f"{pair} {label}" for _, label in SPLITS for pair in LANG_PAIRS]
+              + ["average clean", "average degraded"])
+    rows = []
     for name in MODELS:
         cells = [f"{results[name][split][pair]['bleu']:.1f}" for split, _ in SPLITS for pair in LANG_PAIRS]
         averages = [sum(results[name][split][pair]["bleu"] for pair in LANG_PAIRS) / len(LANG_PAIRS)
                     for split, _ in SPLITS]
-        lines.append(f"| {name} | {parameters[name] / 1e6:.2f}M | " + " | ".join(cells) + " | "
-                     + " | ".join(f"{a:.1f}" for a in averages) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([name, f"{parameters[name] / 1e6:.2f}M", *cells, *(f"{a:.1f}" for a in averages)])
+    return markdown_table(header, rows) + "\n"
 
 
 def main(argv=None):
