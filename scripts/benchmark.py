@@ -40,19 +40,17 @@ import os
 import platform
 import pstats
 import resource
-import shutil
 import subprocess
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from statistics import median
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # preprocess/ and this checkout's m3p_fairseq
 
 warnings.filterwarnings("ignore", message=".*pin_memory.*")
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")

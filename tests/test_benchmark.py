@@ -7,12 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from conftest import REPO
+from helpers import REPO, import_script
 
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
+benchmark = import_script(REPO / "scripts" / "benchmark.py")
 
 
 def test_tiny_benchmark_writes_results_table_and_plot(tmp_path):
@@ -87,6 +85,7 @@ def test_profile_summary_lists_the_plugins_functions():
     import cProfile
 
     import torch
+
     from m3p_fairseq.models.contrastive_head import mean_over_tokens
 
     profiler = cProfile.Profile()

@@ -4,16 +4,13 @@ figure command producing a PNG."""
 
 import json
 import subprocess
-import sys
 
 import pytest
 import sacrebleu
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-import evaluate  # noqa: E402
-import figures  # noqa: E402
+from helpers import REPO
+from m3p_fairseq.evaluation import cli as evaluate
+from m3p_fairseq.evaluation import figures_cli as figures
 
 # The commands run in this process (their main(argv)): loading torch and fairseq once keeps the
 # tests fast; the training that makes the checkpoints uses the real fairseq-train.

@@ -6,9 +6,9 @@ import pytest
 import torch
 from fairseq import metrics
 
+from helpers import setup_task
 from m3p_fairseq.criterions.m3p_loss import M3PLoss
 from m3p_fairseq.criterions.mmcl import symmetric_info_nce
-from conftest import setup_task
 
 
 def criterion_and_batch(data_dir, *extra):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, setup_task
+from helpers import REPO, import_script, setup_task
 
-sys.path.insert(0, str(REPO / "examples" / "multi30k"))
-from prepare import LANG_PAIRS, normalise, write_raw  # noqa: E402
+prepare = import_script(REPO / "examples" / "multi30k" / "prepare.py")
+LANG_PAIRS, normalise, write_raw = prepare.LANG_PAIRS, prepare.normalise, prepare.write_raw
 
 # Multi30k is not redistributable: the tests read the machine's copy (or $MULTI30K) in place.
 CANDIDATES = [REPO.parent / "shared" / "data" / "multi30k", Path("/work/shared/data/multi30k")]
