@@ -4,16 +4,18 @@
 ``multimodal_translation`` and the ``m3p_transformer*`` architectures with fairseq.
 
 Importing it prints nothing. Importing fairseq calls ``logging.basicConfig(level=DEBUG)``
-(in fairseq/models/wav2vec/wav2vec2_classification.py), which would print h5py's DEBUG lines
-when our feature store imports h5py, and fairseq calls the deprecated ``torch.jit.script`` at
-import. Both are quietened here, for those two sources only; entry points set up logging with
+(in fairseq/models/wav2vec/wav2vec2_classification.py), which would print the DEBUG lines that
+h5py, matplotlib and PIL log when we import them, and fairseq calls the deprecated
+``torch.jit.script`` at import. Those libraries' loggers are set to WARNING and that one warning
+is ignored here, nothing else; entry points set up logging with
 ``m3p_fairseq.logging_setup.setup_logging``.
 """
 
 import logging
 import warnings
 
-logging.getLogger("h5py").setLevel(logging.WARNING)
+for _library in ("h5py", "matplotlib", "PIL"):
+    logging.getLogger(_library).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
 
 from .serialization import allow_fairseq_checkpoint_globals  # noqa: E402
