@@ -60,6 +60,11 @@ def training_groups(data: Path, train_subset: str) -> Dict[str, List[Path]]:
 def open_binarized(prefix: Path) -> indexed_dataset.MMapIndexedDataset:
     """fairseq's reader of ``prefix``.bin/.idx; a damaged pair is a ValueError naming it, not an
     assertion from inside fairseq."""
+    magic = indexed_dataset.MMapIndexedDataset.Index._HDR_MAGIC
+    with open(f"{prefix}.idx", "rb") as index:
+        if index.read(len(magic)) != magic:
+            # checked here: fairseq's reader fails half-built and then errs again when collected
+            raise ValueError(f"{prefix}.idx/.bin: not a readable fairseq mmap dataset (no mmap index header)")
     try:
         return indexed_dataset.MMapIndexedDataset(str(prefix))
     except (AssertionError, ValueError, OSError, struct.error) as error:
