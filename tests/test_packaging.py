@@ -2,6 +2,7 @@
 running the README's test command, and the Multi30k tests failing rather than skipping in CI."""
 
 import importlib.metadata
+import json
 import re
 import subprocess
 import sys
@@ -29,10 +30,9 @@ def installed_from_this_checkout():
         distribution = importlib.metadata.distribution("m3p-fairseq")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("m3p-fairseq is not pip-installed here (bash scripts/install.sh installs it)")
-    import m3p_fairseq
-
-    if Path(m3p_fairseq.__file__).resolve().parents[1] != REPO:
-        pytest.skip(f"the m3p_fairseq imported here is not this checkout's ({m3p_fairseq.__file__})")
+    source = json.loads(distribution.read_text("direct_url.json") or "{}").get("url", "")
+    if source.removeprefix("file://") != str(REPO):
+        pytest.skip(f"m3p-fairseq is installed from {source or 'an index'}, not from this checkout")
     return distribution
 
 
