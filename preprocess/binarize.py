@@ -32,6 +32,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import sentencepiece as spm
 from fairseq.data import Dictionary, indexed_dataset
 
+from m3p_fairseq.logging_setup import setup_logging
 from m3p_fairseq.tasks.multimodal_translation import DICTIONARY_FILE, lang_tag, parse_lang_pairs
 
 logger = logging.getLogger("preprocess.binarize")
@@ -127,7 +128,7 @@ def write_given_dictionary(dict_file: Path, langs: List[str], dict_path: Path, o
     tmp = atomic_target(dict_path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, dict_path)
-    logger.info("wrote %s: %s with tags %s", dict_path, dict_file, [lang_tag(l) for l in langs])
+    logger.info("wrote %s: %s with tags %s", dict_path, dict_file, [lang_tag(lang) for lang in langs])
 
 
 def write_binarized(lines: List[str], sp: spm.SentencePieceProcessor, dictionary: Dictionary,
@@ -199,7 +200,7 @@ def binarize(raw_dir: Path, dest_dir: Path, lang_pairs: List[Tuple[str, str]], s
         tmp = atomic_target(dict_path)
         dictionary.save(str(tmp))
         os.replace(tmp, dict_path)
-        logger.info("wrote %s: %d types incl. tags %s", dict_path, len(dictionary), [lang_tag(l) for l in langs])
+        logger.info("wrote %s: %d types incl. tags %s", dict_path, len(dictionary), [lang_tag(lang) for lang in langs])
     dictionary = Dictionary.load(str(dict_path))
     missing_tags = [lang_tag(lang) for lang in langs if lang_tag(lang) not in dictionary.indices]
     if missing_tags:
@@ -238,8 +239,7 @@ def main(argv=None):
     parser.add_argument("--threshold", type=int, default=0, help="drop pieces seen this many times or fewer")
     parser.add_argument("--overwrite", action="store_true", help="rebuild outputs that already exist")
     args = parser.parse_args(argv)
-    # force: importing fairseq already attached a DEBUG-level root handler
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
+    setup_logging()
     try:
         binarize(args.raw_dir, args.dest_dir, parse_lang_pairs(args.lang_pairs),
                  [s for s in args.splits.split(",") if s], args.spm_model, args.spm_vocab_size,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from m3p_fairseq.data.languages import INSTRMULTI102_LANGUAGES, PIVOT_LANGUAGE, unknown_language_message
+from m3p_fairseq.logging_setup import setup_logging
 from preprocess.binarize import atomic_target, read_lines
 
 logger = logging.getLogger("preprocess.build_instrmulti")
@@ -177,7 +178,7 @@ def main(argv=None):
                         help="write N pseudo-language translations of the English into --translations-dir "
                              "(demo/test data) before building")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
+    setup_logging()
     splits = [s for s in args.splits.split(",") if s]
     try:
         if args.pseudo_languages:

@@ -70,6 +70,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from m3p_fairseq.data.image_features import ImageFeatureError, ImageFeatureWriter, read_image_ids
+from m3p_fairseq.logging_setup import setup_logging
 from m3p_fairseq.serialization import allow_fairseq_checkpoint_globals
 from preprocess.image_augmentation import AugmentedViews
 
@@ -458,8 +459,7 @@ def main(argv=None):
                         help="store missing or undecodable images flagged (zero features, usable=False) instead of "
                              f"failing; either way they are listed in OUTPUT{REPORT_SUFFIX}")
     args = parser.parse_args(argv)
-    # force: importing fairseq already attached a DEBUG-level root handler
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
+    setup_logging()
     try:
         extract(args.images_dir, args.image_ids, args.output, args.backbone, args.checkpoint,
                 args.random_init_seed, args.image_size, args.batch_size, args.dtype, args.num_workers, args.device,

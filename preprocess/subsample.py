@@ -8,7 +8,8 @@ sides, and the image-id list, stay aligned); every other file (dictionary, Sente
 valid/test splits, image features) is linked, not copied. The subsets are nested: with the same
 seed, the 10 % sentences are among the 25 % ones, which are among the 50 % ones, so a curve over
 fractions measures more data, not different data. The output is built under a temporary name and
-renamed when complete; an existing output is left as it is.
+renamed when complete; an existing output is left as it is. Bad input (a missing or damaged file,
+misaligned sides, a fraction out of range) is an error message naming it, exit code 2.
 """
 
 import argparse
@@ -16,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -25,6 +27,7 @@ import numpy as np
 from fairseq.data import Dictionary, indexed_dataset
 
 from m3p_fairseq.data.image_features import read_image_ids
+from m3p_fairseq.logging_setup import setup_logging
 from m3p_fairseq.tasks.multimodal_translation import DICTIONARY_FILE
 
 logger = logging.getLogger("preprocess.subsample")
@@ -54,11 +57,29 @@ def training_groups(data: Path, train_subset: str) -> Dict[str, List[Path]]:
     return groups
 
 
+def open_binarized(prefix: Path) -> indexed_dataset.MMapIndexedDataset:
+    """fairseq's reader of ``prefix``.bin/.idx; a damaged pair is a ValueError naming it, not an
+    assertion from inside fairseq."""
+    magic = indexed_dataset.MMapIndexedDataset.Index._HDR_MAGIC
+    with open(f"{prefix}.idx", "rb") as index:
+        if index.read(len(magic)) != magic:
+            # checked here: fairseq's reader fails half-built and then errs again when collected
+            raise ValueError(f"{prefix}.idx/.bin: not a readable fairseq mmap dataset (no mmap index header)")
+    try:
+        return indexed_dataset.MMapIndexedDataset(str(prefix))
+    except (AssertionError, ValueError, OSError, struct.error) as error:
+        raise ValueError(f"{prefix}.idx/.bin: not a readable fairseq mmap dataset ({error})") from error
+
+
 def write_subset(prefix: Path, out_prefix: Path, keep: np.ndarray, vocab_size: int) -> None:
-    dataset = indexed_dataset.MMapIndexedDataset(str(prefix))
+    dataset = open_binarized(prefix)
     builder = indexed_dataset.make_builder(str(out_prefix) + ".bin", impl="mmap", vocab_size=vocab_size)
     for index in keep:
-        builder.add_item(dataset[int(index)])
+        try:
+            item = dataset[int(index)]
+        except ValueError as error:  # numpy's, when the .bin is shorter than its .idx says
+            raise ValueError(f"{prefix}.bin: sentence {int(index)} cannot be read (truncated?): {error}") from error
+        builder.add_item(item)
     builder.finalize(str(out_prefix) + ".idx")
 
 
@@ -67,14 +88,19 @@ def subsample(data: Path, output: Path, fraction: float, seed: int = 1, train_su
     if output.exists():
         logger.info("%s exists; kept as it is", output)
         return output
+    if not data.is_dir():
+        raise FileNotFoundError(f"--data {data}: no such directory")
+    kept_sentences(1, fraction, seed)  # checks the fraction before any work
     groups = training_groups(data, train_subset)
+    if not (data / DICTIONARY_FILE).is_file():
+        raise FileNotFoundError(f"{data / DICTIONARY_FILE}: missing (--data must be preprocess.binarize's output)")
     vocab_size = len(Dictionary.load(str(data / DICTIONARY_FILE)))
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     written = set()
     try:
         for group, prefixes in groups.items():
-            sizes = {prefix: len(indexed_dataset.MMapIndexedDataset(str(prefix))) for prefix in prefixes}
+            sizes = {prefix: len(open_binarized(prefix)) for prefix in prefixes}
             if len(set(sizes.values())) != 1:
                 raise ValueError(f"{group}: sides are not aligned, sentence counts "
                                  + ", ".join(f"{p.name}.bin={n}" for p, n in sizes.items()))
@@ -111,8 +137,11 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1, help="the same seed gives nested subsets")
     parser.add_argument("--train-subset", default="train")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    subsample(args.data, args.output, args.fraction, args.seed, args.train_subset)
+    setup_logging()
+    try:
+        subsample(args.data, args.output, args.fraction, args.seed, args.train_subset)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))  # exit code 2, the message without a traceback
 
 
 if __name__ == "__main__":

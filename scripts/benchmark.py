@@ -6,12 +6,7 @@ The harness, the worker and the report live in m3p_fairseq/benchmark/ (``--help`
 method); this file is the command line.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # preprocess/ and this checkout's m3p_fairseq
-
-from m3p_fairseq.benchmark.cli import main  # noqa: E402
+from m3p_fairseq.benchmark.cli import main
 
 if __name__ == "__main__":
     main()

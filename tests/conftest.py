@@ -1,30 +1,15 @@
-"""Shared fixtures: a tiny binarized multimodal data directory built with the project's own
-preprocessing, and helpers to set up the task and model exactly as fairseq's CLIs do."""
+"""Fixtures: a tiny binarized multimodal data directory built with the project's own
+preprocessing. The helpers the tests share are in helpers.py."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # preprocess/ and scripts/ are run from the repository root
-
-import m3p_fairseq  # noqa: E402,F401  (registers the task and models)
-from fairseq import options, tasks  # noqa: E402
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
-
-from m3p_fairseq.data.image_features import read_image_ids  # noqa: E402
-from m3p_fairseq.data.random_features import write_random_features  # noqa: E402,F401  (re-exported)
-from m3p_fairseq.models.fusion import ConditionalVisionLanguageMemory  # noqa: E402
-from preprocess.binarize import binarize  # noqa: E402
-from preprocess.make_synthetic_corpus import make_corpus  # noqa: E402
-
-LANGS = ["en", "de", "fr"]
-PAIRS = [("en", "de"), ("de", "en"), ("en", "fr")]
-FEATURE_DIM = 16
-NUM_PATCHES = 4
+from helpers import PAIRS, multi30k_dir, write_random_features
+from m3p_fairseq.data.image_features import read_image_ids
+from preprocess.binarize import binarize
+from preprocess.make_synthetic_corpus import make_corpus
 
 
 @pytest.fixture(scope="session")
@@ -53,24 +38,7 @@ def data_copy(tmp_path, data_dir) -> Path:
     return copy
 
 
-def as_if_trained(model):
-    """A fresh CVLM ignores the image by design (zero output projection); give it random
-    weights there, as training would, so tests can see the image's effect."""
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, ConditionalVisionLanguageMemory):
-            out_proj = module.attention.out_proj
-            out_proj.weight.data = torch.randn(out_proj.weight.shape, generator=generator) * out_proj.in_features ** -0.5
-    return model
-
-
-def parse_train_args(argv):
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, input_args=[str(a) for a in argv])
-    return convert_namespace_to_omegaconf(args)
-
-
-def setup_task(data, *extra, lang_pairs="en-de,de-en,en-fr", arch="m3p_transformer_tiny"):
-    cfg = parse_train_args([data, "--task", "multimodal_translation", "--lang-pairs", lang_pairs,
-                            "--arch", arch, *extra])
-    return tasks.setup_task(cfg.task), cfg
+@pytest.fixture(scope="session")
+def multi30k() -> Path:
+    """The machine's Multi30k copy: skipped without one, failed under CI=true (helpers.multi30k_dir)."""
+    return multi30k_dir()

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from conftest import REPO
+from helpers import REPO
 from m3p_fairseq.benchmark.configs import TINY
 from m3p_fairseq.benchmark.measuring import peak_rss_mib, profile_summary, release_memory
 from m3p_fairseq.benchmark.report import ratios, sweep_points
@@ -102,6 +102,7 @@ def test_profile_summary_lists_the_plugins_functions():
     import cProfile
 
     import torch
+
     from m3p_fairseq.models.contrastive_head import mean_over_tokens
 
     profiler = cProfile.Profile()

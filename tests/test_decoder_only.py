@@ -5,7 +5,7 @@ import pytest
 import torch
 from fairseq.dataclass.configs import GenerationConfig
 
-from conftest import setup_task
+from helpers import setup_task
 from m3p_fairseq.criterions.m3p_loss import M3PLoss
 from m3p_fairseq.models.mdropnet import IMAGE_ONLY, TEXT_AND_IMAGE, TEXT_ONLY
 

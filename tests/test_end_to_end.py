@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 
 PYTHON = sys.executable
 
@@ -75,7 +75,8 @@ def test_the_last_validation_line_equals_the_loss_worked_out_by_hand(trained):
     loss, nll_loss, mmcl and mmcl_accuracy are recomputed here from the checkpoint's outputs on
     the same validation batches (label-smoothed CE and MMCL with Python floats)."""
     from fairseq import checkpoint_utils, utils
-    from test_m3p_loss import by_hand
+
+    from helpers import by_hand
 
     last = [line for line in trained["resumed_log"].splitlines() if "valid on 'valid' subset |" in line][-1]
     logged = logged_values(last.split("subset |")[1])

@@ -1,13 +1,9 @@
-"""scripts/evaluate.py's table and raw references."""
+"""m3p-evaluate's (scripts/evaluate.py's) table and raw references."""
 
-import sys
 
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-from evaluate import markdown_table, raw_references  # noqa: E402
+from m3p_fairseq.evaluation.cli import markdown_table, raw_references
 
 
 def test_table_marks_directions_a_model_was_not_trained_on():

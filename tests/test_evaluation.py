@@ -9,13 +9,18 @@ import numpy as np
 import pytest
 import sacrebleu
 
+from helpers import setup_task
 from m3p_fairseq.evaluation import hypotheses
 from m3p_fairseq.evaluation.language_id import langid_code, off_target_rate
-from m3p_fairseq.evaluation.probes import derangement, mask_words, masked_word_order, with_incongruent_images, \
-    with_masked_source
+from m3p_fairseq.evaluation.probes import (
+    derangement,
+    mask_words,
+    masked_word_order,
+    with_incongruent_images,
+    with_masked_source,
+)
 from m3p_fairseq.evaluation.scoring import average, corpus_scores
 from m3p_fairseq.evaluation.tables import csv_table, image_awareness_table, markdown_tables
-from conftest import setup_task
 
 RESULTS = {
     "text-only": {"test": {"en-de": {"bleu": 30.0, "chrf": 50.0}, "de-en": {"bleu": 34.0, "chrf": 55.0}}},

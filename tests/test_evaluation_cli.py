@@ -5,16 +5,13 @@ figure command producing a PNG."""
 import json
 import math
 import subprocess
-import sys
 
 import pytest
 import sacrebleu
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-import evaluate  # noqa: E402
-import figures  # noqa: E402
+from helpers import REPO
+from m3p_fairseq.evaluation import cli as evaluate
+from m3p_fairseq.evaluation import figures_cli as figures
 
 # The commands run in this process (their main(argv)): loading torch and fairseq once keeps the
 # tests fast; the training that makes the checkpoints uses the real fairseq-train.
@@ -186,3 +183,17 @@ def test_cvlm_attention_figure(checkpoints, data_dir, raw_corpus, tmp_path, caps
     with pytest.raises(ValueError, match="needs a model trained with --fusion cvlm"):
         figures.main(["cvlm-attention", "--data", str(data_dir), "--checkpoint", str(checkpoints["text-only"]),
                       "--output", str(tmp_path / "x.png")])
+
+
+def test_a_direction_the_model_was_not_trained_on_is_an_error(checkpoints, data_dir, tmp_path, capsys):
+    # trained on en-de,de-en,en-fr: fr-en is asked for, and must not be dropped silently
+    for command, argv in ((evaluate, ["--checkpoint", f"cvlm={checkpoints['cvlm']}", "--output-dir", tmp_path]),
+                          (figures, ["low-resource", "--run", "cvlm", "1.0", checkpoints["cvlm"],
+                                     "--output", tmp_path / "x.png"])):
+        with pytest.raises(SystemExit) as stopped:
+            command.main([str(a) for a in [*argv, "--data", data_dir, "--lang-pairs", "en-de,fr-en"]])
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert "was not trained on fr-en; its directions are en-de,de-en,en-fr" in err
+        assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing translated, nothing written

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from helpers import as_if_trained, setup_task
 from m3p_fairseq.models.fusion import (
     ConcatFusion,
     ConditionalVisionLanguageMemory,
@@ -8,7 +9,6 @@ from m3p_fairseq.models.fusion import (
     SelectiveAttentionFusion,
     build_fusion,
 )
-from conftest import as_if_trained, setup_task
 
 T, B, C, P = 5, 3, 8, 4
 

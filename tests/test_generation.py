@@ -5,7 +5,7 @@ import pytest
 import torch
 from fairseq.dataclass.configs import GenerationConfig
 
-from conftest import as_if_trained, setup_task
+from helpers import as_if_trained, setup_task
 
 
 def generate(task, model, dataset, indices, beam=5):

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import setup_task
 from m3p_fairseq.data.image_features import (
     ImageFeatureError,
     ImageFeatureStore,
     ImageFeatureWriter,
     read_image_ids,
 )
-from conftest import setup_task
 
 
 def features(n, p=3, d=5, seed=0):

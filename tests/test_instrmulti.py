@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, write_random_features
+from helpers import REPO, write_random_features
 from m3p_fairseq.data.image_features import read_image_ids
 from m3p_fairseq.data.languages import INSTRMULTI102_LANGUAGES, language_name
 from preprocess.build_instrmulti import InstrMultiError, build, write_pseudo_translations

@@ -8,7 +8,7 @@ import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
 
-from conftest import setup_task
+from helpers import setup_task
 from m3p_fairseq.models.llama_checkpoint import LlamaCheckpointError
 
 CONFIG = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from fairseq import metrics
 
+from helpers import by_hand, setup_task
 from m3p_fairseq.criterions.m3p_loss import M3PLoss
-from conftest import setup_task
 
 
 def criterion_and_batch(data_dir, *extra):
@@ -19,53 +19,6 @@ def criterion_and_batch(data_dir, *extra):
     task.load_dataset("valid")
     dataset = task.dataset("valid")
     return task, model, task.build_criterion(cfg.criterion), dataset.collater([dataset[i] for i in range(8)])
-
-
-def cross_entropy_by_hand(logits, target, pad, epsilon=0.1):
-    """(label-smoothed CE, plain NLL), summed over the non-padding target tokens. The smoothed
-    target puts 1 - epsilon on the reference token and epsilon / (V - 1) on each other one."""
-    smoothed = nll = 0.0
-    for row, reference in zip(logits.double().reshape(-1, logits.size(-1)).tolist(), target.reshape(-1).tolist()):
-        if reference == pad:
-            continue
-        log_z = math.log(sum(math.exp(v - max(row)) for v in row)) + max(row)
-        log_probs = [v - log_z for v in row]
-        nll -= log_probs[reference]
-        others = sum(log_probs) - log_probs[reference]
-        smoothed -= (1 - epsilon) * log_probs[reference] + epsilon / (len(row) - 1) * others
-    return smoothed, nll
-
-
-def mmcl_by_hand(extra, with_views=False):
-    """Per pair: image k against every text plus text k against every image (and against every
-    other pair's augmented view), Eqs. 4-6; and how many of the 2N retrievals rank the partner first."""
-    scale = float(extra["mmcl_logit_scale"])
-    text, image = extra["mmcl_text"].double().tolist(), extra["mmcl_image"].double().tolist()
-    views = extra["mmcl_image_negatives"].double().tolist() if with_views else []
-    n = len(text)
-
-    def dot(a, b):
-        return scale * sum(x * y for x, y in zip(a, b))
-
-    losses, correct = [], 0
-    for k in range(n):
-        per_text = [dot(text[k], image[j]) for j in range(n)] + [dot(text[k], views[j]) for j in range(len(views)) if j != k]
-        per_image = [dot(image[k], text[j]) for j in range(n)]
-        losses.append(sum(math.log(sum(math.exp(v) for v in scores)) - scores[k] for scores in (per_text, per_image)))
-        correct += (max(range(len(per_text)), key=per_text.__getitem__) == k) + \
-            (max(range(n), key=per_image.__getitem__) == k)
-    return losses, correct
-
-
-def by_hand(model, batch, mmcl_weight):
-    """The criterion's loss, nll_loss and MMCL sums, worked out from the model's outputs."""
-    with torch.no_grad():
-        logits, extra = model(**batch["net_input"], contrastive=True)
-    smoothed, nll = cross_entropy_by_hand(logits, batch["target"], model.decoder.dictionary.pad())
-    losses, correct = mmcl_by_hand(extra, with_views="mmcl_image_negatives" in extra)
-    mean_mmcl = sum(losses) / len(losses)
-    return {"loss": smoothed + mmcl_weight * batch["ntokens"] * mean_mmcl, "smoothed": smoothed, "nll": nll,
-            "mmcl_sum": sum(losses), "mmcl_mean": mean_mmcl, "correct": correct}
 
 
 def test_loss_is_cross_entropy_plus_lambda_times_mean_mmcl_per_token(data_dir):

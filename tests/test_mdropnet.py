@@ -4,6 +4,7 @@ under each, and which parameters each mode trains."""
 import pytest
 import torch
 
+from helpers import as_if_trained, setup_task
 from m3p_fairseq.models.mdropnet import (
     IMAGE_ONLY,
     TEXT_AND_IMAGE,
@@ -11,7 +12,6 @@ from m3p_fairseq.models.mdropnet import (
     check_probabilities,
     draw_modalities,
 )
-from conftest import as_if_trained, setup_task
 
 
 @pytest.mark.parametrize("text_only,image_only", [(0.25, 0.25), (0.1, 0.3), (0.0, 0.0)])

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import setup_task
 from m3p_fairseq.data.image_features import ImageFeatureError
 from m3p_fairseq.data.multimodal_augmentation import MultimodalAugmentation
-from conftest import setup_task
 
 MASK = 99
 
@@ -83,7 +83,7 @@ def test_only_the_training_split_is_augmented(data_dir):
 
 @pytest.fixture
 def data_with_views(data_copy, raw_corpus):
-    from conftest import write_random_features
+    from helpers import write_random_features
     from m3p_fairseq.data.image_features import read_image_ids
 
     ids = [i for split in ("train", "valid", "test") for i in read_image_ids(raw_corpus / f"{split}.image_ids")]

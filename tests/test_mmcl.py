@@ -2,7 +2,6 @@
 gathering of negatives across data-parallel workers (2 gloo processes)."""
 
 import math
-import os
 
 import pytest
 import torch

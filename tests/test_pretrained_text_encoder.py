@@ -16,9 +16,9 @@ from fairseq.models.roberta import RobertaModel
 from fairseq.models.roberta import base_architecture as roberta_base_architecture
 from fairseq.trainer import Trainer
 
+from helpers import PAIRS, parse_train_args, setup_task, write_random_features
 from m3p_fairseq.data.image_features import read_image_ids
 from m3p_fairseq.models.pretrained_text_encoder import PretrainedTextEncoderError
-from conftest import PAIRS, parse_train_args, setup_task, write_random_features
 from preprocess.binarize import binarize
 
 TINY = {"layers": 2, "embed_dim": 32, "ffn_dim": 64, "heads": 2, "max_positions": 64}

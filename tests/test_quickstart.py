@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_quickstart_runs_end_to_end_and_resumes(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import submitit
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 from m3p_fairseq import sweep as sweeps
 
 

@@ -1,16 +1,9 @@
 import os
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-
-try:
-    import preprocess  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preprocess.make_synthetic_corpus import (
     BACKGROUND_RGB,

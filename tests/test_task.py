@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
+from helpers import setup_task, write_random_features
 from m3p_fairseq.data.image_features import ImageFeatureError
-from conftest import setup_task, write_random_features
 
 
 def test_target_language_tag_prefixed_to_source(data_dir):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from fairseq.data import LanguagePairDataset, Dictionary
+from fairseq.data import Dictionary, LanguagePairDataset
 
 from m3p_fairseq.data.temperature_sampling import (
     TemperatureSampledDataset,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import FEATURE_DIM, NUM_PATCHES, as_if_trained, setup_task
 from m3p_fairseq.data.image_features import ImageFeatureWriter, read_image_ids
 from m3p_fairseq.models.mdropnet import TEXT_ONLY
-from conftest import FEATURE_DIM, NUM_PATCHES, as_if_trained, setup_task
 
 
 @pytest.fixture

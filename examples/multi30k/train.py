@@ -24,7 +24,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare import LANG_PAIRS, REPO  # noqa: E402
 
 COMMON = [

@@ -13,11 +13,8 @@ Shares the quickstart's data and its m3P and text-only models (trained here if m
 writes ``ablation.md`` and ``ablation.json`` into the work directory.
 """
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import LANG_PAIRS, M3P, TEXT_ONLY, train_and_evaluate  # noqa: E402
 
 

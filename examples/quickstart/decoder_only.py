@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation import without  # noqa: E402
 from run import LANG_PAIRS, M3P, add_options, prepare_data, run, train  # noqa: E402
 

@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import MODELS, REPO, _finished, run, run_side_by_side, train_command  # noqa: E402
 
 

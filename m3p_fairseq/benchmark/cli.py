@@ -41,8 +41,16 @@ from pathlib import Path
 
 from ..atomic_io import atomic_write_text
 from .configs import BASELINE, CONFIGS, KEY_CONFIGS, TINY, Settings
-from .harness import (REPO, machine_info, model_job, plan_model_jobs, prepare_data, reader_runs, run_model_job,
-                      run_worker)
+from .harness import (
+    REPO,
+    machine_info,
+    model_job,
+    plan_model_jobs,
+    prepare_data,
+    reader_runs,
+    run_model_job,
+    run_worker,
+)
 from .report import profile_markdown, write_report
 
 

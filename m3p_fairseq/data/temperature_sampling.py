@@ -11,7 +11,7 @@ import logging
 from typing import Callable, Dict, Sequence
 
 import numpy as np
-from fairseq.data import ConcatDataset
+from fairseq.data import ConcatDataset, FairseqDataset
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ the same order when fairseq-generate rebuilds the model, so training and generat
 
 import logging
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import sentencepiece as spm
 import torch

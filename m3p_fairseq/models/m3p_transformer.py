@@ -7,8 +7,6 @@ from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional
 
 import torch
-from omegaconf import OmegaConf, open_dict
-from torch import Tensor
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import FairseqEncoder, register_model, register_model_architecture
@@ -17,6 +15,8 @@ from fairseq.models.transformer import (
     TransformerModel,
     base_architecture,
 )
+from omegaconf import OmegaConf, open_dict
+from torch import Tensor
 
 from .contrastive_head import ContrastiveHead, mean_over_tokens
 from .fusion import FUSION_CHOICES, build_fusion

@@ -38,8 +38,8 @@ from fairseq.data import (
     indexed_dataset,
 )
 from fairseq.tasks import register_task
-from omegaconf import II
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from omegaconf import II
 
 from ..data.image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
 from ..data.multimodal_augmentation import MultimodalAugmentation

@@ -18,7 +18,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 from m3p_fairseq import sweep as sweeps
 
 pytestmark = pytest.mark.skipif(not os.environ.get("M3P_SLURM_TEST"),
