@@ -53,10 +53,11 @@ command after an interruption continues from the last written batch.
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
-import os
 import re
+import struct
 import sys
 import time
 import zipfile
@@ -69,6 +70,7 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from m3p_fairseq.atomic_io import atomic_write_text
 from m3p_fairseq.data.image_features import ImageFeatureError, ImageFeatureWriter, read_image_ids
 from m3p_fairseq.serialization import allow_fairseq_checkpoint_globals
 from preprocess.image_augmentation import AugmentedViews
@@ -79,6 +81,10 @@ MISSING = "missing"
 REPORT_SUFFIX = ".bad_images.tsv"
 REPORT_COLUMNS = ("image_id", "path", "reason")
 FIRST_FEW = 5  # bad images and mismatched keys named in an error message
+# What PIL raises for bytes it cannot decode (UnidentifiedImageError and "image file is truncated"
+# are OSErrors; plugins also raise SyntaxError, ValueError, EOFError or struct.error on broken
+# headers). Anything else, e.g. a TypeError or AttributeError, is a bug and stops the run.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 class BadImagesError(ImageFeatureError):
@@ -258,15 +264,18 @@ class UnreadableImage:
 
 
 def decode_rgb(path: Path):
-    """The RGB image, or the reason why there is none (a one-line string)."""
+    """The RGB image, or the reason why there is none (a one-line string): the file is missing,
+    empty, or its bytes do not decode. An error reading the file (permissions, I/O) is no bad
+    image and is raised, as is any error other than a decoding one."""
     if not path.is_file():
         return MISSING
-    if path.stat().st_size == 0:
+    data = path.read_bytes()  # read apart from decoding, so that only decoding errors are caught below
+    if not data:
         return "empty file (0 bytes)"
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")  # decodes everything now, so truncation shows here
-    except Exception as error:  # PIL raises OSError mostly, but also SyntaxError, ValueError, ...
+    except DECODE_ERRORS as error:
         return "undecodable: " + (" ".join(str(error).split()) or type(error).__name__)
 
 
@@ -324,13 +333,8 @@ def features_with_zero_rows(model: torch.nn.Module, batch, usable: torch.Tensor,
 
 def write_report(path: Path, bad: Sequence[UnreadableImage]) -> None:
     """TSV with a header, written atomically; tabs and newlines cannot occur in its fields."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as f:
-        f.write("\t".join(REPORT_COLUMNS) + "\n")
-        for image in bad:
-            fields = (image.image_id, image.path, image.reason)
-            f.write("\t".join(field.replace("\t", " ") for field in fields) + "\n")
-    os.replace(partial, path)
+    rows = [REPORT_COLUMNS] + [(image.image_id, image.path, image.reason) for image in bad]
+    atomic_write_text(path, "".join("\t".join(field.replace("\t", " ") for field in row) + "\n" for row in rows))
 
 
 def bad_images_message(bad: Sequence[UnreadableImage], total: int, report: Path, partial: Path) -> str:
@@ -344,6 +348,32 @@ def bad_images_message(bad: Sequence[UnreadableImage], total: int, report: Path,
 
 # ---------------------------------------------------------------------------------------------
 # extraction
+
+def extract_rows(writer: ImageFeatureWriter, image_ids: Sequence[str], batches) -> List[UnreadableImage]:
+    """Retries the rows an earlier run flagged unusable, then writes the rows not written yet;
+    returns the images that could not be read, in row order."""
+    start = writer.rows_written
+    if start:
+        logger.info("resuming %s at image %d of %d", writer.partial_path, start, len(image_ids))
+    bad: List[UnreadableImage] = []
+    retry = writer.unusable_rows()
+    if len(retry):  # an earlier run could not read them; maybe they are fixed now
+        logger.info("retrying %d images flagged unusable in %s", len(retry), writer.partial_path)
+        done = 0
+        for features, unreadable in batches([image_ids[row] for row in retry]):
+            writer.rewrite(retry[done:done + len(features[0])], *features)
+            done += len(features[0])
+            bad += unreadable
+    began, done = time.time(), start
+    with logging_redirect_tqdm(), tqdm(total=len(image_ids), initial=start, unit="img", disable=None) as progress:
+        for features, unreadable in batches(image_ids[start:]):
+            writer.write(*features)  # positionally, as subclasses in tests expect
+            bad += unreadable
+            done += len(features[0])
+            progress.update(len(features[0]))
+            logger.info("%d/%d images (%.1f images/s)", done, len(image_ids), (done - start) / (time.time() - began))
+    return bad
+
 
 @torch.no_grad()
 def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: str,
@@ -400,26 +430,11 @@ def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: 
         for batch, usable, unreadable in loader:
             yield features_with_zero_rows(model, batch, usable, device, shape), unreadable
 
-    start = writer.rows_written
-    if start:
-        logger.info("resuming %s at image %d of %d", writer.partial_path, start, len(image_ids))
-    bad: List[UnreadableImage] = []  # in row order
-    retry = writer.unusable_rows()
-    if len(retry):  # an earlier run could not read them; maybe they are fixed now
-        logger.info("retrying %d images flagged unusable in %s", len(retry), writer.partial_path)
-        done = 0
-        for features, unreadable in batches([image_ids[row] for row in retry]):
-            writer.rewrite(retry[done:done + len(features[0])], *features)
-            done += len(features[0])
-            bad += unreadable
-    began, done = time.time(), start
-    with logging_redirect_tqdm(), tqdm(total=len(image_ids), initial=start, unit="img", disable=None) as progress:
-        for features, unreadable in batches(image_ids[start:]):
-            writer.write(*features)  # positionally, as subclasses in tests expect
-            bad += unreadable
-            done += len(features[0])
-            progress.update(len(features[0]))
-            logger.info("%d/%d images (%.1f images/s)", done, len(image_ids), (done - start) / (time.time() - began))
+    try:
+        bad = extract_rows(writer, image_ids, batches)
+    except BaseException:  # an error or Ctrl-C: what is written stays, for the next run to resume
+        writer.close(publish=False)
+        raise
     write_report(report, bad)
     if bad and not skip_bad_images:
         writer.close(publish=False)
@@ -464,7 +479,7 @@ def main(argv=None):
         extract(args.images_dir, args.image_ids, args.output, args.backbone, args.checkpoint,
                 args.random_init_seed, args.image_size, args.batch_size, args.dtype, args.num_workers, args.device,
                 args.augmented_views, args.augmentation_seed, skip_bad_images=args.skip_bad_images)
-    except (BadImagesError, CheckpointError) as error:  # not a usage error: no usage text
+    except (ImageFeatureError, CheckpointError) as error:  # not a usage error: no usage text
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))

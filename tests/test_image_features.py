@@ -86,11 +86,21 @@ def test_writer_resumes_after_interruption(tmp_path):
     np.testing.assert_array_equal(store.read(0)[0].numpy(), patches[0])
 
 
-def test_writer_starts_over_when_the_job_changed(tmp_path):
+def test_writer_keeps_a_partial_of_another_job_and_says_what_differs(tmp_path):
     ids = ["a", "b"]
     first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", {"backbone": "vit"})
     first.write(*[x[:1] for x in features(2)])
     first.close()
+    partial = tmp_path / "f.h5.partial"
+    before = partial.read_bytes()
+    with pytest.raises(ImageFeatureError, match=r"f\.h5\.partial: unfinished features of another extraction "
+                                                r"\(backbone vit there, 'resnet' now\); it is left as it is"):
+        ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", {"backbone": "resnet"})
+    with pytest.raises(ImageFeatureError, match=r"\(the image ids; shape \[3, 5, 'float32'\] there, "
+                                                r"\[4, 5, 'float32'\] now\)"):
+        ImageFeatureWriter(tmp_path / "f.h5", ["a", "c"], 4, 5, "float32", {"backbone": "vit"})
+    assert partial.read_bytes() == before and not (tmp_path / "f.h5.lock").exists()
+    partial.unlink()  # what the message tells the user to do to start the other job
     other = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", {"backbone": "resnet"})
     assert other.rows_written == 0
     other.close()
@@ -227,20 +237,15 @@ def test_write_needs_views_exactly_when_the_writer_stores_them(tmp_path):
     without_views.close()
 
 
-def test_writer_with_views_resumes_and_starts_over_when_num_views_changes(tmp_path):
+def test_writer_with_views_resumes_and_refuses_another_num_views(tmp_path):
     ids = [f"{i}.png" for i in range(4)]
     patches, global_vectors = features(4)
     view_patches, view_global = view_features(4, 2)
     first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=2)
     first.write(patches[:2], global_vectors[:2], view_patches[:2], view_global[:2])
     first.close()  # interrupted
-    other_k = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=3)
-    assert other_k.rows_written == 0
-    other_k.close()
-
-    first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=2)
-    first.write(patches[:2], global_vectors[:2], view_patches[:2], view_global[:2])
-    first.close()
+    with pytest.raises(ImageFeatureError, match=r"another extraction \(num_views 2 there, 3 now\)"):
+        ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=3)
     resumed = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=2)
     assert resumed.rows_written == 2
     resumed.write(patches[2:], global_vectors[2:], view_patches[2:], view_global[2:])

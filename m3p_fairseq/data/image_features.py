@@ -16,13 +16,21 @@ Layout (written by ``preprocess/extract_image_features.py`` through :class:`Imag
 
 ``view_patches`` is chunked per (image, view), so reading one view of one image reads one chunk.
 
+Writing is atomic, resumable and exclusive (see :class:`ImageFeatureWriter`): rows go to
+``<file>.partial``, which a second writer on the same file refuses to touch, and ``rows_written``
+counts only rows whose features are on disk, so a process killed at any moment leaves a file the
+next run resumes. Readers refuse a file with ``rows_written`` < N.
+
 Readers never share an open handle across ``fork``: the file is opened lazily by whichever
 process reads first, so every data-loader worker gets its own handle, and a dataset keeps only
 an int64 row index per example (memory independent of how many images the file holds).
 """
 
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -40,10 +48,17 @@ NUM_VIEWS = "num_views"
 ROWS_WRITTEN = "rows_written"
 USABLE = "usable"
 NUM_UNUSABLE = "num_unusable"
+FINGERPRINT = "fingerprint"
+
+logger = logging.getLogger(__name__)
 
 
 class ImageFeatureError(ValueError):
     """Bad or inconsistent image-feature input; the message names the file and what was expected."""
+
+
+class FeatureFileBusyError(ImageFeatureError):
+    """Another process is writing the same feature file."""
 
 
 def read_image_ids(path) -> List[str]:
@@ -84,6 +99,7 @@ class ImageFeatureStore:
                     f"{PATCHES}{f[PATCHES].shape}, {GLOBAL}{f[GLOBAL].shape}"
                 )
             self.num_images = n
+            self._check_complete(f)
             self.num_views = int(f.attrs.get(NUM_VIEWS, 0))
             if self.num_views:
                 self._check_view_shapes(f)
@@ -93,6 +109,16 @@ class ImageFeatureStore:
         self._file: Optional[h5py.File] = None
         self._owner_pid: Optional[int] = None
         self._open_datasets = None
+
+    def _check_complete(self, f: h5py.File) -> None:
+        # files from the writer count their rows; files made otherwise have no count and are complete
+        rows_written = int(f.attrs.get(ROWS_WRITTEN, self.num_images))
+        if rows_written < self.num_images:
+            raise ImageFeatureError(
+                f"{self.path}: unfinished feature file, only {rows_written} of {self.num_images} images were "
+                f"written ({ROWS_WRITTEN} = {rows_written}); the rest would read as zeros. Run the extraction "
+                f"again to complete it"
+            )
 
     def _check_view_shapes(self, f: h5py.File) -> None:
         n, k, p, d = self.num_images, self.num_views, self.num_patches, self.feature_dim
@@ -160,17 +186,85 @@ class ImageFeatureStore:
         return state
 
 
+def _differences(f: h5py.File, image_ids: Sequence[str], job: dict) -> str:
+    """What differs between the job stored in ``f`` and ``job``, for an error message."""
+    stored_ids = f[IMAGE_IDS].asstr()[()].tolist() if IMAGE_IDS in f else None
+    found = [] if stored_ids == list(image_ids) else ["the image ids"]
+    for key, value in job.items():
+        if key == "shape":
+            stored = [*f[PATCHES].shape[1:], str(f[PATCHES].dtype)] if PATCHES in f else None
+        else:
+            stored = f.attrs.get(key)
+            stored = stored.tolist() if isinstance(stored, (np.ndarray, np.generic)) else stored
+        if stored != (list(value) if isinstance(value, tuple) else value):
+            found.append(f"{key} {'absent' if stored is None else stored} there, {value!r} now")
+    return "; ".join(found) or "a fingerprint from another version"
+
+
 def _fingerprint(image_ids: Sequence[str], attrs: dict) -> str:
     digest = hashlib.sha256(json.dumps([list(image_ids), attrs], sort_keys=True).encode())
     return digest.hexdigest()
 
 
+class WriterLock:
+    """An exclusive lock on ``lock_path`` for the writer of ``target``, taken at once or not at all.
+
+    A POSIX (fcntl) lock: the kernel releases it when its process dies, so a killed writer never
+    leaves a stale lock. The file holds the owner's process id for the error message and is
+    removed on release.
+    """
+
+    def __init__(self, lock_path: Path, target: Path):
+        self.path = lock_path
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                owner = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                if error.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                raise FeatureFileBusyError(
+                    f"{target}: another process{f' (pid {owner})' if owner else ''} is writing it (it holds "
+                    f"{lock_path}). Wait for it to finish, or stop it and run again to resume its work"
+                ) from None
+            # the owner may have released and removed the file between our open and lock: that inode
+            # is no longer the lock, so try again with the file now at lock_path
+            try:
+                current = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: Optional[int] = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still locked, so no one else's file is removed
+        finally:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+
 class ImageFeatureWriter:
-    """Atomic, resumable writer.
+    """Atomic, resumable, exclusive writer.
 
     Rows go to ``<path>.partial``; :meth:`close` renames it to ``path`` once every row is there.
-    Re-opening after an interruption continues at the first unwritten row, provided the id list,
-    attributes and ``num_views`` are the same (a fingerprint is stored), otherwise it starts over.
+    Re-opening after an interruption (an exception, a kill, a power cut after the last flush)
+    continues at the first unwritten row; the id list, attributes and ``num_views`` must be the
+    same (a fingerprint is stored), otherwise the ``.partial`` is left as it is and opening fails
+    with what differs. Only a ``.partial`` that is not HDF5 at all (a crash before its header was
+    written) is started over, with a warning. While open, the writer holds ``<path>.lock``; a
+    second writer on the same file, in another process, fails at once (:class:`FeatureFileBusyError`).
+
+    Every dataset is allocated when the file is created, so that writing rows only changes their
+    bytes and the ``rows_written`` attribute: a kill mid-write cannot leave a half-updated layout.
     With ``num_views`` = K > 0 every :meth:`write` also takes the K augmented views of each image.
     Every row carries a ``usable`` flag (default True); :meth:`unusable_rows` and :meth:`rewrite`
     let a resumed run retry the images an earlier run could not decode.
@@ -187,40 +281,69 @@ class ImageFeatureWriter:
         self.num_images, self.num_patches, self.feature_dim = len(image_ids), num_patches, feature_dim
         self.num_views = num_views
         attrs = {**(attrs or {}), NUM_VIEWS: num_views}
-        fingerprint = _fingerprint(image_ids, {**attrs, "shape": [num_patches, feature_dim, dtype]})
-        self._file = self._open_or_resume(fingerprint)
-        if self._file is None:
-            self._file = h5py.File(self.partial_path, "w")
-            self._file.create_dataset(IMAGE_IDS, data=list(image_ids), dtype=h5py.string_dtype())
-            n, p, d, k = len(image_ids), num_patches, feature_dim, num_views
-            self._create(PATCHES, (n, p, d), (1, p, d), dtype)
-            self._create(GLOBAL, (n, d), (min(n, 256), d), dtype)
-            if k:
-                self._create(VIEW_PATCHES, (n, k, p, d), (1, 1, p, d), dtype)
-                self._create(VIEW_GLOBAL, (n, k, d), (1, k, d), dtype)
-            self._file.attrs.update(attrs)
-            self._file.attrs["fingerprint"] = fingerprint
-            self._file.attrs[ROWS_WRITTEN] = 0
-        if USABLE not in self._file:  # also in a .partial from before the flag: its rows were all decoded
-            self._file.create_dataset(USABLE, data=np.ones(self.num_images, dtype=bool))
+        job = {**attrs, "shape": [num_patches, feature_dim, dtype]}
+        fingerprint = _fingerprint(image_ids, job)
+        self._lock = WriterLock(self.path.with_name(self.path.name + ".lock"), self.partial_path)
+        try:
+            self._file = self._open_or_resume(fingerprint, image_ids, job)
+            if self._file is None:
+                self._file = self._create_file(image_ids, dtype, attrs, fingerprint)
+            if USABLE not in self._file:  # a .partial from before the flag: its rows were all decoded
+                self._create(USABLE, (self.num_images,), (min(self.num_images, 65536),), bool, fill=True)
+                self._file.flush()
+        except BaseException:
+            self._lock.release()
+            raise
 
-    def _create(self, name: str, shape: Tuple[int, ...], chunks: Tuple[int, ...], dtype: str) -> None:
+    def _create_file(self, image_ids: Sequence[str], dtype: str, attrs: dict, fingerprint: str) -> h5py.File:
+        self._file = h5py.File(self.partial_path, "w")
+        self._file.create_dataset(IMAGE_IDS, data=list(image_ids), dtype=h5py.string_dtype())
+        n, p, d, k = len(image_ids), self.num_patches, self.feature_dim, self.num_views
+        self._create(PATCHES, (n, p, d), (1, p, d), dtype)
+        self._create(GLOBAL, (n, d), (min(n, 256), d), dtype)
+        if k:
+            self._create(VIEW_PATCHES, (n, k, p, d), (1, 1, p, d), dtype)
+            self._create(VIEW_GLOBAL, (n, k, d), (1, k, d), dtype)
+        self._create(USABLE, (n,), (min(n, 65536),), bool, fill=True)
+        self._file.attrs.update(attrs)
+        # created now and later only overwritten in place (attrs.modify): no object-header changes mid-run
+        self._file.attrs[FINGERPRINT] = fingerprint
+        self._file.attrs[ROWS_WRITTEN] = np.int64(0)
+        self._file.attrs[NUM_UNUSABLE] = np.int64(0)
+        self._file.flush()
+        return self._file
+
+    def _create(self, name: str, shape: Tuple[int, ...], chunks: Tuple[int, ...], dtype, fill=None) -> None:
+        # every chunk allocated now: later writes change data bytes only, never the chunk index
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         # HDF5 rejects chunks larger than the dataset, so an empty id list gets a contiguous one
-        self._file.create_dataset(name, shape, dtype=dtype, chunks=chunks if shape[0] else None)
+        self._file.create_dataset(name, shape, dtype=dtype, chunks=chunks if shape[0] else None, dcpl=dcpl,
+                                  fillvalue=fill)
 
-    def _open_or_resume(self, fingerprint: str) -> Optional[h5py.File]:
+    def _open_or_resume(self, fingerprint: str, image_ids: Sequence[str], job: dict) -> Optional[h5py.File]:
         if not self.partial_path.exists():
+            return None
+        if not h5py.is_hdf5(self.partial_path):
+            logger.warning("%s is not an HDF5 file (%d bytes; a run killed before it wrote the file's header?): "
+                           "starting over", self.partial_path, self.partial_path.stat().st_size)
+            self.partial_path.unlink()
             return None
         try:
             f = h5py.File(self.partial_path, "a")
-        except OSError:  # truncated by a crash mid-write: start over
-            self.partial_path.unlink()
-            return None
-        if f.attrs.get("fingerprint") == fingerprint:
+        except OSError as error:  # kept: it may hold hours of work that h5py's tools can still recover
+            raise ImageFeatureError(
+                f"{self.partial_path}: cannot resume this unfinished feature file, HDF5 cannot open it "
+                f"({' '.join(str(error).split())}). It is left as it is; move or delete it to extract from the start"
+            ) from error
+        if f.attrs.get(FINGERPRINT) == fingerprint:
             return f
+        differences = _differences(f, image_ids, job)
         f.close()
-        self.partial_path.unlink()
-        return None
+        raise ImageFeatureError(
+            f"{self.partial_path}: unfinished features of another extraction ({differences}); it is left as it is. "
+            f"Run again with the options it was started with to finish it, or move or delete it to start this one"
+        )
 
     @property
     def rows_written(self) -> int:
@@ -244,7 +367,10 @@ class ImageFeatureWriter:
             self._file[VIEW_PATCHES][start:end] = view_patches
             self._file[VIEW_GLOBAL][start:end] = view_global
         self._file[USABLE][start:end] = usable
-        self._file.attrs[ROWS_WRITTEN] = end
+        # the rows first, then the count: a kill between the two flushes leaves the count behind the
+        # data, never ahead of it
+        self._file.flush()
+        self._file.attrs.modify(ROWS_WRITTEN, np.int64(end))
         self._file.flush()
 
     def unusable_rows(self) -> np.ndarray:
@@ -270,6 +396,8 @@ class ImageFeatureWriter:
             if self.num_views:
                 self._file[VIEW_PATCHES][row] = view_patches[i]
                 self._file[VIEW_GLOBAL][row] = view_global[i]
+        self._file.flush()  # the features before their flags, as in write
+        for i, row in enumerate(rows.tolist()):
             self._file[USABLE][row] = usable[i]
         self._file.flush()
 
@@ -300,8 +428,15 @@ class ImageFeatureWriter:
     def close(self, publish: bool = True) -> None:
         """Close, and rename a complete file to ``path``; with ``publish=False`` a complete file
         stays ``.partial``, so that a later run resumes it instead of extracting again."""
-        done = self.rows_written == self.num_images
-        self._file.attrs[NUM_UNUSABLE] = len(self.unusable_rows())
-        self._file.close()
-        if done and publish:
-            os.replace(self.partial_path, self.path)
+        try:
+            if not self._file:  # closed already, e.g. by a test standing in for a crash
+                return
+            done = self.rows_written == self.num_images
+            self._file.attrs.modify(NUM_UNUSABLE, np.int64(len(self.unusable_rows())))
+            self._file.close()
+            if done and publish:
+                with open(self.partial_path, "rb+") as f:  # on disk before it is renamed into place
+                    os.fsync(f.fileno())
+                os.replace(self.partial_path, self.path)
+        finally:
+            self._lock.release()
