@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import default_collate
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -275,6 +275,8 @@ def decode_rgb(path: Path):
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")  # decodes everything now, so truncation shows here
+    except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+        return "undecodable: cannot identify image file (no format PIL reads)"
     except DECODE_ERRORS as error:
         return "undecodable: " + (" ".join(str(error).split()) or type(error).__name__)
 
