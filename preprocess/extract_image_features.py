@@ -41,14 +41,19 @@ of another shape, a backbone weight it lacks, a weight the backbone has no place
 [N, K, D]. View v of an image depends only on ``--augmentation-seed``, the image id and v, and
 the clean features are computed exactly as without views.
 
-Bad images (a missing file, or one PIL cannot decode: corrupt, truncated, empty) are listed in
+Bad images (a missing or empty file, or one whose bytes PIL cannot decode: corrupt, truncated) are listed in
 ``OUT.bad_images.tsv`` (columns image_id, path, reason) and fail the run, after every other
 image is extracted; ``OUT`` is not created but ``OUT.partial`` is kept. Re-running resumes it:
 images that decode by then are extracted, and with ``--skip-bad-images`` the rest are stored
-flagged: zero features and ``usable`` False (see ``m3p_fairseq/data/image_features.py``).
+flagged: zero features and ``usable`` False (see ``m3p_fairseq/data/image_features.py``). Only
+decoding errors make an image bad: an error reading the file (permissions, I/O) or any other
+exception (a bug) stops the run, with what was extracted kept in ``OUT.partial``.
 
 Writing is atomic (``OUT.partial``, renamed when complete) and resumable: re-running the same
-command after an interruption continues from the last written batch.
+command after an interruption, even a SIGKILL mid-batch, continues after the last batch written
+and ends with the file an uninterrupted run writes. A second extraction on the same ``OUT`` while
+one runs fails at once, naming the file and the process writing it; a ``OUT.partial`` of other
+options is kept and the run fails, saying what differs (see ``m3p_fairseq/data/image_feature_writer.py``).
 """
 
 import argparse

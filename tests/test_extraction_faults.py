@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 NUM_IMAGES, BATCH_SIZE = 40, 2
 TIMEOUT = 600  # seconds; only reached if something hangs (7 helpers share 2 cores)
 
-# The extraction CLI; with STALL_AT_FLUSH=n it blocks inside its n-th HDF5 flush (the writer
-# flushes once when it creates the file, then twice per batch: the rows, then their count) until
-# the file RELEASE exists, after touching STALLED.
+# The extraction CLI; with STALL_AT_FLUSH=n it blocks inside its n-th HDF5 flush until the file
+# RELEASE exists, after touching STALLED. The writer flushes twice per batch: flush 2b - 1 puts
+# batch b's rows on disk, flush 2b their count.
 CHILD = r"""
 import os, sys, time
 from pathlib import Path
@@ -134,8 +134,8 @@ def test_sigkill_mid_write_resumes_to_the_uninterrupted_file(job, uninterrupted,
     _, options = job
     output = tmp_path / "f.h5"
     partial, lock = tmp_path / "f.h5.partial", tmp_path / "f.h5.lock"
-    # flush 6: the third batch's rows are on disk, their count is not
-    process, _ = start_stalled(options, output, tmp_path, flush=6)
+    # flush 5: the third batch's rows are on disk, their count is not
+    process, _ = start_stalled(options, output, tmp_path, flush=5)
     kill(process)
     assert not output.exists() and lock.exists()  # a dead owner's lock file: the kernel released its lock
     written, patches = rows_written(partial)
@@ -174,7 +174,7 @@ def test_sigkill_at_a_random_moment_resumes_to_the_uninterrupted_file(job, unint
 def test_second_extraction_on_the_same_output_is_refused_and_the_first_finishes(job, uninterrupted, tmp_path):
     _, options = job
     output, partial = tmp_path / "f.h5", tmp_path / "f.h5.partial"
-    first, release = start_stalled(options, output, tmp_path, flush=4)  # mid-way through its second batch
+    first, release = start_stalled(options, output, tmp_path, flush=3)  # mid-way through its second batch
     before = hashlib.sha256(partial.read_bytes()).hexdigest()
 
     second = run(options, output)
