@@ -76,7 +76,12 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from m3p_fairseq.atomic_io import atomic_write_text
-from m3p_fairseq.data.image_features import ImageFeatureError, ImageFeatureWriter, read_image_ids
+from m3p_fairseq.data.image_features import (
+    FeatureFileExistsError,
+    ImageFeatureError,
+    ImageFeatureWriter,
+    read_image_ids,
+)
 from m3p_fairseq.serialization import allow_fairseq_checkpoint_globals
 from preprocess.image_augmentation import AugmentedViews
 
@@ -85,6 +90,7 @@ logger = logging.getLogger("preprocess.extract_image_features")
 MISSING = "missing"
 REPORT_SUFFIX = ".bad_images.tsv"
 REPORT_COLUMNS = ("image_id", "path", "reason")
+EXISTS_MESSAGE = "%s exists; delete it to extract again"
 FIRST_FEW = 5  # bad images and mismatched keys named in an error message
 # What PIL raises for bytes it cannot decode (UnidentifiedImageError and "image file is truncated"
 # are OSErrors; plugins also raise SyntaxError, ValueError, EOFError or struct.error on broken
@@ -399,7 +405,7 @@ def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: 
         raise ValueError(f"--augmented-views must be >= 0, got {augmented_views}")
     images_dir, output = Path(images_dir), Path(output)
     if output.exists():
-        logger.info("%s exists; delete it to extract again", output)
+        logger.info(EXISTS_MESSAGE, output)
         return 0
     report = output.with_name(output.name + REPORT_SUFFIX)
     image_ids = unique_image_ids(id_files)
@@ -429,7 +435,12 @@ def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: 
         attrs.update(view_augmentations=augment.describe(), augmentation_seed=augmentation_seed)
     output.parent.mkdir(parents=True, exist_ok=True)
     shape = (patches.size(1), patches.size(2), augmented_views)
-    writer = ImageFeatureWriter(output, image_ids, shape[0], shape[1], dtype, attrs, augmented_views)
+    try:
+        writer = ImageFeatureWriter(output, image_ids, shape[0], shape[1], dtype, attrs, augmented_views,
+                                    replace_existing=False)
+    except FeatureFileExistsError:  # another run finished it while this one loaded the backbone
+        logger.info(EXISTS_MESSAGE, output)
+        return 0
 
     def batches(ids: Sequence[str]):
         loader = torch.utils.data.DataLoader(ImageFolder(images_dir, ids, transform, augment), batch_size=batch_size,

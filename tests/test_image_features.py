@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from m3p_fairseq.data.image_features import (
+    FeatureFileExistsError,
     ImageFeatureError,
     ImageFeatureStore,
     ImageFeatureWriter,
@@ -401,3 +402,14 @@ def test_writer_holds_a_lock_file_with_its_pid_while_open(tmp_path):
     writer.write(*features(1))
     writer.close()
     assert not (tmp_path / "f.h5.lock").exists() and (tmp_path / "f.h5").exists()
+
+
+def test_writer_told_to_keep_a_finished_file_refuses_it(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5, "float32")
+    writer.write(*features(1))
+    writer.close()
+    before = (tmp_path / "f.h5").read_bytes()
+    with pytest.raises(FeatureFileExistsError, match=rf"{tmp_path / 'f.h5'} exists; delete it to write it again"):
+        ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5, "float32", replace_existing=False)
+    assert (tmp_path / "f.h5").read_bytes() == before
+    assert not (tmp_path / "f.h5.partial").exists() and not (tmp_path / "f.h5.lock").exists()

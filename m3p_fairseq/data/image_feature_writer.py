@@ -34,6 +34,10 @@ class FeatureFileBusyError(ImageFeatureError):
     """Another process is writing the same feature file."""
 
 
+class FeatureFileExistsError(ImageFeatureError):
+    """The finished feature file exists and the writer was told not to replace it."""
+
+
 def _create(f: h5py.File, name: str, shape: Tuple[int, ...], chunks: Tuple[int, ...], dtype, fill=None) -> None:
     # every chunk allocated now: later writes change data bytes only, never the chunk index
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -78,6 +82,11 @@ class WriterLock:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
                 owner = os.read(fd, 32).decode(errors="replace").strip()
+                if error.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                    # as HDF5 on such file systems: write on, since refusing would block every run
+                    logger.warning("%s: this file system has no locks (%s); a second run on %s would not be "
+                                   "noticed", lock_path, error.strerror, target)
+                    break
                 os.close(fd)
                 if error.errno not in (errno.EACCES, errno.EAGAIN):
                     raise
@@ -123,11 +132,13 @@ class ImageFeatureWriter:
     bytes and the ``rows_written`` attribute: a kill mid-write cannot leave a half-updated layout.
     With ``num_views`` = K > 0 every :meth:`write` also takes the K augmented views of each image.
     Every row carries a ``usable`` flag (default True); :meth:`unusable_rows` and :meth:`rewrite`
-    let a resumed run retry the images an earlier run could not decode.
+    let a resumed run retry the images an earlier run could not decode. With ``replace_existing``
+    False, a finished file at ``path`` is an error (:class:`FeatureFileExistsError`).
     """
 
     def __init__(self, path, image_ids: Sequence[str], num_patches: int, feature_dim: int,
-                 dtype: str = "float16", attrs: Optional[dict] = None, num_views: int = 0):
+                 dtype: str = "float16", attrs: Optional[dict] = None, num_views: int = 0,
+                 replace_existing: bool = True):
         if len(set(image_ids)) != len(image_ids):
             raise ImageFeatureError(f"{path}: duplicate image ids in the list to extract")
         if num_views < 0:
@@ -141,6 +152,8 @@ class ImageFeatureWriter:
         fingerprint = _fingerprint(image_ids, job)
         self._lock = WriterLock(self.path.with_name(self.path.name + ".lock"), self.partial_path)
         try:
+            if not replace_existing and self.path.exists():  # checked under the lock: no run can publish meanwhile
+                raise FeatureFileExistsError(f"{self.path} exists; delete it to write it again")
             self._file = self._open_or_resume(fingerprint, image_ids, job)
             if self._file is None:
                 self._file = self._create_file(image_ids, dtype, attrs, fingerprint)

@@ -177,4 +177,4 @@ class ImageFeatureStore:
 
 
 # the writer's module imports this one's names, all defined by now
-from .image_feature_writer import FeatureFileBusyError, ImageFeatureWriter  # noqa: E402,F401
+from .image_feature_writer import FeatureFileBusyError, FeatureFileExistsError, ImageFeatureWriter  # noqa: E402,F401
