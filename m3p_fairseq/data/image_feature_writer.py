@@ -121,8 +121,7 @@ class ImageFeatureWriter:
     """Atomic, resumable, exclusive writer.
 
     Rows go to ``<path>.partial``; :meth:`close` renames it to ``path`` once every row is there.
-    Re-opening after an interruption (an exception, a kill, a power cut after the last flush)
-    continues at the first unwritten row; the id list, attributes and ``num_views`` must be the
+    Re-opening after an interruption (an exception, Ctrl-C, a SIGKILL at any point) continues at the first unwritten row; the id list, attributes and ``num_views`` must be the
     same (a fingerprint is stored), otherwise the ``.partial`` is left as it is and opening fails
     with what differs. Only a ``.partial`` that is not HDF5 at all (a crash before its header was
     written) is started over, with a warning. While open, the writer holds ``<path>.lock``; a
