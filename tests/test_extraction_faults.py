@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-NUM_IMAGES, BATCH_SIZE = 40, 2
+NUM_IMAGES, BATCH_SIZE = 80, 2
 TIMEOUT = 600  # seconds; only reached if something hangs (7 helpers share 2 cores)
 
 # The extraction CLI; with STALL_AT_FLUSH=n it blocks inside its n-th HDF5 flush until the file
