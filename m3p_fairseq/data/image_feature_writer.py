@@ -127,8 +127,9 @@ class ImageFeatureWriter:
     written) is started over, with a warning. While open, the writer holds ``<path>.lock``; a
     second writer on the same file, in another process, fails at once (:class:`FeatureFileBusyError`).
 
-    Every dataset is allocated when the file is created, so that writing rows only changes their
-    bytes and the ``rows_written`` attribute: a kill mid-write cannot leave a half-updated layout.
+    Every dataset is allocated (HDF5 writes it with zeros) when the file is created, so that
+    writing rows only changes their bytes and the ``rows_written`` attribute: a kill mid-write
+    cannot leave a half-updated layout, and the disk space is taken at the start, not days later.
     With ``num_views`` = K > 0 every :meth:`write` also takes the K augmented views of each image.
     Every row carries a ``usable`` flag (default True); :meth:`unusable_rows` and :meth:`rewrite`
     let a resumed run retry the images an earlier run could not decode. With ``replace_existing``
