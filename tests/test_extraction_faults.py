@@ -191,3 +191,30 @@ def test_second_extraction_on_the_same_output_is_refused_and_the_first_finishes(
     assert "resuming" not in stderr  # one uninterrupted run
     assert not partial.exists() and not (tmp_path / "f.h5.lock").exists()
     assert_same_file(output, uninterrupted)
+
+
+def test_sigkill_while_retrying_fixed_images_resumes_to_the_uninterrupted_file(job, uninterrupted, tmp_path):
+    folder, options = job
+    images = tmp_path / "images"
+    images.mkdir()
+    bad = [f"img{i:02d}.png" for i in (10, 11)]  # one batch, so that the retry batch is the same batch
+    for image in (folder / "images").iterdir():
+        (images / image.name).write_bytes(b"not a PNG" if image.name in bad else image.read_bytes())
+    options = [str(images) if option == str(folder / "images") else option for option in options]
+    output, partial = tmp_path / "f.h5", tmp_path / "f.h5.partial"
+
+    failed = run(options, output)
+    assert failed.returncode == 1 and "2 of 80 images are missing or cannot be decoded" in failed.stderr
+    for image_id in bad:  # the user restores the two files
+        (images / image_id).write_bytes((folder / "images" / image_id).read_bytes())
+    # flush 1 of the next run: the retried rows' features are on disk, their usable flags are not
+    process, _ = start_stalled(options, output, tmp_path, flush=1)
+    kill(process)
+    with h5py.File(partial, "r") as f:
+        assert f.attrs["rows_written"] == NUM_IMAGES and f["patches"][10:12].any(axis=(1, 2)).all()
+        assert np.flatnonzero(~f["usable"][()]).tolist() == [10, 11]
+
+    resumed = run(options, output)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"retrying 2 images flagged unusable in {partial}" in resumed.stderr
+    assert_same_file(output, uninterrupted)
