@@ -4,6 +4,7 @@ import argparse
 import io
 import logging
 import math
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -231,13 +232,17 @@ class NotAnImage:
         return False
 
 
-@pytest.mark.parametrize("target, replacement, error", [
-    ("Image.convert", convert_with_a_bug, TypeError),
-    ("open", lambda fp: NotAnImage(), AttributeError),  # no convert(): as if our code passed the wrong object
+def unreadable(path):
+    raise PermissionError(13, "Permission denied", str(path))  # the tests run as root: chmod would not do
+
+
+@pytest.mark.parametrize("owner, name, replacement, error", [
+    (Image.Image, "convert", convert_with_a_bug, TypeError),
+    (Image, "open", lambda fp: NotAnImage(), AttributeError),  # no convert(): as if our code passed the wrong object
+    (Path, "read_bytes", unreadable, PermissionError),  # no bad image: the user must fix the permissions
 ])
-def test_skip_bad_images_does_not_hide_bugs(images_dir, tmp_path, monkeypatch, target, replacement, error):
-    owner = Image.Image if target == "Image.convert" else Image
-    monkeypatch.setattr(owner, target.rsplit(".", 1)[-1], replacement)
+def test_skip_bad_images_does_not_hide_bugs(images_dir, tmp_path, monkeypatch, owner, name, replacement, error):
+    monkeypatch.setattr(owner, name, replacement)
     id_file = write_ids(tmp_path / "ids", GOOD[:3])
     with pytest.raises(error):
         run_extract(images_dir, id_file, tmp_path / "f.h5", skip_bad_images=True)
