@@ -41,22 +41,28 @@ of another shape, a backbone weight it lacks, a weight the backbone has no place
 [N, K, D]. View v of an image depends only on ``--augmentation-seed``, the image id and v, and
 the clean features are computed exactly as without views.
 
-Bad images (a missing file, or one PIL cannot decode: corrupt, truncated, empty) are listed in
+Bad images (a missing or empty file, or one whose bytes PIL cannot decode: corrupt, truncated) are listed in
 ``OUT.bad_images.tsv`` (columns image_id, path, reason) and fail the run, after every other
 image is extracted; ``OUT`` is not created but ``OUT.partial`` is kept. Re-running resumes it:
 images that decode by then are extracted, and with ``--skip-bad-images`` the rest are stored
-flagged: zero features and ``usable`` False (see ``m3p_fairseq/data/image_features.py``).
+flagged: zero features and ``usable`` False (see ``m3p_fairseq/data/image_features.py``). Only
+decoding errors make an image bad: an error reading the file (permissions, I/O) or any other
+exception (a bug) stops the run, with what was extracted kept in ``OUT.partial``.
 
 Writing is atomic (``OUT.partial``, renamed when complete) and resumable: re-running the same
-command after an interruption continues from the last written batch.
+command after an interruption, even a SIGKILL mid-batch, continues after the last batch written
+and ends with the file an uninterrupted run writes. A second extraction on the same ``OUT`` while
+one runs fails at once, naming the file and the process writing it; a ``OUT.partial`` of other
+options is kept and the run fails, saying what differs (see ``m3p_fairseq/data/image_feature_writer.py``).
 """
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
-import os
 import re
+import struct
 import sys
 import time
 import zipfile
@@ -64,12 +70,18 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import default_collate
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from m3p_fairseq.data.image_features import ImageFeatureError, ImageFeatureWriter, read_image_ids
+from m3p_fairseq.atomic_io import atomic_write_text
+from m3p_fairseq.data.image_features import (
+    FeatureFileExistsError,
+    ImageFeatureError,
+    ImageFeatureWriter,
+    read_image_ids,
+)
 from m3p_fairseq.logging_setup import setup_logging
 from m3p_fairseq.serialization import allow_fairseq_checkpoint_globals
 from preprocess.image_augmentation import AugmentedViews
@@ -79,7 +91,12 @@ logger = logging.getLogger("preprocess.extract_image_features")
 MISSING = "missing"
 REPORT_SUFFIX = ".bad_images.tsv"
 REPORT_COLUMNS = ("image_id", "path", "reason")
+EXISTS_MESSAGE = "%s exists; delete it to extract again"
 FIRST_FEW = 5  # bad images and mismatched keys named in an error message
+# What PIL raises for bytes it cannot decode (UnidentifiedImageError and "image file is truncated"
+# are OSErrors; plugins also raise SyntaxError, ValueError, EOFError or struct.error on broken
+# headers). Anything else, e.g. a TypeError or AttributeError, is a bug and stops the run.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 class BadImagesError(ImageFeatureError):
@@ -259,15 +276,20 @@ class UnreadableImage:
 
 
 def decode_rgb(path: Path):
-    """The RGB image, or the reason why there is none (a one-line string)."""
+    """The RGB image, or the reason why there is none (a one-line string): the file is missing,
+    empty, or its bytes do not decode. An error reading the file (permissions, I/O) is no bad
+    image and is raised, as is any error other than a decoding one."""
     if not path.is_file():
         return MISSING
-    if path.stat().st_size == 0:
+    data = path.read_bytes()  # read apart from decoding, so that only decoding errors are caught below
+    if not data:
         return "empty file (0 bytes)"
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")  # decodes everything now, so truncation shows here
-    except Exception as error:  # PIL raises OSError mostly, but also SyntaxError, ValueError, ...
+    except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+        return "undecodable: cannot identify image file (no format PIL reads)"
+    except DECODE_ERRORS as error:
         return "undecodable: " + (" ".join(str(error).split()) or type(error).__name__)
 
 
@@ -325,13 +347,8 @@ def features_with_zero_rows(model: torch.nn.Module, batch, usable: torch.Tensor,
 
 def write_report(path: Path, bad: Sequence[UnreadableImage]) -> None:
     """TSV with a header, written atomically; tabs and newlines cannot occur in its fields."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as f:
-        f.write("\t".join(REPORT_COLUMNS) + "\n")
-        for image in bad:
-            fields = (image.image_id, image.path, image.reason)
-            f.write("\t".join(field.replace("\t", " ") for field in fields) + "\n")
-    os.replace(partial, path)
+    rows = [REPORT_COLUMNS] + [(image.image_id, image.path, image.reason) for image in bad]
+    atomic_write_text(path, "".join("\t".join(field.replace("\t", " ") for field in row) + "\n" for row in rows))
 
 
 def bad_images_message(bad: Sequence[UnreadableImage], total: int, report: Path, partial: Path) -> str:
@@ -345,6 +362,32 @@ def bad_images_message(bad: Sequence[UnreadableImage], total: int, report: Path,
 
 # ---------------------------------------------------------------------------------------------
 # extraction
+
+def extract_rows(writer: ImageFeatureWriter, image_ids: Sequence[str], batches) -> List[UnreadableImage]:
+    """Retries the rows an earlier run flagged unusable, then writes the rows not written yet;
+    returns the images that could not be read, in row order."""
+    start = writer.rows_written
+    if start:
+        logger.info("resuming %s at image %d of %d", writer.partial_path, start, len(image_ids))
+    bad: List[UnreadableImage] = []
+    retry = writer.unusable_rows()
+    if len(retry):  # an earlier run could not read them; maybe they are fixed now
+        logger.info("retrying %d images flagged unusable in %s", len(retry), writer.partial_path)
+        done = 0
+        for features, unreadable in batches([image_ids[row] for row in retry]):
+            writer.rewrite(retry[done:done + len(features[0])], *features)
+            done += len(features[0])
+            bad += unreadable
+    began, done = time.time(), start
+    with logging_redirect_tqdm(), tqdm(total=len(image_ids), initial=start, unit="img", disable=None) as progress:
+        for features, unreadable in batches(image_ids[start:]):
+            writer.write(*features)  # positionally, as subclasses in tests expect
+            bad += unreadable
+            done += len(features[0])
+            progress.update(len(features[0]))
+            logger.info("%d/%d images (%.1f images/s)", done, len(image_ids), (done - start) / (time.time() - began))
+    return bad
+
 
 @torch.no_grad()
 def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: str,
@@ -363,7 +406,7 @@ def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: 
         raise ValueError(f"--augmented-views must be >= 0, got {augmented_views}")
     images_dir, output = Path(images_dir), Path(output)
     if output.exists():
-        logger.info("%s exists; delete it to extract again", output)
+        logger.info(EXISTS_MESSAGE, output)
         return 0
     report = output.with_name(output.name + REPORT_SUFFIX)
     image_ids = unique_image_ids(id_files)
@@ -393,7 +436,12 @@ def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: 
         attrs.update(view_augmentations=augment.describe(), augmentation_seed=augmentation_seed)
     output.parent.mkdir(parents=True, exist_ok=True)
     shape = (patches.size(1), patches.size(2), augmented_views)
-    writer = ImageFeatureWriter(output, image_ids, shape[0], shape[1], dtype, attrs, augmented_views)
+    try:
+        writer = ImageFeatureWriter(output, image_ids, shape[0], shape[1], dtype, attrs, augmented_views,
+                                    replace_existing=False)
+    except FeatureFileExistsError:  # another run finished it while this one loaded the backbone
+        logger.info(EXISTS_MESSAGE, output)
+        return 0
 
     def batches(ids: Sequence[str]):
         loader = torch.utils.data.DataLoader(ImageFolder(images_dir, ids, transform, augment), batch_size=batch_size,
@@ -401,26 +449,11 @@ def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: 
         for batch, usable, unreadable in loader:
             yield features_with_zero_rows(model, batch, usable, device, shape), unreadable
 
-    start = writer.rows_written
-    if start:
-        logger.info("resuming %s at image %d of %d", writer.partial_path, start, len(image_ids))
-    bad: List[UnreadableImage] = []  # in row order
-    retry = writer.unusable_rows()
-    if len(retry):  # an earlier run could not read them; maybe they are fixed now
-        logger.info("retrying %d images flagged unusable in %s", len(retry), writer.partial_path)
-        done = 0
-        for features, unreadable in batches([image_ids[row] for row in retry]):
-            writer.rewrite(retry[done:done + len(features[0])], *features)
-            done += len(features[0])
-            bad += unreadable
-    began, done = time.time(), start
-    with logging_redirect_tqdm(), tqdm(total=len(image_ids), initial=start, unit="img", disable=None) as progress:
-        for features, unreadable in batches(image_ids[start:]):
-            writer.write(*features)  # positionally, as subclasses in tests expect
-            bad += unreadable
-            done += len(features[0])
-            progress.update(len(features[0]))
-            logger.info("%d/%d images (%.1f images/s)", done, len(image_ids), (done - start) / (time.time() - began))
+    try:
+        bad = extract_rows(writer, image_ids, batches)
+    except BaseException:  # an error or Ctrl-C: what is written stays, for the next run to resume
+        writer.close(publish=False)
+        raise
     write_report(report, bad)
     if bad and not skip_bad_images:
         writer.close(publish=False)
@@ -464,7 +497,7 @@ def main(argv=None):
         extract(args.images_dir, args.image_ids, args.output, args.backbone, args.checkpoint,
                 args.random_init_seed, args.image_size, args.batch_size, args.dtype, args.num_workers, args.device,
                 args.augmented_views, args.augmentation_seed, skip_bad_images=args.skip_bad_images)
-    except (BadImagesError, CheckpointError) as error:  # not a usage error: no usage text
+    except (ImageFeatureError, CheckpointError) as error:  # not a usage error: no usage text
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))

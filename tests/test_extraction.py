@@ -3,6 +3,8 @@
 import argparse
 import io
 import logging
+import math
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 from PIL import Image
 
 from m3p_fairseq.data.image_features import ImageFeatureStore
+from m3p_fairseq.serialization import allow_fairseq_checkpoint_globals
 from preprocess import extract_image_features
 from preprocess.extract_image_features import (
     BadImagesError,
@@ -66,6 +69,36 @@ def report_rows(path):
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "image_id\tpath\treason"
     return [line.split("\t") for line in lines[1:]]
+
+
+# ---------------------------------------------------------------------------------------------
+# expected features, computed here with timm and PIL only (not with the code under test)
+
+OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+PIL_RESAMPLING = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
+def eval_input(path, size, crop_pct, interpolation, mean, std) -> torch.Tensor:
+    """timm's eval preprocessing written out: the shorter side to floor(size / crop_pct) keeping the
+    aspect ratio, a centred size x size crop, [0, 1], then (x - mean) / std per channel."""
+    image = Image.open(path).convert("RGB")
+    width, height = image.size
+    short = math.floor(size / crop_pct)
+    resized = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+    image = image.resize(resized, PIL_RESAMPLING[interpolation])
+    left, top = round((resized[0] - size) / 2), round((resized[1] - size) / 2)
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 255
+    return torch.from_numpy(((pixels - np.array(mean)) / np.array(std)).astype(np.float32).transpose(2, 0, 1).copy())
+
+
+def timm_patches_and_global(model, images):
+    """Patch tokens and global vector from timm's forward_features: a ViT's tokens after its class
+    token and that class token (CLIP ViTs pool by it); a CNN's map flattened and its average."""
+    with torch.no_grad():
+        features = model.forward_features(images)
+    if features.dim() == 4:
+        return features.flatten(2).transpose(1, 2), features.mean(dim=(2, 3))
+    return features[:, 1:], features[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +195,62 @@ def test_fixed_image_is_extracted_when_the_run_is_repeated(images_dir, tmp_path,
     fixed, clean = datasets(tmp_path / "f.h5"), datasets(tmp_path / "clean.h5")
     assert fixed["usable"].all()
     np.testing.assert_allclose(fixed["patches"], clean["patches"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, data", [
+    ("garbage.png", b"\x89PNG\r\n\x1a\n" + b"x" * 200),  # a PNG signature, then no valid chunk
+    ("bad_crc.png", "flip a byte of the header chunk"),
+    ("truncated.gif", "the first half of a GIF"),
+])
+def test_skip_bad_images_flags_decode_errors(tmp_path, name, data):
+    encoded = io.BytesIO()
+    picture(1).save(encoded, name.rsplit(".", 1)[1].replace("gif", "GIF").replace("png", "PNG"))
+    encoded = encoded.getvalue()
+    if data == "flip a byte of the header chunk":
+        data = encoded[:20] + bytes([encoded[20] ^ 0xFF]) + encoded[21:]
+    elif data == "the first half of a GIF":
+        data = encoded[: len(encoded) // 2]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    picture(0).save(folder / GOOD[0])
+    (folder / name).write_bytes(data)
+    run_extract(folder, write_ids(tmp_path / "ids", [GOOD[0], name]), tmp_path / "f.h5", skip_bad_images=True)
+    assert ImageFeatureStore(tmp_path / "f.h5").usable.tolist() == [True, False]
+    [(image_id, _, reason)] = report_rows(tmp_path / "f.h5.bad_images.tsv")
+    assert image_id == name and reason.startswith("undecodable: ")
+
+
+def convert_with_a_bug(image, mode):
+    raise TypeError("convert() got an unexpected keyword argument (a bug, not a bad image)")
+
+
+class NotAnImage:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def unreadable(path):
+    raise PermissionError(13, "Permission denied", str(path))  # the tests run as root: chmod would not do
+
+
+@pytest.mark.parametrize("owner, name, replacement, error", [
+    (Image.Image, "convert", convert_with_a_bug, TypeError),
+    (Image, "open", lambda fp: NotAnImage(), AttributeError),  # no convert(): as if our code passed the wrong object
+    (Path, "read_bytes", unreadable, PermissionError),  # no bad image: the user must fix the permissions
+])
+def test_skip_bad_images_does_not_hide_bugs(images_dir, tmp_path, monkeypatch, owner, name, replacement, error):
+    monkeypatch.setattr(owner, name, replacement)
+    id_file = write_ids(tmp_path / "ids", GOOD[:3])
+    with pytest.raises(error):
+        run_extract(images_dir, id_file, tmp_path / "f.h5", skip_bad_images=True)
+    assert not (tmp_path / "f.h5").exists() and not (tmp_path / "f.h5.bad_images.tsv").exists()
+    monkeypatch.undo()
+    # what was written before the bug stays and is resumed
+    assert run_extract(images_dir, id_file, tmp_path / "f.h5") == 3
+    assert ImageFeatureStore(tmp_path / "f.h5").usable.all()
 
 
 def test_cli_fails_on_bad_images_unless_told_to_skip_them(images_dir, tmp_path, capsys):
@@ -273,12 +362,17 @@ def test_openai_clip_checkpoint_through_extract(images_dir, tmp_path):
     store = ImageFeatureStore(tmp_path / "f.h5")
     assert (store.num_patches, store.feature_dim) == (4, 32)
     assert store.attrs["checkpoint"] == str(tmp_path / "clip.pt") and '"embed_dim": 32' in store.attrs["model_kwargs"]
-    model = backbone_from(tmp_path / "clip.pt")
-    config = timm.data.resolve_model_data_config(model)
-    config.update(input_size=(3, 64, 64), crop_pct=1.0)
-    image = timm.data.create_transform(**config)(Image.open(images_dir / GOOD[1]).convert("RGB"))
-    patches, _ = patch_and_global_features(model, image[None])
-    torch.testing.assert_close(store.read(1)[0], patches[0], rtol=1e-5, atol=1e-5)
+    # timm itself loads the OpenAI layout, as pretrained weights from a local file
+    model = timm.create_model(CLIP_VIT, pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "clip.pt")},
+                              num_classes=0, img_size=64, **TINY).eval()
+    allow_fairseq_checkpoint_globals()  # timm's loader dropped them (see the test above)
+    # --image-size 64: the whole image resized to 64 x 64 (crop_pct 1), CLIP's bicubic and normalisation
+    images = torch.stack([eval_input(images_dir / i, 64, 1.0, "bicubic", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+                          for i in GOOD[:2]])
+    patches, global_vectors = timm_patches_and_global(model, images)
+    for row in range(2):
+        torch.testing.assert_close(store.read(row)[0], patches[row], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(store.read(row)[1], global_vectors[row], rtol=1e-5, atol=1e-5)
 
 
 def test_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path):
@@ -322,22 +416,25 @@ def test_cli_reports_a_checkpoint_mismatch_without_usage(images_dir, tmp_path, c
 # ---------------------------------------------------------------------------------------------
 # preprocessing per backbone
 
-@pytest.mark.parametrize("backbone, model_kwargs", [(CLIP_VIT, TINY), ("resnet18", None)])
-def test_preprocessing_is_timms_config_of_the_backbone(images_dir, tmp_path, backbone, model_kwargs):
+@pytest.mark.parametrize("backbone, model_kwargs, expected_mean", [
+    (CLIP_VIT, TINY, OPENAI_CLIP_MEAN), ("resnet18", {}, (0.485, 0.456, 0.406))])
+def test_preprocessing_is_timms_config_of_the_backbone(images_dir, tmp_path, backbone, model_kwargs, expected_mean):
     """No --image-size: the backbone's own input size, mean, std and crop, recorded in the attrs."""
+    torch.manual_seed(3)
+    source = timm.create_model(backbone, pretrained=False, num_classes=10, **model_kwargs).eval()
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
     id_file = write_ids(tmp_path / "ids", GOOD[:2])
-    run_extract(images_dir, id_file, tmp_path / "f.h5", backbone=backbone, model_kwargs=model_kwargs,
-                image_size=None)
+    run_extract(images_dir, id_file, tmp_path / "f.h5", backbone=backbone, model_kwargs=model_kwargs or None,
+                image_size=None, random_init_seed=None, checkpoint=tmp_path / "weights.pth")
     store = ImageFeatureStore(tmp_path / "f.h5")
-    model = build_backbone(backbone, None, 0, None, model_kwargs)
-    config = timm.data.resolve_model_data_config(model)
+    config = source.pretrained_cfg  # the default tag's preprocessing, as timm states it
     assert store.attrs["input_size"].tolist() == list(config["input_size"]) == [3, 224, 224]
+    assert tuple(config["mean"]) == expected_mean
     np.testing.assert_array_equal(store.attrs["mean"], config["mean"])
     np.testing.assert_array_equal(store.attrs["std"], config["std"])
-    expected_mean = timm.data.OPENAI_CLIP_MEAN if backbone == CLIP_VIT else timm.data.IMAGENET_DEFAULT_MEAN
-    assert tuple(config["mean"]) == expected_mean
-    transform = timm.data.create_transform(**config)
-    images = torch.stack([transform(Image.open(images_dir / i).convert("RGB")) for i in GOOD[:2]])
-    patches, global_vector = patch_and_global_features(model, images)
-    torch.testing.assert_close(store.read(1)[0], patches[1], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(store.read(0)[1], global_vector[0], rtol=1e-5, atol=1e-5)
+    images = torch.stack([eval_input(images_dir / i, 224, config["crop_pct"], config["interpolation"], config["mean"],
+                                     config["std"]) for i in GOOD[:2]])
+    patches, global_vectors = timm_patches_and_global(source, images)
+    for row in range(2):
+        torch.testing.assert_close(store.read(row)[0], patches[row], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(store.read(row)[1], global_vectors[row], rtol=1e-4, atol=1e-4)

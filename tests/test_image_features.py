@@ -7,6 +7,7 @@ import torch
 
 from helpers import setup_task
 from m3p_fairseq.data.image_features import (
+    FeatureFileExistsError,
     ImageFeatureError,
     ImageFeatureStore,
     ImageFeatureWriter,
@@ -86,11 +87,21 @@ def test_writer_resumes_after_interruption(tmp_path):
     np.testing.assert_array_equal(store.read(0)[0].numpy(), patches[0])
 
 
-def test_writer_starts_over_when_the_job_changed(tmp_path):
+def test_writer_keeps_a_partial_of_another_job_and_says_what_differs(tmp_path):
     ids = ["a", "b"]
     first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", {"backbone": "vit"})
     first.write(*[x[:1] for x in features(2)])
     first.close()
+    partial = tmp_path / "f.h5.partial"
+    before = partial.read_bytes()
+    with pytest.raises(ImageFeatureError, match=r"f\.h5\.partial: unfinished features of another extraction "
+                                                r"\(backbone vit there, 'resnet' now\); it is left as it is"):
+        ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", {"backbone": "resnet"})
+    with pytest.raises(ImageFeatureError, match=r"\(the image ids; shape \[3, 5, 'float32'\] there, "
+                                                r"\[4, 5, 'float32'\] now\)"):
+        ImageFeatureWriter(tmp_path / "f.h5", ["a", "c"], 4, 5, "float32", {"backbone": "vit"})
+    assert partial.read_bytes() == before and not (tmp_path / "f.h5.lock").exists()
+    partial.unlink()  # what the message tells the user to do to start the other job
     other = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", {"backbone": "resnet"})
     assert other.rows_written == 0
     other.close()
@@ -227,20 +238,15 @@ def test_write_needs_views_exactly_when_the_writer_stores_them(tmp_path):
     without_views.close()
 
 
-def test_writer_with_views_resumes_and_starts_over_when_num_views_changes(tmp_path):
+def test_writer_with_views_resumes_and_refuses_another_num_views(tmp_path):
     ids = [f"{i}.png" for i in range(4)]
     patches, global_vectors = features(4)
     view_patches, view_global = view_features(4, 2)
     first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=2)
     first.write(patches[:2], global_vectors[:2], view_patches[:2], view_global[:2])
     first.close()  # interrupted
-    other_k = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=3)
-    assert other_k.rows_written == 0
-    other_k.close()
-
-    first = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=2)
-    first.write(patches[:2], global_vectors[:2], view_patches[:2], view_global[:2])
-    first.close()
+    with pytest.raises(ImageFeatureError, match=r"another extraction \(num_views 2 there, 3 now\)"):
+        ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=3)
     resumed = ImageFeatureWriter(tmp_path / "f.h5", ids, 3, 5, "float32", num_views=2)
     assert resumed.rows_written == 2
     resumed.write(patches[2:], global_vectors[2:], view_patches[2:], view_global[2:])
@@ -340,3 +346,70 @@ def test_close_without_publishing_keeps_the_complete_partial(tmp_path):
     assert resumed.rows_written == 1
     resumed.close()
     assert (tmp_path / "f.h5").exists() and not (tmp_path / "f.h5.partial").exists()
+
+
+def test_store_refuses_an_unfinished_file_naming_it_and_the_row_count(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a", "b", "c"], 3, 5, "float32")
+    writer.write(*[x[:2] for x in features(3)])
+    writer.close()  # interrupted: 2 of 3 rows
+    partial = tmp_path / "f.h5.partial"
+    with pytest.raises(ImageFeatureError, match=rf"{partial}: unfinished feature file, only 2 of 3 images were "
+                                                r"written \(rows_written = 2\); the rest would read as zeros"):
+        ImageFeatureStore(partial)
+    os.replace(partial, tmp_path / "f.h5")  # what a second extraction used to do with the first one's file
+    with pytest.raises(ImageFeatureError, match=rf"{tmp_path / 'f.h5'}: unfinished feature file, only 2 of 3"):
+        ImageFeatureStore(tmp_path / "f.h5")
+
+
+def test_file_without_a_row_count_is_complete(tmp_path):
+    # written by other tools: no rows_written attribute
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["image_ids"] = ["a", "b"]
+        f["patches"], f["global"] = features(2)
+    assert ImageFeatureStore(tmp_path / "f.h5").num_images == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 100, b"left by a crash before the header was written"])
+def test_partial_that_is_not_hdf5_is_started_over_and_the_log_says_so(tmp_path, caplog, content):
+    partial = tmp_path / "f.h5.partial"
+    partial.write_bytes(content)
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a", "b"], 3, 5, "float32")
+    assert writer.rows_written == 0
+    assert f"{partial} is not an HDF5 file ({len(content)} bytes; a run killed before it wrote the file's header?): " \
+           "starting over" in caplog.text
+    patches, global_vectors = features(2)
+    writer.write(patches, global_vectors)
+    writer.close()
+    np.testing.assert_array_equal(ImageFeatureStore(tmp_path / "f.h5").read(1)[0].numpy(), patches[1])
+
+
+def test_partial_that_hdf5_cannot_open_is_kept_and_named(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a", "b"], 3, 5, "float32")
+    writer.write(*[x[:1] for x in features(2)])
+    writer.close()
+    partial = tmp_path / "f.h5.partial"
+    damaged = partial.read_bytes()[:1500]  # the HDF5 signature, but cut short (a disk that filled up)
+    partial.write_bytes(damaged)
+    with pytest.raises(ImageFeatureError, match=rf"{partial}: cannot resume this unfinished feature file, HDF5 cannot "
+                                                r"open it \(.*\)\. It is left as it is; move or delete it"):
+        ImageFeatureWriter(tmp_path / "f.h5", ["a", "b"], 3, 5, "float32")
+    assert partial.read_bytes() == damaged and not (tmp_path / "f.h5.lock").exists()
+
+
+def test_writer_holds_a_lock_file_with_its_pid_while_open(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5, "float32")
+    assert (tmp_path / "f.h5.lock").read_text() == f"{os.getpid()}\n"
+    writer.write(*features(1))
+    writer.close()
+    assert not (tmp_path / "f.h5.lock").exists() and (tmp_path / "f.h5").exists()
+
+
+def test_writer_told_to_keep_a_finished_file_refuses_it(tmp_path):
+    writer = ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5, "float32")
+    writer.write(*features(1))
+    writer.close()
+    before = (tmp_path / "f.h5").read_bytes()
+    with pytest.raises(FeatureFileExistsError, match=rf"{tmp_path / 'f.h5'} exists; delete it to write it again"):
+        ImageFeatureWriter(tmp_path / "f.h5", ["a"], 3, 5, "float32", replace_existing=False)
+    assert (tmp_path / "f.h5").read_bytes() == before
+    assert not (tmp_path / "f.h5.partial").exists() and not (tmp_path / "f.h5.lock").exists()
