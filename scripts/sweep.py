@@ -4,8 +4,8 @@
     python scripts/sweep.py status  examples/sweeps/quickstart.yaml
     python scripts/sweep.py collect examples/sweeps/quickstart.yaml
 
-The implementation (and the job that submitit unpickles on the nodes) is m3p_fairseq/sweep.py;
-docs/sweeps.md describes the sweep file.
+The same as the ``m3p-sweep`` console script; the implementation (and the job that submitit
+unpickles on the nodes) is the package m3p_fairseq/sweep/; docs/sweeps.md describes the sweep file.
 """
 
 import logging

@@ -1,9 +1,16 @@
-"""``--user-dir`` for tests/test_distributed_training.py: m3P plus a task that records, on each
-worker, which sample ids every update trained on and the MMCL rows before and after gathering
-across workers. Records go to $M3P_PROBE_DIR/rank{R}.jsonl."""
+"""``--user-dir`` for tests that watch or stop a real fairseq-train: m3P plus a task that
+
+- records, on each worker, which sample ids every update trained on and the MMCL rows before
+  and after gathering across workers, to $M3P_PROBE_DIR/rank{R}.jsonl (when that is set;
+  tests/test_distributed_training.py);
+- with $M3P_PROBE_HOLD=N:FILE, holds the update after the N-th until FILE exists, so a test
+  can stop training at a known update without racing it (tests/test_sweep.py,
+  tests/test_checkpoints.py): fairseq saves the N-th update's checkpoint before it asks for
+  the next batch."""
 
 import json
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -17,6 +24,8 @@ _gather = m3p_loss.gather_across_workers
 
 
 def _write(record):
+    if "M3P_PROBE_DIR" not in os.environ:
+        return
     rank = dist.get_rank() if dist.is_initialized() else 0
     with open(os.path.join(os.environ["M3P_PROBE_DIR"], f"rank{rank}.jsonl"), "a") as out:
         out.write(json.dumps(record) + "\n")
@@ -34,10 +43,19 @@ def _recording_gather(local, group=None):
 m3p_loss.gather_across_workers = _recording_gather
 
 
+def _hold(update_num: int) -> None:
+    hold = os.environ.get("M3P_PROBE_HOLD")
+    if hold:
+        after, gate = hold.split(":", 1)
+        while update_num >= int(after) and not os.path.exists(gate):
+            time.sleep(0.05)
+
+
 @register_task("multimodal_translation_probe", dataclass=MultimodalTranslationConfig)
 class RecordingMultimodalTranslationTask(MultimodalTranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         global _current_update
+        _hold(update_num)
         # fairseq gives a worker whose shard ran out a dummy batch with ignore_grad: not data
         if not ignore_grad:
             _current_update = update_num

@@ -1,0 +1,227 @@
+"""Resuming fairseq-train after a kill: find the newest checkpoint that loads and put it back
+where fairseq looks for it.
+
+What fairseq 0.12 writes (``fairseq/checkpoint_utils.py``, ``save_checkpoint``): at each save it
+writes ONE file with ``torch_persistent_save`` -- to ``NAME.tmp``, then renamed, so that file is
+whole or absent -- and then makes every other file of that save (``checkpoint_best.pt``,
+``checkpoint_last.pt``, ``checkpoint.best_*.pt``) with ``PathManager.copy``, a plain
+``shutil.copyfile`` onto the destination. With ``--save-interval-updates`` (or epoch
+checkpoints) the renamed file is ``checkpoint_E_U.pt`` (``checkpointE.pt``) and
+``checkpoint_last.pt`` is such a copy: a kill during the copy leaves a truncated
+``checkpoint_last.pt``, which the next ``fairseq-train`` tries to load and dies on, at every
+restart. A kill during the atomic write leaves a stale ``NAME.tmp``.
+
+:func:`repair` undoes exactly that, before fairseq-train starts: an unloadable
+``checkpoint_last.pt`` (or ``checkpoint_best.pt``) is replaced by a byte copy of the complete
+file it was being copied from -- what fairseq would have left had the copy finished -- so the
+same fairseq-train command resumes as usual; the unloadable file is kept beside it as
+``NAME.unloadable`` and stale ``*.pt.tmp`` files are removed. The sweep job runs it before every
+attempt; by hand::
+
+    python -m m3p_fairseq.checkpoints SAVE_DIR [--dry-run]
+"""
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from .atomic_io import atomic_path
+from .serialization import allow_fairseq_checkpoint_globals
+
+logger = logging.getLogger(__name__)
+
+LAST = "checkpoint_last.pt"
+BEST = "checkpoint_best.pt"
+# every file fairseq's save_checkpoint names (without model-parallel/FSDP shard suffixes)
+CHECKPOINT_NAME = re.compile(r"^checkpoint(\d+|_\d+_\d+|_last|_best|\.best_.+)\.pt$")
+UNLOADABLE_SUFFIX = ".unloadable"
+
+
+class CheckpointError(RuntimeError):
+    """A save directory that cannot be resumed from; the message names the files and why."""
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    problem: Optional[str] = None  # why it does not load; None: it loads
+    num_updates: Optional[int] = None
+    val_loss: Optional[float] = None
+    best: Optional[float] = None
+
+    @property
+    def loads(self) -> bool:
+        return self.problem is None
+
+
+def inspect_checkpoint(path) -> CheckpointInfo:
+    """Whether ``path`` loads as fairseq loads it, and its update count and validation scores.
+
+    torch.save writes a zip archive whose directory is at the end and whose members carry
+    CRC-32s: a truncated copy has no directory, a damaged one fails a CRC. Every byte is read
+    (``testzip``) but nothing is kept in memory; the pickle is then opened with ``mmap`` under
+    the same ``weights_only`` default fairseq's ``load_checkpoint_to_cpu`` uses."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            if damaged is not None:
+                return CheckpointInfo(path, f"member {damaged} fails its CRC check (damaged file)")
+        allow_fairseq_checkpoint_globals()  # timm's loader can reset torch's allow-list
+        state = torch.load(path, map_location="cpu", mmap=True)
+    except zipfile.BadZipFile as error:
+        return CheckpointInfo(path, f"truncated or not a checkpoint ({error}; a copy that was interrupted?)")
+    except Exception as error:  # noqa: BLE001  (any reason it does not load is reported, by name)
+        return CheckpointInfo(path, f"{type(error).__name__}: {error}")
+    try:
+        num_updates = int(state["optimizer_history"][-1]["num_updates"])
+        extra = state.get("extra_state") or {}
+        val_loss, best = extra.get("val_loss"), extra.get("best")
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        return CheckpointInfo(path, f"not a fairseq training checkpoint (missing {error})")
+    return CheckpointInfo(path, None, num_updates,
+                          None if val_loss is None else float(val_loss), None if best is None else float(best))
+
+
+def checkpoint_files(save_dir) -> List[Path]:
+    """fairseq's checkpoints in ``save_dir``, most recently written first."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return []
+    files = [p for p in save_dir.iterdir() if CHECKPOINT_NAME.match(p.name) and p.is_file()]
+    return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def newest_loadable_checkpoint(save_dir) -> Optional[CheckpointInfo]:
+    """The checkpoint a resumed run should start from, or None if the directory has none.
+
+    Every save ends by writing checkpoint_last.pt, so when it loads nothing is newer (it is the
+    only file read). Otherwise the files are tried from the most recently written; the first
+    that loads is the newest save that completed."""
+    last = Path(save_dir) / LAST
+    if last.is_file():
+        info = inspect_checkpoint(last)
+        if info.loads:
+            return info
+    for path in checkpoint_files(save_dir):
+        if path.name != LAST:
+            info = inspect_checkpoint(path)
+            if info.loads:
+                return info
+    return None
+
+
+def _replace_keeping_aside(broken: Path, source: Optional[Path]) -> Path:
+    """Keeps ``broken`` as NAME.unloadable and, if a source is given, puts a byte copy of it at
+    ``broken``'s name. The name never disappears in between (hard link, then rename over)."""
+    kept = broken.with_name(broken.name + UNLOADABLE_SUFFIX)
+    kept.unlink(missing_ok=True)
+    if source is None:
+        os.replace(broken, kept)
+        return kept
+    try:
+        os.link(broken, kept)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(broken, kept)
+    with atomic_path(broken) as tmp:
+        shutil.copyfile(source, tmp)
+    return kept
+
+
+def repair(save_dir, dry_run: bool = False) -> List[str]:
+    """Makes ``save_dir`` resumable by an unchanged fairseq-train command; returns what it did
+    (or, with ``dry_run``, would do), one line per file. Raises :class:`CheckpointError` when
+    checkpoint_last.pt does not load and no other checkpoint does: starting over would silently
+    throw the run away."""
+    save_dir = Path(save_dir)
+    actions: List[str] = []
+    for stale in sorted(save_dir.glob("checkpoint*.pt.tmp")) if save_dir.is_dir() else []:
+        actions.append(f"removed {stale.name}: an unfinished write of a killed save (fairseq never reads it)")
+        if not dry_run:
+            stale.unlink(missing_ok=True)
+    others = [p for p in checkpoint_files(save_dir) if p.name not in (LAST, BEST)]
+    infos = {}
+
+    def info_of(path: Path) -> CheckpointInfo:
+        if path not in infos:
+            infos[path] = inspect_checkpoint(path)
+        return infos[path]
+
+    last = save_dir / LAST
+    if last.is_file() and not info_of(last).loads:
+        source = next((info_of(p) for p in others if info_of(p).loads), None)
+        if source is None:
+            raise CheckpointError(f"{last} does not load ({info_of(last).problem}) and no other checkpoint in "
+                                  f"{save_dir} does; move it away to start training over")
+        actions.append(f"{LAST} does not load ({info_of(last).problem}): kept as {LAST}{UNLOADABLE_SUFFIX}, "
+                       f"replaced by a copy of {source.path.name} ({source.num_updates} updates)")
+        if not dry_run:
+            _replace_keeping_aside(last, source.path)
+
+    best = save_dir / BEST
+    if best.is_file() and not info_of(best).loads:
+        # a checkpoint saved as the best so far has its own validation loss as the best
+        source = next((info_of(p) for p in others if info_of(p).loads and info_of(p).val_loss is not None
+                       and info_of(p).val_loss == info_of(p).best), None)
+        if source is not None:
+            actions.append(f"{BEST} does not load ({info_of(best).problem}): kept as {BEST}{UNLOADABLE_SUFFIX}, "
+                           f"replaced by a copy of {source.path.name} (the best, loss {source.val_loss:g})")
+        else:
+            actions.append(f"{BEST} does not load ({info_of(best).problem}): moved to {BEST}{UNLOADABLE_SUFFIX}; "
+                           "no complete copy of it is left, fairseq writes a new one at the next best validation")
+        if not dry_run:
+            _replace_keeping_aside(best, source.path if source else None)
+
+    for path in others:  # files fairseq wrote atomically, or copies of the best: only report
+        if path.name.startswith("checkpoint.best_") and not info_of(path).loads:
+            actions.append(f"{path.name} does not load ({info_of(path).problem}): moved to "
+                           f"{path.name}{UNLOADABLE_SUFFIX}")
+            if not dry_run:
+                _replace_keeping_aside(path, None)
+    return actions
+
+
+def repair_for_resume(save_dir, log=None) -> Optional[CheckpointInfo]:
+    """:func:`repair`, with each action logged (and written to ``log``, a text stream, if
+    given); returns the checkpoint fairseq-train will resume from (None: it starts afresh)."""
+    for action in repair(save_dir):
+        logger.warning("%s: %s", save_dir, action)
+        if log is not None:
+            log.write(f"# {save_dir}: {action}\n")
+    return newest_loadable_checkpoint(save_dir)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m m3p_fairseq.checkpoints", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Before re-running a killed fairseq-train: make SAVE_DIR's checkpoint_last.pt (and "
+                    "checkpoint_best.pt) load again, from the newest complete checkpoint.\n\n" + __doc__)
+    parser.add_argument("save_dir", type=Path, help="fairseq-train's --save-dir")
+    parser.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    args = parser.parse_args(argv)
+    try:
+        actions = repair(args.save_dir, dry_run=args.dry_run)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for action in actions:
+        print(("would do: " if args.dry_run else "") + action)
+    newest = newest_loadable_checkpoint(args.save_dir) if not args.dry_run else None
+    if newest is not None:
+        print(f"fairseq-train resumes from {newest.path} ({newest.num_updates} updates)")
+    elif not args.dry_run:
+        print(f"no checkpoint in {args.save_dir}: fairseq-train starts afresh")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
