@@ -115,10 +115,10 @@ def test_nothing_loadable_is_an_error_not_a_fresh_start(tmp_path):
 # ---- real fairseq-train processes, killed with SIGKILL ---------------------------------------
 def train_command(data_dir, save_dir, max_update, save_interval):
     return ["fairseq-train", str(data_dir), "--user-dir", str(REPO / "tests" / "distributed_probe"),
-            "--task", "multimodal_translation_probe", "--lang-pairs", "en-de,de-en", "--arch", "m3p_transformer_tiny",
+            "--task", "multimodal_translation", "--lang-pairs", "en-de,de-en", "--arch", "m3p_transformer_tiny",
             "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
             "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--cpu", "--fusion", "cvlm",
-            "--criterion", "m3p_loss", "--mmcl-weight", "0.5", "--optimizer", "adam", "--lr", "0.001",
+            "--criterion", "m3p_loss_held", "--mmcl-weight", "0.5", "--optimizer", "adam", "--lr", "0.001",
             "--max-tokens", "300", "--max-update", str(max_update), "--save-interval-updates", str(save_interval),
             "--keep-interval-updates", "2", "--no-epoch-checkpoints", "--log-format", "json", "--log-interval", "1",
             "--num-workers", "0", "--seed", "3", "--save-dir", str(save_dir)]

@@ -3,10 +3,11 @@
 - records, on each worker, which sample ids every update trained on and the MMCL rows before
   and after gathering across workers, to $M3P_PROBE_DIR/rank{R}.jsonl (when that is set;
   tests/test_distributed_training.py);
-- with $M3P_PROBE_HOLD=N:FILE, holds the update after the N-th until FILE exists, so a test
-  can stop training at a known update without racing it (tests/test_sweep.py,
-  tests/test_checkpoints.py): fairseq saves the N-th update's checkpoint before it asks for
-  the next batch."""
+- a criterion ``m3p_loss_held`` (m3P's loss) that, with $M3P_PROBE_HOLD=N:FILE, holds the
+  update after the N-th until FILE exists, so a test can stop training at a known update
+  without racing it (tests/test_sweep.py, tests/test_checkpoints.py): fairseq saves the N-th
+  update's checkpoint before the next forward pass. Only training needs this user-dir; the
+  checkpoints load with the plain task and model (scripts/evaluate.py)."""
 
 import json
 import os
@@ -14,6 +15,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from fairseq.criterions import register_criterion
 from fairseq.tasks import register_task
 
 from m3p_fairseq.criterions import m3p_loss
@@ -43,19 +45,22 @@ def _recording_gather(local, group=None):
 m3p_loss.gather_across_workers = _recording_gather
 
 
-def _hold(update_num: int) -> None:
-    hold = os.environ.get("M3P_PROBE_HOLD")
-    if hold:
-        after, gate = hold.split(":", 1)
-        while update_num >= int(after) and not os.path.exists(gate):
-            time.sleep(0.05)
+@register_criterion("m3p_loss_held", dataclass=m3p_loss.M3PLossConfig)
+class HeldM3PLoss(m3p_loss.M3PLoss):
+    def forward(self, model, sample, reduce=True):
+        hold = os.environ.get("M3P_PROBE_HOLD")
+        if hold and model.training:
+            after, gate = hold.split(":", 1)
+            # the task's train_step has just given the model the number of updates done
+            while model.num_updates >= int(after) and not os.path.exists(gate):
+                time.sleep(0.05)
+        return super().forward(model, sample, reduce)
 
 
 @register_task("multimodal_translation_probe", dataclass=MultimodalTranslationConfig)
 class RecordingMultimodalTranslationTask(MultimodalTranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         global _current_update
-        _hold(update_num)
         # fairseq gives a worker whose shard ran out a dummy batch with ignore_grad: not data
         if not ignore_grad:
             _current_update = update_num
