@@ -15,7 +15,9 @@ restart. A kill during the atomic write leaves a stale ``NAME.tmp``.
 ``checkpoint_last.pt`` (or ``checkpoint_best.pt``) is replaced by a byte copy of the complete
 file it was being copied from -- what fairseq would have left had the copy finished -- so the
 same fairseq-train command resumes as usual; the unloadable file is kept beside it as
-``NAME.unloadable`` and stale ``*.pt.tmp`` files are removed. The sweep job runs it before every
+``NAME.unloadable``. A save killed after its atomic write but before its copy to
+``checkpoint_last.pt`` left that file older than the newest checkpoint: it is brought up to date
+the same way. Stale ``*.pt.tmp`` files are removed. The sweep job runs it before every
 attempt; by hand::
 
     python -m m3p_fairseq.checkpoints SAVE_DIR [--dry-run]
@@ -101,23 +103,30 @@ def checkpoint_files(save_dir) -> List[Path]:
     return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
-def newest_loadable_checkpoint(save_dir) -> Optional[CheckpointInfo]:
-    """The checkpoint a resumed run should start from, or None if the directory has none.
+class _Inspections(dict):
+    """inspect_checkpoint once per file (each reads the whole file)."""
 
-    Every save ends by writing checkpoint_last.pt, so when it loads nothing is newer (it is the
-    only file read). Otherwise the files are tried from the most recently written; the first
-    that loads is the newest save that completed."""
+    def __missing__(self, path: Path) -> CheckpointInfo:
+        self[path] = inspect_checkpoint(path)
+        return self[path]
+
+
+def newest_loadable_checkpoint(save_dir, inspections: Optional[dict] = None) -> Optional[CheckpointInfo]:
+    """The checkpoint a resumed run should start from: the newest that loads; None if none does.
+
+    A complete save ends with its copy to checkpoint_last.pt, so only files written after it --
+    those of a save a kill interrupted before that copy -- can be newer: checkpoint_last.pt and
+    those are read, and the one with the most updates wins (checkpoint_last.pt on a tie). When
+    checkpoint_last.pt is missing or does not load, the files are tried from the most recently
+    written, and the first that loads is the newest save that completed."""
+    inspections = _Inspections() if inspections is None else inspections
+    files = checkpoint_files(save_dir)
     last = Path(save_dir) / LAST
-    if last.is_file():
-        info = inspect_checkpoint(last)
-        if info.loads:
-            return info
-    for path in checkpoint_files(save_dir):
-        if path.name != LAST:
-            info = inspect_checkpoint(path)
-            if info.loads:
-                return info
-    return None
+    if last in files and inspections[last].loads:
+        written = last.stat().st_mtime_ns
+        later = [inspections[p] for p in files if p != last and p.stat().st_mtime_ns >= written]
+        return max([inspections[last]] + [info for info in later if info.loads], key=lambda info: info.num_updates)
+    return next((inspections[p] for p in files if p != last and inspections[p].loads), None)
 
 
 def _replace_keeping_aside(broken: Path, source: Optional[Path]) -> Path:
@@ -149,23 +158,26 @@ def repair(save_dir, dry_run: bool = False) -> List[str]:
         if not dry_run:
             stale.unlink(missing_ok=True)
     others = [p for p in checkpoint_files(save_dir) if p.name not in (LAST, BEST)]
-    infos = {}
-
-    def info_of(path: Path) -> CheckpointInfo:
-        if path not in infos:
-            infos[path] = inspect_checkpoint(path)
-        return infos[path]
+    infos = _Inspections()
+    info_of = infos.__getitem__
+    newest = newest_loadable_checkpoint(save_dir, infos)
 
     last = save_dir / LAST
     if last.is_file() and not info_of(last).loads:
-        source = next((info_of(p) for p in others if info_of(p).loads), None)
-        if source is None:
+        if newest is None:
             raise CheckpointError(f"{last} does not load ({info_of(last).problem}) and no other checkpoint in "
                                   f"{save_dir} does; move it away to start training over")
         actions.append(f"{LAST} does not load ({info_of(last).problem}): kept as {LAST}{UNLOADABLE_SUFFIX}, "
-                       f"replaced by a copy of {source.path.name} ({source.num_updates} updates)")
+                       f"replaced by a copy of {newest.path.name} ({newest.num_updates} updates)")
         if not dry_run:
-            _replace_keeping_aside(last, source.path)
+            _replace_keeping_aside(last, newest.path)
+    elif newest is not None and newest.path != last:
+        had = f"had {info_of(last).num_updates} updates" if last.is_file() else "was missing"
+        actions.append(f"{LAST} {had}: the save of {newest.path.name} ({newest.num_updates} updates) was "
+                       f"interrupted before its copy to {LAST}; copied it there")
+        if not dry_run:
+            with atomic_path(last) as tmp:
+                shutil.copyfile(newest.path, tmp)
 
     best = save_dir / BEST
     if best.is_file() and not info_of(best).loads:
@@ -181,7 +193,8 @@ def repair(save_dir, dry_run: bool = False) -> List[str]:
         if not dry_run:
             _replace_keeping_aside(best, source.path if source else None)
 
-    for path in others:  # files fairseq wrote atomically, or copies of the best: only report
+    # copies of the best that do not load are moved aside; files fairseq wrote atomically are left
+    for path in others:
         if path.name.startswith("checkpoint.best_") and not info_of(path).loads:
             actions.append(f"{path.name} does not load ({info_of(path).problem}): moved to "
                            f"{path.name}{UNLOADABLE_SUFFIX}")

@@ -77,6 +77,24 @@ def test_repair_puts_back_the_checkpoint_the_copy_came_from(tmp_path):
     assert checkpoints.newest_loadable_checkpoint(tmp_path).path.name == "checkpoint_last.pt"
 
 
+def test_a_save_killed_before_its_copy_to_checkpoint_last_is_not_lost(tmp_path):
+    save_fake(tmp_path / "checkpoint_1_2.pt", 2)
+    older = save_fake(tmp_path / "checkpoint_last.pt", 2)
+    time.sleep(0.01)
+    newer = save_fake(tmp_path / "checkpoint_1_4.pt", 4)  # renamed into place, then the kill
+    assert checkpoints.newest_loadable_checkpoint(tmp_path).path.name == "checkpoint_1_4.pt"
+    (action,) = checkpoints.repair(tmp_path)
+    assert action == ("checkpoint_last.pt had 2 updates: the save of checkpoint_1_4.pt (4 updates) was "
+                      "interrupted before its copy to checkpoint_last.pt; copied it there")
+    assert (tmp_path / "checkpoint_last.pt").read_bytes() == newer != older
+    assert not (tmp_path / "checkpoint_last.pt.unloadable").exists()  # it loaded: nothing to keep aside
+
+    (tmp_path / "checkpoint_last.pt").unlink()  # the first save of a run, killed before the copy
+    (action,) = checkpoints.repair(tmp_path)
+    assert action.startswith("checkpoint_last.pt was missing: the save of checkpoint_1_4.pt (4 updates)")
+    assert (tmp_path / "checkpoint_last.pt").read_bytes() == newer
+
+
 def test_a_loading_checkpoint_last_is_left_alone(tmp_path):
     last = save_fake(tmp_path / "checkpoint_last.pt", 6)
     (tmp_path / "checkpoint_1_4.pt").write_bytes(b"junk")  # not something fairseq leaves; not touched
