@@ -100,7 +100,8 @@ def checkpoint_files(save_dir) -> List[Path]:
     if not save_dir.is_dir():
         return []
     files = [p for p in save_dir.iterdir() if CHECKPOINT_NAME.match(p.name) and p.is_file()]
-    return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    # file times have the kernel's tick resolution: on a tie, the file a copy was made from first
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, not _is_copy(p)), reverse=True)
 
 
 class _Inspections(dict):
@@ -118,7 +119,8 @@ def newest_loadable_checkpoint(save_dir, inspections: Optional[dict] = None) -> 
     those of a save a kill interrupted before that copy -- can be newer: checkpoint_last.pt and
     those are read, and the one with the most updates wins (checkpoint_last.pt on a tie). When
     checkpoint_last.pt is missing or does not load, the files are tried from the most recently
-    written, and the first that loads is the newest save that completed."""
+    written, and the first that loads is the newest save that completed (named by the file it
+    was copied from, if that reads the same)."""
     inspections = _Inspections() if inspections is None else inspections
     files = checkpoint_files(save_dir)
     last = Path(save_dir) / LAST
@@ -126,7 +128,20 @@ def newest_loadable_checkpoint(save_dir, inspections: Optional[dict] = None) -> 
         written = last.stat().st_mtime_ns
         later = [inspections[p] for p in files if p != last and p.stat().st_mtime_ns >= written]
         return max([inspections[last]] + [info for info in later if info.loads], key=lambda info: info.num_updates)
-    return next((inspections[p] for p in files if p != last and inspections[p].loads), None)
+    loadable = (inspections[p] for p in files if p != last and inspections[p].loads)
+    newest = next(loadable, None)
+    if newest is not None and _is_copy(newest.path):
+        # name the file it was copied from (written just before it, the same update count)
+        source = next(loadable, None)
+        if source is not None and source.num_updates == newest.num_updates and not _is_copy(source.path):
+            return source
+    return newest
+
+
+def _is_copy(path: Path) -> bool:
+    """Whether fairseq makes this file by copying another (checkpoint_best.pt is written
+    atomically only when a save has no epoch or interval checkpoint)."""
+    return path.name == BEST or path.name.startswith("checkpoint.best_")
 
 
 def _replace_keeping_aside(broken: Path, source: Optional[Path]) -> Path:
