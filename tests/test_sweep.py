@@ -242,6 +242,23 @@ def test_submit_skips_finished_runs_and_resubmits_failed_ones(tmp_path, fake_swe
     assert len(table) == 3
 
 
+def test_a_run_whose_only_checkpoint_does_not_load_fails_with_the_reason(tmp_path, fake_sweep):
+    """The job repairs checkpoints before each attempt; with nothing loadable it does not start
+    fairseq-train over from scratch but records why."""
+    path, _ = fake_sweep
+    broken = tmp_path / "runs" / "lr=1.5" / "checkpoints" / "checkpoint_last.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"PK\x03\x04 cut short")
+    code, out, _ = run_cli("submit", path, "--cluster", "debug", cwd=tmp_path)
+    assert code == 1 and "lr=2.5: submitted job" in out
+    state = sweeps.read_state(broken.parents[1])
+    assert state["state"] == "failed" and f"{broken} does not load (truncated or not a checkpoint" in state["detail"]
+    assert "boom" not in (broken.parents[1] / "train.log").read_text()  # the trainer never ran
+    assert "valid" not in (broken.parents[1] / "train.log").read_text()
+    assert broken.read_bytes() == b"PK\x03\x04 cut short"  # left for the user to look at
+    assert sweeps.read_state(tmp_path / "runs" / "lr=2.5")["state"] == "done"
+
+
 def test_status_of_new_running_and_lost_runs(tmp_path, fake_sweep):
     path, _ = fake_sweep
     sweep = sweeps.load_sweep(path, cwd=tmp_path)
