@@ -213,7 +213,8 @@ def test_submit_skips_finished_runs_and_resubmits_failed_ones(tmp_path, fake_swe
     (data / "FAIL-2.5").write_text("")
     code, out, _ = run_cli("submit", path, "--cluster", "debug", cwd=tmp_path)
     assert code == 1  # one run failed
-    assert re.search(r"^lr=1.5: submitted job \S+$", out, re.M) and "lr=2.5: failed: fairseq-train exited with code 3" in out
+    assert re.search(r"^lr=1.5: submitted job \S+$", out, re.M)
+    assert "lr=2.5: failed: fairseq-train exited with code 3" in out
     runs = tmp_path / "runs"
     assert sweeps.read_state(runs / "lr=1.5")["state"] == "done"
     failed = sweeps.read_state(runs / "lr=2.5")
@@ -315,7 +316,8 @@ def test_local_sweep_trains_is_interrupted_requeued_and_resumes(tmp_path, data_d
     sweep = sweeps.load_sweep(write_sweep(tmp_path, spec), cwd=tmp_path)
     (run,) = sweep.runs
     sweeps.prepare_run_dir(run)
-    job = sweeps.make_executor("local", run.directory / "submitit", run).submit(sweeps.TrainingJob(), str(run.directory))
+    executor = sweeps.make_executor("local", run.directory / "submitit", run)
+    job = executor.submit(sweeps.TrainingJob(), str(run.directory))
     sweeps.write_state(run.directory, "submitted", job_id=str(job.job_id), cluster="local")
     log = run.directory / "train.log"
     checkpoints = run.directory / "checkpoints"
@@ -348,7 +350,7 @@ def test_local_sweep_trains_is_interrupted_requeued_and_resumes(tmp_path, data_d
     text = log.read_text()
     state = sweeps.read_state(run.directory)
     assert (state["state"], state["attempt"]) == ("done", 2), text[-3000:]
-    first, second = text.split("# attempt started")[1:]
+    _, second = text.split("# attempt started")[1:]
     assert "checkpoint_last.pt does not load (truncated or not a checkpoint" in second
     assert "replaced by a copy of checkpoint_1_2.pt (2 updates)" in second
     assert (checkpoints / "checkpoint_last.pt.unloadable").stat().st_size == len(complete) // 2

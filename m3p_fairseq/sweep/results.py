@@ -87,8 +87,8 @@ def write_results(rows: List[Dict[str, Any]], output: Path) -> None:
     if output.suffix == ".json":
         atomic_write_text(output, json.dumps(rows, indent=1) + "\n")
     else:
-        atomic_write_text(output, "\n".join(["\t".join(columns)]
-                                            + ["\t".join(_cell(row.get(c, "")) for c in columns) for row in rows]) + "\n")
+        lines = ["\t".join(columns)] + ["\t".join(_cell(row.get(c, "")) for c in columns) for row in rows]
+        atomic_write_text(output, "\n".join(lines) + "\n")
 
 
 def _number(value) -> Optional[float]:

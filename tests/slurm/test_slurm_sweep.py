@@ -115,7 +115,8 @@ def test_sweep_on_slurm_with_a_time_limit_requeue(tmp_path, data_dir):
     state = sweeps.read_state(run_dir)
     assert state["state"] == "done", log[-5000:]
     assert state["attempt"] >= 2, f"never requeued (the run finished within its time limit): {max_update} updates"
-    resumed = [int(n) for n in re.findall(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ (\d+) updates\)", log)]
+    loaded = r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ (\d+) updates\)"
+    resumed = [int(n) for n in re.findall(loaded, log)]
     assert resumed and resumed[0] > 0 and resumed == sorted(resumed)
     assert float(json_records(run_dir / "train.log", "valid")[-1]["valid_num_updates"]) == max_update
     submitit_log = "".join(p.read_text() for p in (run_dir / "submitit").glob(f"{job_id}_*.err"))
