@@ -4,21 +4,19 @@
     python scripts/sweep.py status  examples/sweeps/quickstart.yaml
     python scripts/sweep.py collect examples/sweeps/quickstart.yaml
 
-The implementation (and the job that submitit unpickles on the nodes) is m3p_fairseq/sweep.py;
-docs/sweeps.md describes the sweep file.
+The same as the ``m3p-sweep`` console script; the implementation (and the job that submitit
+unpickles on the nodes) is the package m3p_fairseq/sweep/; docs/sweeps.md describes the sweep file.
 """
 
 import logging
 import sys
 import warnings
-from pathlib import Path
 
 # before fairseq is imported: its import would otherwise turn on DEBUG logging for everything
 logging.basicConfig(level=logging.WARNING)
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from m3p_fairseq.sweep import main  # noqa: E402
+from m3p_fairseq.sweep.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,23 +10,18 @@ What fairseq 0.12 allows on the CPU (fairseq/distributed/utils.py, models/distri
 - ``--ddp-backend pytorch_ddp`` (the default) wraps the model with device_ids=[device_id], which
   torch refuses for a CPU model; ``legacy_ddp`` works.
 So: an explicit --distributed-init-method, --distributed-rank and --distributed-no-spawn per
-process, with --ddp-backend legacy_ddp and gloo. That is what m3p_fairseq/sweep.py passes."""
+process, with --ddp-backend legacy_ddp and gloo. That is what the sweep job passes
+(m3p_fairseq/sweep/job.py, with tcp://FIRST_HOST:PORT across nodes); here the rendezvous is a
+file (``file://``), so no port has to be found free and then raced for."""
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from helpers import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def read_records(path: Path, kind: str):
@@ -36,7 +31,7 @@ def read_records(path: Path, kind: str):
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory, data_dir):
     work = tmp_path_factory.mktemp("distributed")
-    port = free_port()
+    rendezvous = work / "rendezvous"  # torch's FileStore: created by the first worker, unique to this run
     command = ["fairseq-train", data_dir, "--user-dir", REPO / "tests" / "distributed_probe",
                "--task", "multimodal_translation_probe", "--lang-pairs", "en-de,de-en",
                "--arch", "m3p_transformer_tiny", "--encoder-layers", 1, "--decoder-layers", 1,
@@ -46,7 +41,7 @@ def two_workers(tmp_path_factory, data_dir):
                "--save-dir", work / "checkpoints", "--no-epoch-checkpoints", "--log-format", "simple",
                "--log-interval", 1, "--num-workers", 0,
                "--distributed-world-size", 2, "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
-               "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn"]
+               "--distributed-init-method", f"file://{rendezvous}", "--distributed-no-spawn"]
     env = {**os.environ, "M3P_PROBE_DIR": str(work), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     logs = [open(work / f"rank{rank}.log", "w") for rank in (0, 1)]
@@ -67,7 +62,8 @@ def two_workers(tmp_path_factory, data_dir):
 
 def test_both_workers_trained_together(two_workers):
     work, (rank0_log, rank1_log) = two_workers
-    assert "distributed init (rank 0): tcp://127.0.0.1:" in rank0_log
+    assert f"distributed init (rank 0): file://{work / 'rendezvous'}" in rank0_log
+    assert f"distributed init (rank 1): file://{work / 'rendezvous'}" in rank1_log
     assert "num_updates 3" in rank0_log or "num_updates=3" in rank0_log
     assert (work / "checkpoints" / "checkpoint_last.pt").exists()
     updates = [[r["update"] for r in read_records(work / f"rank{rank}.jsonl", "batch")] for rank in (0, 1)]

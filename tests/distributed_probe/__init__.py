@@ -1,12 +1,21 @@
-"""``--user-dir`` for tests/test_distributed_training.py: m3P plus a task that records, on each
-worker, which sample ids every update trained on and the MMCL rows before and after gathering
-across workers. Records go to $M3P_PROBE_DIR/rank{R}.jsonl."""
+"""``--user-dir`` for tests that watch or stop a real fairseq-train: m3P plus a task that
+
+- records, on each worker, which sample ids every update trained on and the MMCL rows before
+  and after gathering across workers, to $M3P_PROBE_DIR/rank{R}.jsonl (when that is set;
+  tests/test_distributed_training.py);
+- a criterion ``m3p_loss_held`` (m3P's loss) that, with $M3P_PROBE_HOLD=N:FILE, holds the
+  update after the N-th until FILE exists, so a test can stop training at a known update
+  without racing it (tests/test_sweep.py, tests/test_checkpoints.py): fairseq saves the N-th
+  update's checkpoint before the next forward pass. Only training needs this user-dir; the
+  checkpoints load with the plain task and model (scripts/evaluate.py)."""
 
 import json
 import os
+import time
 
 import torch
 import torch.distributed as dist
+from fairseq.criterions import register_criterion
 from fairseq.tasks import register_task
 
 from m3p_fairseq.criterions import m3p_loss
@@ -17,6 +26,8 @@ _gather = m3p_loss.gather_across_workers
 
 
 def _write(record):
+    if "M3P_PROBE_DIR" not in os.environ:
+        return
     rank = dist.get_rank() if dist.is_initialized() else 0
     with open(os.path.join(os.environ["M3P_PROBE_DIR"], f"rank{rank}.jsonl"), "a") as out:
         out.write(json.dumps(record) + "\n")
@@ -32,6 +43,18 @@ def _recording_gather(local, group=None):
 
 # the criterion looks the function up in its module at call time; record what it returns
 m3p_loss.gather_across_workers = _recording_gather
+
+
+@register_criterion("m3p_loss_held", dataclass=m3p_loss.M3PLossConfig)
+class HeldM3PLoss(m3p_loss.M3PLoss):
+    def forward(self, model, sample, reduce=True):
+        hold = os.environ.get("M3P_PROBE_HOLD")
+        if hold and model.training:
+            after, gate = hold.split(":", 1)
+            # the task's train_step has just given the model the number of updates done
+            while model.num_updates >= int(after) and not os.path.exists(gate):
+                time.sleep(0.05)
+        return super().forward(model, sample, reduce)
 
 
 @register_task("multimodal_translation_probe", dataclass=MultimodalTranslationConfig)

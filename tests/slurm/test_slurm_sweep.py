@@ -9,6 +9,7 @@ daemons and sets SLURM_CONF; skipped otherwise):
    checkpoint_last.pt until it finishes.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -28,7 +29,7 @@ TINY = {"user-dir": str(REPO / "m3p_fairseq"), "task": "multimodal_translation",
         "arch": "m3p_transformer_tiny", "encoder-layers": 1, "decoder-layers": 1, "encoder-embed-dim": 32,
         "decoder-embed-dim": 32, "encoder-ffn-embed-dim": 64, "decoder-ffn-embed-dim": 64, "cpu": True,
         "label-smoothing": 0.1, "optimizer": "adam", "lr": 0.001, "max-tokens": 300, "max-update": 10,
-        "no-epoch-checkpoints": True, "log-format": "simple", "log-interval": 5, "num-workers": 0}
+        "no-epoch-checkpoints": True, "log-interval": 5, "num-workers": 0}
 TEXT_ONLY = {"name": "text-only", "fusion": "none", "criterion": "label_smoothed_cross_entropy"}
 M3P = {"name": "m3p", "fusion": "cvlm", "criterion": "m3p_loss", "mmcl-weight": 0.5}
 WAIT_S = 1800  # a bound on waiting, not a speed goal
@@ -53,8 +54,19 @@ def wait_until_finished(path, cwd, names):
         time.sleep(5)
 
 
-def updates_per_second(train_log: str) -> float:
-    rates = [float(u) for u in re.findall(r"\bups[= ]([\d.]+)", train_log)]
+def json_records(train_log, tag):
+    """fairseq's --log-format json records with this tag (its logger name), read here with json
+    rather than through the sweep's own reader: ``... | INFO | valid | {"valid_loss": ...}``."""
+    records = []
+    for line in train_log.read_text().splitlines():
+        head, _, message = line.partition(f" | {tag} | ")
+        if message.startswith("{") and " | INFO" in head:
+            records.append(json.loads(message))
+    return records
+
+
+def updates_per_second(train_log) -> float:
+    rates = [float(r["ups"]) for r in json_records(train_log, "train_inner") if "ups" in r]
     return max(rates[-1] if rates else 1.0, 0.5)
 
 
@@ -66,7 +78,8 @@ def test_sweep_on_slurm_with_a_time_limit_requeue(tmp_path, data_dir):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     out = sweep_cli("submit", path, "--cluster", "slurm", cwd=tmp_path)
-    assert re.search(r"^text-only: submitted job \d+$", out, re.M) and re.search(r"^m3p: submitted job \d+$", out, re.M)
+    job_ids = dict(re.findall(r"^(text-only|m3p): submitted job (\d+)$", out, re.M))
+    assert set(job_ids) == {"text-only", "m3p"}, out
     sweep, states = wait_until_finished(path, tmp_path, ["text-only", "m3p"])
     logs = {run.name: (run.directory / "train.log").read_text() for run in sweep.runs}
     assert states == {"text-only": "done", "m3p": "done"}, logs
@@ -75,14 +88,19 @@ def test_sweep_on_slurm_with_a_time_limit_requeue(tmp_path, data_dir):
         assert (run.directory / "command.sh").read_text().splitlines()[-1].startswith("fairseq-train ")
     table = sweep_cli("collect", path, cwd=tmp_path)
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:3]}
-    assert rows["text-only"][1:5] == ["done", "1", rows["text-only"][3], "10"] and float(rows["m3p"][5]) > 0
-    assert "mmcl" in logs["m3p"]
+    for name in ("text-only", "m3p"):
+        last_validation = json_records(tmp_path / "runs" / name / "train.log", "valid")[-1]
+        # run, state, attempt, job id, num_updates, loss, nll_loss, ppl, best_loss
+        assert rows[name][:5] == [name, "done", "1", job_ids[name], "10"]
+        assert [float(v) for v in rows[name][5:9]] == [float(last_validation[f"valid_{k}"])
+                                                       for k in ("loss", "nll_loss", "ppl", "best_loss")]
+    assert "valid_mmcl" in json_records(tmp_path / "runs" / "m3p" / "train.log", "valid")[-1]
 
     # 2. a run that cannot finish within its time limit: Slurm signals it (USR2, signal_delay_s
     # before the limit; slurmctld checks every 30 s), submitit calls TrainingJob.checkpoint and
     # requeues it. Its length is set from the measured speed: ~300 s of training, so the first
     # attempt (signalled 150-180 s after it starts) cannot finish.
-    max_update = int(updates_per_second(logs["m3p"]) * 300)
+    max_update = int(updates_per_second(tmp_path / "runs" / "m3p" / "train.log") * 300)
     spec["runs"].append({"name": "requeued", **{k: v for k, v in M3P.items() if k != "name"},
                          "max-update": max_update, "save-interval-updates": 10, "keep-interval-updates": 1,
                          "validate-interval-updates": 10, "log-interval": 10,
@@ -97,9 +115,10 @@ def test_sweep_on_slurm_with_a_time_limit_requeue(tmp_path, data_dir):
     state = sweeps.read_state(run_dir)
     assert state["state"] == "done", log[-5000:]
     assert state["attempt"] >= 2, f"never requeued (the run finished within its time limit): {max_update} updates"
-    resumed = [int(n) for n in re.findall(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ (\d+) updates\)", log)]
+    loaded = r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ (\d+) updates\)"
+    resumed = [int(n) for n in re.findall(loaded, log)]
     assert resumed and resumed[0] > 0 and resumed == sorted(resumed)
-    assert sweeps.final_metrics(run_dir)["num_updates"] == max_update
+    assert float(json_records(run_dir / "train.log", "valid")[-1]["valid_num_updates"]) == max_update
     submitit_log = "".join(p.read_text() for p in (run_dir / "submitit").glob(f"{job_id}_*.err"))
     assert f"Requeued job {job_id}" in submitit_log
     job = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
