@@ -8,15 +8,9 @@ The same as the ``m3p-sweep`` console script; the implementation (and the job th
 unpickles on the nodes) is the package m3p_fairseq/sweep/; docs/sweeps.md describes the sweep file.
 """
 
-import logging
 import sys
-import warnings
 
-# before fairseq is imported: its import would otherwise turn on DEBUG logging for everything
-logging.basicConfig(level=logging.WARNING)
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
-
-from m3p_fairseq.sweep.cli import main  # noqa: E402
+from m3p_fairseq.sweep.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,7 +54,7 @@ def test_grid_times_runs_expands_every_combination_in_order(tmp_path):
 def test_evaluation_after_training_when_asked(tmp_path):
     spec = {**BASE, "evaluate": {"splits": "test,test_degraded", "beam": 5, "checkpoint": "checkpoint_last.pt"}}
     (run,) = sweeps.load_sweep(write_sweep(tmp_path, spec), cwd=tmp_path).runs
-    assert run.evaluate_argv == [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--data",
+    assert run.evaluate_argv == [sys.executable, "-m", "m3p_fairseq.evaluation.cli", "--data",
                                  str(tmp_path / "data-bin"), "--checkpoint",
                                  f"run={run.directory / 'checkpoints' / 'checkpoint_last.pt'}",
                                  "--output", str(run.directory / "bleu.json"), "--splits", "test,test_degraded",

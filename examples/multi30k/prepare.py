@@ -27,6 +27,8 @@ import unicodedata
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from m3p_fairseq.logging_setup import setup_logging
+
 REPO = Path(__file__).resolve().parents[2]
 LANGS = ["en", "de", "fr", "cs"]
 LANG_PAIRS = [f"{src}-{tgt}" for src in LANGS for tgt in LANGS if src != tgt]
@@ -123,7 +125,7 @@ def main(argv=None):
                         help="flag missing or undecodable images instead of failing")
     images.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
+    setup_logging()
 
     work = args.work_dir.resolve()
     raw, data = work / "raw", work / "data-bin"

@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from m3p_fairseq.logging_setup import setup_logging
+
 from ..atomic_io import atomic_write_text
 from .configs import BASELINE, CONFIGS, KEY_CONFIGS, TINY, Settings
 from .harness import (
@@ -105,7 +107,7 @@ def main(argv=None):
         write_report(json.loads(args.from_results.read_text()), args.output_dir)
         return
 
-    logging.basicConfig(level=logging.WARNING, force=True)
+    setup_logging(logging.WARNING)
     s = settings_of(args)
     names = [BASELINE] + [n.strip() for n in args.configs.split(",") if n.strip() and n.strip() != BASELINE]
     unknown = [n for n in names if n not in CONFIGS]

@@ -18,6 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
+from m3p_fairseq.logging_setup import setup_logging
+
 from .results import collect, format_table, write_results
 from .spec import SweepError, load_sweep
 from .state import read_state
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
             command.add_argument("--output", type=Path, help="also write the table here (.tsv or .json); "
                                  "default OUTPUT_DIR/results.tsv")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, force=True)  # importing fairseq turned on DEBUG
+    setup_logging(logging.WARNING)  # importing fairseq turned on DEBUG
     try:
         sweep = load_sweep(args.sweep_file, args.output_dir)
     except SweepError as error:

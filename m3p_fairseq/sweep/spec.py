@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 SWEEP_KEYS = {"name", "output_dir", "command", "data", "base", "grid", "runs", "resources", "evaluate"}
-EVALUATE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "evaluate.py"
+EVALUATE_MODULE = "m3p_fairseq.evaluation.cli"  # the m3p-evaluate console script
 # name in the sweep file -> (submitit parameter, type); None: handled by the sweep, not by submitit
 RESOURCES = {
     "partition": ("slurm_partition", str),
@@ -232,7 +232,7 @@ def training_command(spec: Dict[str, Any], run: Run, path: Path, cwd: Path) -> L
 
 
 def evaluation_command(spec: Dict[str, Any], run: Run, path: Path) -> List[str]:
-    """scripts/evaluate.py on the run's checkpoint after training, when the sweep file has an
+    """m3p-evaluate on the run's checkpoint after training, when the sweep file has an
     ``evaluate`` mapping (its options, e.g. splits, beam, lang-pairs; ``checkpoint`` picks the
     file, default checkpoint_best.pt). Writes RUN/bleu.json, which ``collect`` reads."""
     options = _mapping(spec.get("evaluate"), path, "evaluate")
@@ -241,7 +241,7 @@ def evaluation_command(spec: Dict[str, Any], run: Run, path: Path) -> List[str]:
     checkpoint = options.pop("checkpoint", "checkpoint_best.pt")
     if "data" in options or "output" in options:
         raise SweepError(f"{path}: evaluate: 'data' and 'output' are set by the sweep (the run's data, RUN/bleu.json)")
-    argv = [sys.executable, str(EVALUATE_SCRIPT), "--data", run.data,
+    argv = [sys.executable, "-m", EVALUATE_MODULE, "--data", run.data,
             "--checkpoint", f"run={run.save_dir / checkpoint}", "--output", str(run.directory / "bleu.json")]
     for key, value in options.items():
         if value is not None and value is not False:

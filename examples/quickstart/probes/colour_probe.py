@@ -9,13 +9,11 @@ corpus generator's scenes (checked against the English captions).
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO))  # preprocess/ and this checkout's m3p_fairseq
 
 from preprocess.make_synthetic_corpus import COLOURS, SPLITS, render_caption, sample_scene  # noqa: E402
 

@@ -8,13 +8,11 @@ pair of the first --images training images.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO))  # this checkout's m3p_fairseq
 
 
 def mean_pairwise_cosine(vectors: np.ndarray) -> float:

@@ -12,11 +12,9 @@ term much larger than the other takes most of every clipped update.
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO))  # this checkout's m3p_fairseq
 
 
 def gradient_norm(loss, parameters) -> float:
