@@ -29,7 +29,6 @@ from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from torch import Tensor
 
-from ..data.batch_keys import IMAGE_NEGATIVE_GLOBAL, IMAGE_USABLE
 from .causal_lm import CausalTransformer
 from .instruction_prompt import DEFAULT_TEMPLATE, InstructionPrompt
 from .multimodal_model import (
@@ -127,18 +126,6 @@ class M3PDecoderOnlyModel(MultimodalModel, FairseqEncoderDecoderModel):
     def pooled_text(self, src_tokens: Tensor, encoder_out) -> Tensor:
         """s^k from a text-only pass over [prompt][source] (PrefixEncoder.source_states)."""
         return self.encoder.source_states(encoder_out)
-
-    def forward(self, src_tokens, src_lengths, prev_output_tokens, contrastive: bool = False,
-                features_only: bool = False, **batch):
-        """``batch`` holds the rest of ``net_input`` (data/batch_keys.py); with
-        ``contrastive=True`` the extra output also holds the MMCL_* entries, as for
-        M3PTransformerModel."""
-        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, **batch)
-        logits, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only)
-        if contrastive:
-            extra.update(self.mmcl_outputs(src_tokens, encoder_out, batch.get(IMAGE_NEGATIVE_GLOBAL),
-                                           batch.get(IMAGE_USABLE)))
-        return logits, extra
 
 
 @register_model_architecture("m3p_decoder_only", "m3p_decoder_only")

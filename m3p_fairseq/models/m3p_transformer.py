@@ -16,7 +16,7 @@ from fairseq.models.transformer import (
     base_architecture,
 )
 
-from ..data.batch_keys import IMAGE_GLOBAL_STATE, IMAGE_NEGATIVE_GLOBAL, IMAGE_USABLE
+from ..data.batch_keys import IMAGE_GLOBAL_STATE
 from .contrastive_head import mean_over_tokens
 from .fusion import FUSION_CHOICES, build_fusion
 from .image_encoder import ImageFeatureEncoder
@@ -161,22 +161,6 @@ class M3PTransformerModel(MultimodalModel, TransformerModel):
         """s^k: the unfused text states averaged over the source tokens (tag and padding left out)."""
         states = encoder_out.get("text_states", encoder_out["encoder_out"])[0]
         return mean_over_tokens(states, ~self._pooling_excluded[src_tokens])
-
-    def forward(self, src_tokens, src_lengths, prev_output_tokens, contrastive: bool = False,
-                return_all_hiddens: bool = True, features_only: bool = False,
-                alignment_layer: Optional[int] = None, alignment_heads: Optional[int] = None, **batch):
-        """``batch`` holds the rest of ``net_input`` (data/batch_keys.py); with
-        ``contrastive=True`` the decoder's extra output also holds the MMCL_* entries
-        (:meth:`MultimodalModel.mmcl_outputs`)."""
-        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens,
-                                   **batch)
-        logits, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
-                                     alignment_layer=alignment_layer, alignment_heads=alignment_heads,
-                                     src_lengths=src_lengths, return_all_hiddens=return_all_hiddens)
-        if contrastive:
-            extra.update(self.mmcl_outputs(src_tokens, encoder_out, batch.get(IMAGE_NEGATIVE_GLOBAL),
-                                           batch.get(IMAGE_USABLE)))
-        return logits, extra
 
 
 @register_model_architecture("m3p_transformer", "m3p_transformer")

@@ -1,7 +1,8 @@
 """The base of every multimodal model of the plugin: what the encoder-decoder, the decoder-only
 model and the systems still to come share, so that each of them only says how it reads text.
 
-A model lists :class:`MultimodalModel` before fairseq's model class, its encoder lists
+A model lists :class:`MultimodalModel` before fairseq's model class (whose ``forward`` it
+replaces with one that takes the whole batch), its encoder lists
 :class:`MultimodalEncoderMixin` before ``FairseqEncoder``::
 
     class M3PTransformerModel(MultimodalModel, TransformerModel): ...
@@ -30,7 +31,7 @@ from fairseq.dataclass import FairseqDataclass
 from omegaconf import OmegaConf, open_dict
 from torch import Tensor
 
-from ..data.batch_keys import IMAGE_GLOBAL_STATE, MultimodalModelInterface
+from ..data.batch_keys import IMAGE_GLOBAL_STATE, IMAGE_NEGATIVE_GLOBAL, IMAGE_USABLE, MultimodalModelInterface
 from ..data.image_features import ImageFeatureError
 from .contrastive_head import ContrastiveHead
 from .image_encoder import ImageFeatureEncoder
@@ -150,6 +151,25 @@ class MultimodalModel(MultimodalModelInterface):
         # The task's sampling warm-up reads it (also right after a resume, when the trainer sets it).
         self.num_updates = num_updates
         super().set_num_updates(num_updates)
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor,
+                contrastive: bool = False, return_all_hiddens: bool = True, features_only: bool = False,
+                alignment_layer: Optional[int] = None, alignment_heads: Optional[int] = None, **batch):
+        """``batch`` is the rest of ``net_input`` (data/batch_keys.py), which the encoder reads
+        what it needs of and ignores otherwise. The decoder gets fairseq's decoder options (as
+        TransformerModel.forward passes them); a decoder without a use for some ignores them.
+        With ``contrastive=True`` the extra output also holds the MMCL_* entries
+        (:meth:`mmcl_outputs`)."""
+        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens,
+                                   **batch)
+        logits, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
+                                     alignment_layer=alignment_layer, alignment_heads=alignment_heads,
+                                     src_lengths=src_lengths, return_all_hiddens=return_all_hiddens)
+        if contrastive:
+            extra.update(self.mmcl_outputs(src_tokens, encoder_out, batch.get(IMAGE_NEGATIVE_GLOBAL),
+                                           batch.get(IMAGE_USABLE)))
+        return logits, extra
 
     # ---- MMCL --------------------------------------------------------------------------------
     def pooled_text(self, src_tokens: Tensor, encoder_out: Dict[str, List[Tensor]]) -> Tensor:
