@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-import m3p_fairseq  # noqa: F401  (registers the task, models and criterion)
 from fairseq import options, tasks
 from fairseq.dataclass.configs import GenerationConfig
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+import m3p_fairseq  # noqa: F401  (registers the task, models and criterion)
 from m3p_fairseq.data.image_features import ImageFeatureWriter, read_image_ids
 from preprocess.binarize import binarize
 from preprocess.make_synthetic_corpus import make_corpus

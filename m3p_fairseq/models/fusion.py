@@ -8,8 +8,8 @@ image state [B, C] (both already projected to the model width by ImageFeatureEnc
 from typing import Dict, Type
 
 import torch
-from torch import Tensor, nn
 from fairseq.modules import FairseqDropout, LayerNorm, MultiheadAttention
+from torch import Tensor, nn
 
 
 class GatedFusion(nn.Module):

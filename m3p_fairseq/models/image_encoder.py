@@ -8,10 +8,10 @@ by a few transformer layers over the patches.
 from typing import Tuple
 
 import torch
-from torch import nn
 from fairseq.models.transformer import TransformerConfig
 from fairseq.modules import FairseqDropout, LayerNorm
 from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
+from torch import nn
 
 
 class ImageFeatureEncoder(nn.Module):

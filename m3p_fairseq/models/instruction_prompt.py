@@ -11,7 +11,7 @@ the same order when fairseq-generate rebuilds the model, so training and generat
 """
 
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import sentencepiece as spm
 import torch

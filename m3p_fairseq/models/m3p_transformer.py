@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-from torch import Tensor
 from fairseq.dataclass import ChoiceEnum
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import FairseqEncoder, register_model, register_model_architecture
@@ -15,6 +14,7 @@ from fairseq.models.transformer import (
     TransformerModel,
     base_architecture,
 )
+from torch import Tensor
 
 from ..data.batch_keys import IMAGE_GLOBAL_STATE
 from .contrastive_head import mean_over_tokens

@@ -18,8 +18,8 @@ import re
 from typing import Dict, Iterable, List, Tuple
 
 import torch
-from torch import Tensor, nn
 from fairseq.data import Dictionary
+from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
