@@ -324,10 +324,10 @@ class MultimodalTranslationTask(TranslationTask):
     def build_model(self, cfg, from_checkpoint=False):
         # the model takes its image-feature dimension from self.image_feature_dim
         model = super().build_model(cfg, from_checkpoint)
-        if isinstance(model, MultimodalModelInterface):  # any other model: text-only
-            self._training_model = model
-            self._model_image_dim = model.image_feature_dim
-            self._source_lang_in_batch = model.reads_source_language
+        multimodal = isinstance(model, MultimodalModelInterface)  # any other model: text-only
+        self._training_model = model if multimodal else None
+        self._model_image_dim = model.image_feature_dim if multimodal else None
+        self._source_lang_in_batch = multimodal and model.reads_source_language
         for split, dataset in self.datasets.items():
             for part in getattr(dataset, "datasets", [dataset]):
                 self._check_model_compatible(split, part)
