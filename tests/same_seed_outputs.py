@@ -7,10 +7,11 @@ unusable image), the m3p_loss value and a beam search. Run it once on the old co
 ``--save`` and once on the new code with ``--compare``::
 
     git archive OLD | tar -x -C /tmp/old
-    OMP_NUM_THREADS=1 PYTHONPATH=/tmp/old python scripts/compare_model_outputs.py --save /tmp/before.pt
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python scripts/compare_model_outputs.py --compare /tmp/before.pt
+    OMP_NUM_THREADS=1 PYTHONPATH=/tmp/old python tests/same_seed_outputs.py --save /tmp/before.pt
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python tests/same_seed_outputs.py --compare /tmp/before.pt
 
-Every tensor must be bitwise equal, and the state-dict keys the same.
+Every tensor must be bitwise equal, and the state-dict keys the same. (A tool, not a test:
+pytest collects test_*.py only.)
 """
 
 import argparse
@@ -106,6 +107,7 @@ def main():
     before = torch.load(args.compare)
     failures = 0
     for name, now in results.items():
+        failures_before = failures
         then = before[name]
         if list(now["state_dict"]) != list(then["state_dict"]):
             print(f"{name}: state-dict keys differ: {sorted(set(now['state_dict']) ^ set(then['state_dict']))}")
@@ -118,7 +120,7 @@ def main():
                 if value is None or old is None or not torch.equal(value, old):
                     print(f"{name}: {sub} differs")
                     failures += 1
-        print(f"{name}: {'identical' if failures == 0 else 'checked'} ({len(now)} outputs)")
+        print(f"{name}: {'identical' if failures == failures_before else 'DIFFERENT'} ({len(now)} outputs)")
     print("ALL IDENTICAL" if failures == 0 else f"{failures} DIFFERENCES")
     sys.exit(1 if failures else 0)
 
