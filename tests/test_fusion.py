@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -109,3 +111,31 @@ def test_encoder_output_with_each_fusion(data_dir, fusion, extra):
     logits, _ = model(**net_input)
     assert logits.shape[:2] == batch["target"].shape
     assert torch.isfinite(logits).all()
+
+
+def test_models_take_the_whole_batch_and_ignore_what_they_do_not_read(data_dir):
+    task, cfg = setup_task(data_dir, "--fusion", "cvlm", "--dropout", "0")
+    model = as_if_trained(task.build_model(cfg.model)).eval()
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    net_input = dataset.collater([dataset[i] for i in range(4)])["net_input"]
+    assert "source_lang" in net_input  # the collater emits it for every model
+    text_only_input = {k: net_input[k] for k in ("src_tokens", "src_lengths", "prev_output_tokens",
+                                                 "image_patches", "image_global")}
+    with torch.no_grad():
+        logits, _ = model(**net_input, image_negative_global=net_input["image_global"].flip(0))
+        expected, _ = model(**text_only_input)
+    torch.testing.assert_close(logits, expected, atol=0, rtol=0)
+
+
+def test_the_feature_dimension_travels_with_the_model_config(data_dir, data_copy):
+    """fairseq-generate rebuilds a model from its checkpoint's config before any data: the
+    dimension read from the data at training time is in that config, not only in the task."""
+    task, cfg = setup_task(data_dir, "--fusion", "gated")
+    assert cfg.model.image_feature_dim is None
+    task.build_model(cfg.model)
+    assert cfg.model.image_feature_dim == 16
+    os.remove(data_copy / "image_features.h5")
+    other_task, _ = setup_task(data_copy, "--fusion", "gated")
+    assert other_task.image_feature_dim is None
+    assert other_task.build_model(cfg.model).image_feature_dim == 16

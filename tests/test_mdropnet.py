@@ -9,6 +9,7 @@ from m3p_fairseq.models.mdropnet import (
     IMAGE_ONLY,
     TEXT_AND_IMAGE,
     TEXT_ONLY,
+    MDropNet,
     check_probabilities,
     draw_modalities,
 )
@@ -119,3 +120,22 @@ def test_training_draws_modes_and_inference_uses_both(data_dir):
     text_only = modes(*[TEXT_ONLY] * 4)
     torch.testing.assert_close(decode(model.train(), net_input), decode(model.eval(), net_input, text_only))
     assert not torch.allclose(decode(model.eval(), net_input), decode(model.eval(), net_input, text_only))
+
+
+def test_modes_fixed_drawn_or_none_and_unusable_images_are_text_only():
+    mdropnet = MDropNet(0.25, 0.25)
+    usable = torch.tensor([True, False, True, False])
+    fixed = torch.tensor([IMAGE_ONLY, IMAGE_ONLY, TEXT_AND_IMAGE, TEXT_AND_IMAGE])
+    # a caller's modes win, but a sentence without a usable image is text-only whatever it asked
+    assert mdropnet.modes(fixed, 4, training=True, image_usable=usable).tolist() == [
+        IMAGE_ONLY, TEXT_ONLY, TEXT_AND_IMAGE, TEXT_ONLY]
+    # inference: every sentence uses both, said as None when all images are usable
+    assert mdropnet.modes(None, 4, training=False) is None
+    assert mdropnet.modes(None, 4, training=False, image_usable=usable).tolist() == [
+        TEXT_AND_IMAGE, TEXT_ONLY, TEXT_AND_IMAGE, TEXT_ONLY]
+    # training draws with the global RNG, as draw_modalities does
+    torch.manual_seed(3)
+    drawn = mdropnet.modes(None, 50, training=True)
+    torch.manual_seed(3)
+    assert torch.equal(drawn, draw_modalities(50, 0.25, 0.25))
+    assert MDropNet(0.0, 0.0).modes(None, 4, training=True) is None  # MDropNet off

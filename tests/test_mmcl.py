@@ -9,6 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from helpers import setup_task
+from m3p_fairseq.criterions.m3p_loss import M3PLoss
 from m3p_fairseq.criterions.mmcl import gather_across_workers, symmetric_info_nce
 from m3p_fairseq.models.contrastive_head import ContrastiveHead, mean_over_tokens
 
@@ -146,3 +148,28 @@ def test_gather_is_the_identity_without_distributed_training():
     x = torch.randn(4, 3)
     gathered, offset = gather_across_workers(x)
     assert gathered is x and offset == 0
+
+
+def test_the_criterion_refuses_a_model_outside_the_plugin_clearly():
+    with pytest.raises(ValueError, match="m3p_loss trains the plugin's multimodal models .* not Linear"):
+        M3PLoss.model_supports_mmcl(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("arch, fusion, reads_images", [
+    ("m3p_transformer_tiny", "cvlm", True), ("m3p_transformer_tiny", "none", False),
+    ("m3p_decoder_only_tiny", "prefix", True), ("m3p_decoder_only_tiny", "none", False)])
+def test_capabilities_of_each_model(data_dir, arch, fusion, reads_images):
+    task, cfg = setup_task(data_dir, "--fusion", fusion, "--source-lang", "en", "--target-lang", "de", arch=arch)
+    model = task.build_model(cfg.model)
+    assert model.supports_mmcl is reads_images and M3PLoss.model_supports_mmcl(model) is reads_images
+    assert model.image_feature_dim == (16 if reads_images else None)
+    assert model.reads_source_language is (arch == "m3p_decoder_only_tiny")
+    model.set_num_updates(7)
+    assert model.num_updates == 7
+    task.load_dataset("valid")
+    batch = task.dataset("valid").collater([task.dataset("valid")[i] for i in range(2)])
+    if not reads_images:
+        with pytest.raises(ValueError, match=r"MMCL needs a model that reads images: train with --fusion "
+                                             + ("gated\\|concat\\|selective\\|cvlm" if "transformer" in arch
+                                                else "prefix")):
+            model(**batch["net_input"], contrastive=True)

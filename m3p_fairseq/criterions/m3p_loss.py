@@ -19,6 +19,14 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 from fairseq.distributed import utils as distributed_utils
 
+from ..data.batch_keys import (
+    CONTRASTIVE,
+    MMCL_IMAGE,
+    MMCL_IMAGE_NEGATIVES,
+    MMCL_LOGIT_SCALE,
+    MMCL_TEXT,
+    MMCL_USABLE,
+)
 from .mmcl import gather_across_workers, split_columns, symmetric_info_nce
 
 
@@ -45,12 +53,12 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
     def forward(self, model, sample, reduce=True):
         # A model with a contrastive head always computes MMCL, even at weight 0, so that every
         # parameter takes part in the backward pass as DistributedDataParallel expects.
-        contrastive = getattr(model, "contrastive_head", None) is not None
+        contrastive = self.model_supports_mmcl(model)
         if self.mmcl_weight > 0 and not contrastive:
             raise ValueError(f"--mmcl-weight {self.mmcl_weight} needs a model that reads images "
-                             "(--fusion gated|concat|selective|cvlm); a text-only model trains with "
+                             "(a --fusion other than none); a text-only model trains with "
                              "--mmcl-weight 0 or --criterion label_smoothed_cross_entropy")
-        net_output = model(**sample["net_input"], contrastive=contrastive)
+        net_output = model(**sample["net_input"], **{CONTRASTIVE: contrastive})
         loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
@@ -73,20 +81,30 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
             logging_output["total"] = utils.item(total.data)
         return loss, sample_size, logging_output
 
+    @staticmethod
+    def model_supports_mmcl(model) -> bool:
+        """models.multimodal_model.MultimodalModel.supports_mmcl; read as an attribute because
+        ``model`` may be fairseq's data-parallel wrapper, which forwards attributes to the model."""
+        try:
+            return model.supports_mmcl
+        except AttributeError:
+            raise ValueError(f"--criterion m3p_loss trains the plugin's multimodal models (--arch m3p_*), "
+                             f"not {type(model).__name__}; use --criterion label_smoothed_cross_entropy") from None
+
     def contrastive_loss(self, extra, sample_size):
         """lambda * (total sample size / N) * sum of the N pair losses over all workers, and the
         logging sums of this worker's pairs."""
-        parts = [extra["mmcl_text"], extra["mmcl_image"]]
-        if "mmcl_image_negatives" in extra:
-            parts.append(extra["mmcl_image_negatives"])
-        if "mmcl_usable" in extra:  # pairs whose image was missing at extraction have no image to match
-            parts = [part[extra["mmcl_usable"]] for part in parts]
+        parts = [extra[MMCL_TEXT], extra[MMCL_IMAGE]]
+        if MMCL_IMAGE_NEGATIVES in extra:
+            parts.append(extra[MMCL_IMAGE_NEGATIVES])
+        if MMCL_USABLE in extra:  # pairs whose image was missing at extraction have no image to match
+            parts = [part[extra[MMCL_USABLE]] for part in parts]
         text = parts[0]
         group = distributed_utils.get_data_parallel_group() if dist.is_initialized() else None
         joined, offset = gather_across_workers(torch.cat(parts, dim=1), group)
         text_all, image_all, *negatives_all = split_columns(joined, [p.size(1) for p in parts])
         pair_loss, text_correct, image_correct = symmetric_info_nce(
-            text_all, image_all, extra["mmcl_logit_scale"], negatives_all[0] if negatives_all else None)
+            text_all, image_all, extra[MMCL_LOGIT_SCALE], negatives_all[0] if negatives_all else None)
 
         total_sample_size = torch.tensor(float(sample_size), device=text.device)
         if group is not None and dist.get_world_size(group) > 1:
@@ -100,7 +118,7 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
             "mmcl_loss": local_loss,
             "mmcl_pairs": text.size(0),
             "mmcl_correct": utils.item((text_correct[local].sum() + image_correct[local].sum()).data),
-            "mmcl_temperature": utils.item(1.0 / extra["mmcl_logit_scale"].detach()) * text.size(0),
+            "mmcl_temperature": utils.item(1.0 / extra[MMCL_LOGIT_SCALE].detach()) * text.size(0),
         }
         return term, logs
 

@@ -13,25 +13,23 @@ from ..models.fusion import ConditionalVisionLanguageMemory
 
 
 def encoder_inputs(dataset, indices: Sequence[int]):
-    """(net_input, ids in batch order) of the given examples, collated as fairseq batches them."""
+    """(the encoder's inputs, ids in batch order) of the given examples, collated as fairseq
+    batches them: the whole net_input but the decoder's input (encoders ignore the keys they
+    do not read, as in fairseq's beam search)."""
     sample = dataset.collater([dataset[int(i)] for i in indices])
-    net_input = sample["net_input"]
-    inputs = {key: net_input[key] for key in ("src_tokens", "src_lengths", "image_patches", "image_global",
-                                              "image_usable") if key in net_input}
+    inputs = {key: value for key, value in sample["net_input"].items() if key != "prev_output_tokens"}
     return inputs, sample["id"].tolist()
 
 
 @torch.no_grad()
 def pooled_representations(model, dataset, indices: Sequence[int], batch_size: int = 64) -> np.ndarray:
     """[len(indices), C]: s^k, each sentence's text-encoder states averaged over its tokens (the
-    target-language tag and padding left out, :meth:`M3PTransformerModel.pooled_text`), in the
+    target-language tag and padding left out, :meth:`MultimodalModel.pooled_text`), in the
     order of ``indices``. A model that reads images gets the sentence's image, as in translation."""
     model.eval()
     by_id = {}
     for start in range(0, len(indices), batch_size):
         inputs, ids = encoder_inputs(dataset, indices[start:start + batch_size])
-        if getattr(model, "image_feature_dim", None) is None:
-            inputs = {k: v for k, v in inputs.items() if k in ("src_tokens", "src_lengths")}
         encoder_out = model.encoder(**inputs)
         pooled = model.pooled_text(inputs["src_tokens"], encoder_out)
         by_id.update(zip(ids, pooled.float().cpu().numpy()))

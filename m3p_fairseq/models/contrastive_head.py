@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.batch_keys import MMCL_IMAGE, MMCL_IMAGE_NEGATIVES, MMCL_LOGIT_SCALE, MMCL_TEXT, MMCL_USABLE
+
 
 class ContrastiveHead(nn.Module):
     def __init__(self, embed_dim: int, projection_dim: int, temperature: float,
@@ -43,12 +45,12 @@ class ContrastiveHead(nn.Module):
         """What a model's forward hands the ``m3p_loss`` criterion (in the decoder's extra output):
         ``mmcl_text``, ``mmcl_image`` [B, d], ``mmcl_image_negatives`` [B, d] for augmented views,
         ``mmcl_logit_scale`` and, when some images are unusable, ``mmcl_usable`` [B]."""
-        result = {"mmcl_text": self.embed_text(pooled_text), "mmcl_image": self.embed_image(image_state),
-                  "mmcl_logit_scale": self.logit_scale()}
+        result = {MMCL_TEXT: self.embed_text(pooled_text), MMCL_IMAGE: self.embed_image(image_state),
+                  MMCL_LOGIT_SCALE: self.logit_scale()}
         if negative_image_state is not None:
-            result["mmcl_image_negatives"] = self.embed_image(negative_image_state)
+            result[MMCL_IMAGE_NEGATIVES] = self.embed_image(negative_image_state)
         if usable is not None:
-            result["mmcl_usable"] = usable
+            result[MMCL_USABLE] = usable
         return result
 
 

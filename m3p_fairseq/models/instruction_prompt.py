@@ -2,7 +2,7 @@
 "Please translate the following sentence from {src} to {tgt}:", with the languages' English
 names (m3p_fairseq/data/languages.py) filled in from the direction's language tags.
 
-Every prompt of every ordered pair of the dictionary's languages is tokenised once, when the
+Every prompt of every ordered pair of the task's languages is tokenised once, when the
 model is built, with the data's SentencePiece model (DATA/spm.model, as preprocess/binarize.py
 writes it) or, without one, split on whitespace. Pieces that the dictionary lacks (a small
 SentencePiece model trained on captions may never have produced "▁Please") are appended to the
@@ -11,7 +11,6 @@ the same order when fairseq-generate rebuilds the model, so training and generat
 """
 
 import logging
-import re
 from typing import Dict, Optional, Tuple
 
 import sentencepiece as spm
@@ -24,7 +23,6 @@ from ..data.languages import INSTRMULTI102_LANGUAGES
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "Please translate the following sentence from {src} to {tgt}:"
-_LANG_TAG = re.compile(r"^__([A-Za-z0-9_-]+?)__$")
 
 
 def check_template(template: str) -> None:
@@ -37,13 +35,12 @@ def check_template(template: str) -> None:
 
 
 class InstructionPrompt:
-    def __init__(self, dictionary: Dictionary, template: str = DEFAULT_TEMPLATE,
+    def __init__(self, dictionary: Dictionary, languages: Dict[int, str], template: str = DEFAULT_TEMPLATE,
                  spm_model: Optional[str] = None):
+        """``languages``: {dictionary index of a language tag: language code}, in dictionary order."""
         check_template(template)
         self.template = template
         sp = spm.SentencePieceProcessor(model_file=spm_model) if spm_model else None
-        languages = {index: m.group(1) for index, symbol in enumerate(dictionary.symbols)
-                     for m in [_LANG_TAG.match(symbol)] if m}
         unnamed = sorted(code for code in languages.values() if code not in INSTRMULTI102_LANGUAGES)
         if unnamed:
             logger.warning("no English name for language tag(s) %s (m3p_fairseq/data/languages.py): "

@@ -10,7 +10,7 @@ decoded exactly as at inference, and every parameter stays in the graph, as Dist
 requires, whatever mix a batch draws.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -33,6 +33,27 @@ def draw_modalities(batch_size: int, text_only: float, image_only: float, device
     modes[u < text_only + image_only] = IMAGE_ONLY
     modes[u < text_only] = TEXT_ONLY
     return modes
+
+
+class MDropNet:
+    """The MDropNet probabilities of a model and the mode of each sentence of a batch."""
+
+    def __init__(self, text_only: float, image_only: float):
+        check_probabilities(text_only, image_only)
+        self.text_only, self.image_only = text_only, image_only
+
+    def modes(self, modalities: Optional[Tensor], batch_size: int, training: bool,
+              image_usable: Optional[Tensor] = None, device=None) -> Optional[Tensor]:
+        """Each sentence's mode [B]: ``modalities`` when a caller fixed them, else drawn in
+        training; a sentence whose image is unusable is text-only whatever was drawn. None
+        means every sentence uses text and image (inference, all images usable)."""
+        if modalities is None and training and self.text_only + self.image_only > 0:
+            modalities = draw_modalities(batch_size, self.text_only, self.image_only, device=device)
+        if image_usable is not None and not image_usable.all():
+            if modalities is None:
+                modalities = torch.full_like(image_usable, TEXT_AND_IMAGE, dtype=torch.long)
+            modalities = modalities.masked_fill(~image_usable, TEXT_ONLY)
+        return modalities
 
 
 def per_sentence_memory(modes: Tensor, text: Tensor, text_padding_mask: Tensor, fused: Tensor,

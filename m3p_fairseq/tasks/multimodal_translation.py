@@ -41,6 +41,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
+from ..data.batch_keys import MultimodalModelInterface
 from ..data.image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
 from ..data.multimodal_augmentation import MultimodalAugmentation
 from ..data.multimodal_pair_dataset import MultimodalLanguagePairDataset, stack_images
@@ -140,9 +141,9 @@ class MultimodalTranslationTask(TranslationTask):
         self._pending_image_ids: Optional[List[str]] = None
         self._image_row_of_source: Dict[tuple, int] = {}  # fairseq-interactive's current chunk
         self._model_image_dim: Optional[int] = None  # None: no model yet, or a text-only one
-        self._training_model = None  # its update count drives the sampling warm-up
-        # set by build_model for models that read net_input["source_lang"] (the decoder-only
-        # model); other models' forward() does not take it
+        self._training_model: Optional[MultimodalModelInterface] = None  # its update count drives the warm-up
+        # set by build_model for models whose prompt names the source language (the decoder-only
+        # model): inference then needs --source-lang
         self._source_lang_in_batch = False
 
     # ---- set-up -----------------------------------------------------------------------------
@@ -205,7 +206,7 @@ class MultimodalTranslationTask(TranslationTask):
             self.datasets[split] = ConcatDataset(list(datasets.values()))
 
     def _sampling_temperature(self) -> float:
-        num_updates = getattr(self._training_model, "num_updates", 0)
+        num_updates = 0 if self._training_model is None else self._training_model.num_updates
         return temperature_at(num_updates, self.cfg.sampling_temperature,
                               self.cfg.sampling_temperature_init, self.cfg.sampling_warmup_updates)
 
@@ -230,7 +231,7 @@ class MultimodalTranslationTask(TranslationTask):
             pad_to_multiple=self.cfg.required_seq_len_multiple,
             image_store=image_store, image_rows=image_rows,
             augmentation=self._augmentation(f"{src}-{tgt}") if split == self.cfg.train_subset else None,
-            source_lang_index=self.lang_tag_index(src), emit_source_lang=self._source_lang_in_batch,
+            source_lang_index=self.lang_tag_index(src), emit_source_lang=True,
         )
 
     def _augmentation(self, direction: str) -> Optional[MultimodalAugmentation]:
@@ -305,6 +306,12 @@ class MultimodalTranslationTask(TranslationTask):
             raise ImageFeatureError(f"image-feature files disagree on the dimension: {sorted(dims)}")
         return dims.pop() if dims else None
 
+    @property
+    def sentencepiece_model(self) -> Optional[str]:
+        """The data's SentencePiece model (DATA/spm.model, as preprocess/binarize.py writes it), if any."""
+        path = os.path.join(utils.split_paths(self.cfg.data)[0], "spm.model")
+        return path if os.path.isfile(path) else None
+
     def get_batch_iterator(self, dataset, **kwargs):
         # fairseq drops a final batch whose size is not a multiple of
         # --required-batch-size-multiple (fairseq issue #5036): harmless for training, but it
@@ -315,22 +322,15 @@ class MultimodalTranslationTask(TranslationTask):
 
     # ---- model ------------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
-        if getattr(cfg, "fusion", "none") != "none" and getattr(cfg, "image_feature_dim", None) is None:
-            cfg.image_feature_dim = self.image_feature_dim
-            if cfg.image_feature_dim is None:
-                raise ImageFeatureError(
-                    f"--fusion {cfg.fusion} reads images, but no image features were found: put "
-                    f"{self.cfg.train_subset}.image_features.h5 or {SHARED_FEATURE_FILE} in the data "
-                    "directory, or pass --image-features"
-                )
+        # the model takes its image-feature dimension from self.image_feature_dim
         model = super().build_model(cfg, from_checkpoint)
-        self._training_model = model
-        self._model_image_dim = getattr(model, "image_feature_dim", None)
-        self._source_lang_in_batch = getattr(model, "reads_source_language", False)
+        multimodal = isinstance(model, MultimodalModelInterface)  # any other model: text-only
+        self._training_model = model if multimodal else None
+        self._model_image_dim = model.image_feature_dim if multimodal else None
+        self._source_lang_in_batch = multimodal and model.reads_source_language
         for split, dataset in self.datasets.items():
             for part in getattr(dataset, "datasets", [dataset]):
                 self._check_model_compatible(split, part)
-                part.emit_source_lang = self._source_lang_in_batch
         return model
 
     def _check_model_compatible(self, split: str, dataset: MultimodalLanguagePairDataset) -> None:
