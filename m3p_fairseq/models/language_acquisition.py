@@ -1,0 +1,153 @@
+"""The language acquisition encoder of MLA (paper Sec. 3.1, Eqs. 7-11).
+
+    X^0 = [W_e u_0, ..., W_e u_m] + E_pos              (7)   shared non-native embedding block
+    H^i = TransformerLayer(X^{i-1}; theta_Phi^i)       (8)   the native text layers, frozen
+    X^i = LA(H^i; theta_L^i)                           (9)   one acquirer per layer and language
+    LA(X) = W_up ReLU(W_down X) + X                    (10)  W_up starts at zero: LA starts as identity
+    t = W_a x^l_[EOS]                                  (11)  the native W_a, frozen
+
+The native model is held outside this module's parameters and state_dict (:meth:`native`), so
+an optimizer can never reach it and a checkpoint never carries a copy of it; what the checkpoint
+carries instead is the native model's identity (embedding size and weights fingerprint, as
+buffers), checked when the checkpoint is loaded.
+
+Languages are independent: each has its own acquirers, and a language can be added later with
+:meth:`add_language`; :meth:`freeze_for_extension` then leaves trainable only the new language's
+acquirers and the embedding rows of words the earlier languages never had.
+"""
+
+from typing import Dict, Iterable, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .native_dual_encoder import NativeDualEncoder, NativeIdentity, NativeModelMismatch
+
+DEFAULT_BOTTLENECK = 256
+NATIVE_NAME_KEY = "native_name"
+
+
+class LanguageAcquirer(nn.Module):
+    """LA(X) = W_up ReLU(W_down X) + X (Eq. 10); W_up (and its bias) zero-initialised."""
+
+    def __init__(self, width: int, bottleneck: int = DEFAULT_BOTTLENECK):
+        super().__init__()
+        self.down = nn.Linear(width, bottleneck)
+        self.up = nn.Linear(bottleneck, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(F.relu(self.down(x))) + x
+
+
+def _fingerprint_tensor(fingerprint: str) -> torch.Tensor:
+    return torch.tensor(list(bytes.fromhex(fingerprint)), dtype=torch.uint8)
+
+
+class LanguageAcquisitionEncoder(nn.Module):
+    """Non-native sentences [B, T] of one language -> t [B, E] in the native model's space."""
+
+    def __init__(self, native: NativeDualEncoder, vocab_size: int, pad: int, eos: int,
+                 languages: Iterable[str], embed_dim: Optional[int] = None,
+                 bottleneck: int = DEFAULT_BOTTLENECK, use_acquirers: bool = True):
+        super().__init__()
+        self._native = [native]  # a list: not a submodule, so neither trained nor saved
+        self.pad, self.eos = pad, eos
+        self.bottleneck = bottleneck
+        self.use_acquirers = use_acquirers
+        embed_dim = embed_dim or native.width
+        self.embed_tokens = nn.Embedding(vocab_size, embed_dim, padding_idx=pad)  # theta_emb
+        nn.init.normal_(self.embed_tokens.weight, std=0.02)
+        with torch.no_grad():
+            self.embed_tokens.weight[pad].zero_()
+        self.embed_projection = nn.Linear(embed_dim, native.width)  # W_e of Eq. 7
+        self.acquirers = nn.ModuleDict()
+        for lang in languages:
+            self.add_language(lang)
+        self.register_buffer("native_fingerprint", _fingerprint_tensor(native.identity.fingerprint))
+        self.register_buffer("native_embed_dim", torch.tensor(native.embed_dim))
+        self.register_buffer("frozen_rows", torch.zeros(vocab_size, dtype=torch.bool), persistent=False)
+        self.embed_tokens.weight.register_hook(self._zero_frozen_rows)
+
+    @property
+    def native(self) -> NativeDualEncoder:
+        return self._native[0]
+
+    @property
+    def languages(self) -> List[str]:
+        return list(self.acquirers.keys())
+
+    def add_language(self, lang: str) -> None:
+        if lang in self.acquirers:
+            raise ValueError(f"language {lang!r} already has acquirers")
+        width = self.native.width
+        self.acquirers[lang] = nn.ModuleList(
+            LanguageAcquirer(width, self.bottleneck) for _ in range(self.native.num_text_layers))
+
+    def _apply(self, fn, *args, **kwargs):  # .to()/.cuda()/.half() move the native model too
+        super()._apply(fn, *args, **kwargs)
+        self.native._apply(fn, *args, **kwargs)
+        return self
+
+    def _zero_frozen_rows(self, grad: torch.Tensor) -> torch.Tensor:
+        # With no gradient ever, Adam's moments stay zero and the row stays bitwise unchanged.
+        return grad.masked_fill(self.frozen_rows[:, None], 0.0) if self.frozen_rows.any() else grad
+
+    def freeze_for_extension(self, new_languages: Iterable[str], known_vocab_size: int) -> None:
+        """Train only the acquirers of ``new_languages`` and the embedding rows from
+        ``known_vocab_size`` on (words the earlier languages' vocabulary did not have)."""
+        new_languages = set(new_languages)
+        unknown = new_languages - set(self.acquirers)
+        if unknown:
+            raise ValueError(f"no acquirers for {sorted(unknown)}; languages: {self.languages}")
+        for lang, layers in self.acquirers.items():
+            for p in layers.parameters():
+                p.requires_grad_(lang in new_languages)
+        self.embed_projection.requires_grad_(False)
+        self.frozen_rows[:known_vocab_size] = True
+        self.embed_tokens.weight.requires_grad_(known_vocab_size < self.embed_tokens.num_embeddings)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # the name is for error messages only; it is popped again on load (names may differ in length)
+        destination[prefix + NATIVE_NAME_KEY] = torch.tensor(list(self.native.name.encode()), dtype=torch.uint8)
+
+    def check_native(self, state_dict: Dict[str, torch.Tensor], prefix: str = "") -> None:
+        """Refuse weights trained against another native model (:class:`NativeModelMismatch`)."""
+        name = state_dict.pop(prefix + NATIVE_NAME_KEY, None)
+        stored = state_dict.get(prefix + "native_fingerprint")
+        if stored is None:
+            return
+        stored_identity = NativeIdentity(bytes(name.tolist()).decode() if name is not None else "unknown",
+                                         int(state_dict[prefix + "native_embed_dim"]), bytes(stored.tolist()).hex())
+        if (stored_identity.embed_dim, stored_identity.fingerprint) != (self.native.embed_dim,
+                                                                         self.native.identity.fingerprint):
+            stored_identity.check_matches(self.native.identity, "this checkpoint of language acquirers")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.check_native(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def eos_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        is_eos = tokens == self.eos
+        if not is_eos.any(dim=1).all():
+            raise ValueError("a non-native sentence has no [EOS] token")
+        return is_eos.int().argmax(dim=1)
+
+    def forward(self, tokens: torch.Tensor, lang: str) -> torch.Tensor:
+        if lang not in self.acquirers:
+            raise KeyError(f"no language acquirers for {lang!r} (this model has {self.languages})")
+        native = self.native
+        if tokens.shape[1] > native.context_length:
+            raise ValueError(f"{tokens.shape[1]} tokens but the native model takes at most {native.context_length}")
+        x = native.add_positions(self.embed_projection(self.embed_tokens(tokens)))  # Eq. 7
+        for i, acquirer in enumerate(self.acquirers[lang]):
+            h = native.text_layer(i, x)  # Eq. 8
+            x = acquirer(h) if self.use_acquirers else h  # Eq. 9
+        eos = x[torch.arange(len(tokens), device=tokens.device), self.eos_positions(tokens)]
+        return native.project_text(eos)  # Eq. 11
+
+
+__all__ = ["LanguageAcquirer", "LanguageAcquisitionEncoder", "NativeModelMismatch", "DEFAULT_BOTTLENECK"]

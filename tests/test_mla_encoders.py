@@ -1,0 +1,148 @@
+"""The frozen native dual encoder (open_clip) and the language acquisition encoder (Eqs. 7-11)."""
+
+import pytest
+import torch
+from fairseq.data import Dictionary
+
+from m3p_fairseq.models.language_acquisition import LanguageAcquirer, LanguageAcquisitionEncoder
+from m3p_fairseq.models.native_dual_encoder import (
+    NativeModelMismatch,
+    build_clip,
+    encode_words,
+    load_native,
+    pad_token_rows,
+    save_native,
+    small_clip_config,
+)
+
+WORDS = "a red blue circle square small large left right".split()
+
+
+def make_dictionary(words=WORDS):
+    d = Dictionary()
+    for w in words:
+        d.add_symbol(w)
+    return d
+
+
+def make_native(tmp_path, seed=0, name="tiny-en"):
+    torch.manual_seed(seed)
+    d = make_dictionary()
+    cfg = small_clip_config(len(d), embed_dim=16, width=16, layers=2, heads=2, context_length=12,
+                            image_size=16, patch_size=8)
+    path = tmp_path / f"{name}-{seed}.pt"
+    save_native(path, build_clip(cfg), cfg, d, name)
+    return load_native(path)
+
+
+def make_encoder(native, languages=("de", "fr")):
+    d = native.dictionary
+    return LanguageAcquisitionEncoder(native, len(d), d.pad(), d.eos(), languages, bottleneck=8)
+
+
+def test_piecewise_text_tower_equals_open_clip(tmp_path):
+    native = make_native(tmp_path)
+    tokens = native.tokenize(["a red circle", "a large blue square left"])
+    assert tokens[0].tolist()[:5] == [0, native.dictionary.index("a"), native.dictionary.index("red"),
+                                      native.dictionary.index("circle"), 2]
+    full = torch.full((2, native.context_length), native.pad_id)
+    full[:, : tokens.shape[1]] = tokens
+    torch.testing.assert_close(native.encode_tokens(tokens), native.clip.encode_text(full), rtol=1e-5, atol=1e-6)
+
+
+def test_native_round_trip_frozen_and_fingerprinted(tmp_path):
+    native = make_native(tmp_path)
+    again = make_native(tmp_path)
+    other = make_native(tmp_path, seed=1)
+    assert native.identity == again.identity
+    assert native.identity.fingerprint != other.identity.fingerprint
+    assert all(not p.requires_grad for p in native.parameters())
+    native.train()
+    assert not native.clip.training and not native.clip.transformer.resblocks[0].training
+    image = torch.randn(3, 3, 16, 16)
+    assert native.encode_image(image).shape == (3, 16)
+    with pytest.raises(ValueError, match="not a native dual encoder"):
+        torch.save({"weights": 1}, tmp_path / "bad.pt")
+        load_native(tmp_path / "bad.pt")
+
+
+def test_words_are_truncated_with_eos_kept():
+    d = make_dictionary()
+    row = encode_words(d, "a red blue circle square", max_length=4)
+    assert row.tolist() == [d.bos(), d.index("a"), d.index("red"), d.eos()]
+    assert pad_token_rows([torch.tensor([5, 6, 7]), torch.tensor([8])], pad=1).tolist() == [[5, 6, 7], [8, 1, 1]]
+
+
+def test_acquirer_is_identity_when_up_is_zero():
+    acquirer = LanguageAcquirer(6, bottleneck=4)
+    x = torch.randn(2, 3, 6)
+    assert torch.equal(acquirer(x), x)
+    with torch.no_grad():
+        acquirer.up.weight.fill_(0.1)
+    assert not torch.equal(acquirer(x), x)
+
+
+def test_acquisition_encoder_reproduces_native_when_given_its_embeddings(tmp_path):
+    # With the native token embedding as the non-native block, W_e = I and fresh acquirers
+    # (identity), Eqs. 7-11 are Eqs. 1-3: t == s.
+    native = make_native(tmp_path)
+    encoder = make_encoder(native)
+    with torch.no_grad():
+        encoder.embed_tokens.weight.copy_(native.clip.token_embedding.weight)
+        encoder.embed_projection.weight.copy_(torch.eye(native.width))
+        encoder.embed_projection.bias.zero_()
+    tokens = native.tokenize(["a red circle", "small square right"])
+    torch.testing.assert_close(encoder(tokens, "de"), native.encode_tokens(tokens))
+    without = LanguageAcquisitionEncoder(native, len(native.dictionary), 1, 2, ["de"], bottleneck=8,
+                                         use_acquirers=False)
+    without.load_state_dict(encoder.state_dict(), strict=False)
+    assert torch.equal(without(tokens, "de"), encoder(tokens, "de"))
+
+
+def test_gradients_reach_only_trainable_parts(tmp_path):
+    native = make_native(tmp_path)
+    encoder = make_encoder(native)
+    with torch.no_grad():  # move W_up off zero so W_down gets a gradient too
+        for acquirer in encoder.acquirers["de"]:
+            acquirer.up.weight.normal_(std=0.1)
+    tokens = native.tokenize(["a red circle"])
+    encoder(tokens, "de").pow(2).sum().backward()
+    assert all(p.grad is None for p in native.parameters())
+    assert all(p.grad is None for p in encoder.acquirers["fr"].parameters())
+    for name, p in encoder.named_parameters():
+        if not name.startswith("acquirers.fr"):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert {n for n, _ in encoder.named_parameters()} >= {"embed_tokens.weight", "embed_projection.weight"}
+    identity = {"native_name", "native_fingerprint", "native_embed_dim"}
+    saved = set(encoder.state_dict()) - identity
+    assert saved == {n for n, _ in encoder.named_parameters()}  # no frozen native weight is saved
+
+
+def test_checkpoint_refuses_another_native_model(tmp_path):
+    native = make_native(tmp_path)
+    state = make_encoder(native).state_dict()
+    make_encoder(make_native(tmp_path)).load_state_dict(state)  # same weights: loads
+    other = make_encoder(make_native(tmp_path, seed=1, name="other-en"))
+    with pytest.raises(NativeModelMismatch, match=r"made with native model 'tiny-en'.*loaded now is 'other-en'"):
+        other.load_state_dict(state)
+
+
+def test_extension_trains_only_the_new_language(tmp_path):
+    native = make_native(tmp_path)
+    encoder = make_encoder(native, languages=("de", "fr", "cs"))
+    known = len(native.dictionary) - 2  # pretend the last two words are new with cs
+    encoder.freeze_for_extension(["cs"], known_vocab_size=known)
+    tokens = native.tokenize(["a red circle", "small blue square"])  # words de/fr already had
+    new_tokens = native.tokenize(["a red circle left", "small blue square right"])
+    before = {lang: encoder(tokens, lang).detach().clone() for lang in ("de", "fr")}
+    weights_before = encoder.embed_tokens.weight.detach().clone()
+    optimizer = torch.optim.Adam([p for p in encoder.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        encoder(new_tokens, "cs").pow(2).sum().backward()
+        optimizer.step()
+    for lang in ("de", "fr"):
+        assert torch.equal(encoder(tokens, lang), before[lang])
+    assert torch.equal(encoder.embed_tokens.weight[:known], weights_before[:known])
+    assert not torch.equal(encoder.embed_tokens.weight[known:], weights_before[known:])
+    assert not torch.equal(encoder(tokens, "cs"), before["de"])
