@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 from fairseq.data import Dictionary
 
-from m3p_fairseq.atomic_io import atomic_path
+from ..atomic_io import atomic_path
+from ..data.mla_dataset import encode_words, pad_token_rows
 
 NATIVE_FORMAT = "m3p-mla-native-dual-encoder/1"
 
@@ -66,23 +67,6 @@ def weights_fingerprint(module: nn.Module) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def pad_token_rows(rows: Sequence[torch.Tensor], pad: int) -> torch.Tensor:
-    """Right-pad 1-D token tensors into [B, T]; with a causal mask, padding after [EOS] never
-    changes the [EOS] state."""
-    length = max(len(r) for r in rows)
-    out = torch.full((len(rows), length), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
-def encode_words(dictionary: Dictionary, sentence: str, max_length: int) -> torch.Tensor:
-    """[SOS] words [EOS] (fairseq's bos/eos), truncated to ``max_length`` with [EOS] kept last."""
-    words = dictionary.encode_line(sentence, add_if_not_exist=False, append_eos=False).long()
-    words = words[: max_length - 2]
-    return torch.cat([torch.tensor([dictionary.bos()]), words, torch.tensor([dictionary.eos()])])
 
 
 class NativeDualEncoder(nn.Module):
