@@ -96,7 +96,22 @@ def check_dictionary_extends(old_symbols: Sequence[str], new: Dictionary, source
                            f"trained with (differs at index {first}); build it with --extend OLD_DICT")
 
 
-class MlaCaptionDataset(FairseqDataset):
+class _SizedDataset(FairseqDataset):
+    """Sizes in ``self.sizes`` (tokens per caption); batches are formed shortest first."""
+
+    sizes: np.ndarray
+
+    def num_tokens(self, index: int) -> int:
+        return int(self.sizes[index])
+
+    def size(self, index: int) -> int:
+        return int(self.sizes[index])
+
+    def ordered_indices(self) -> np.ndarray:
+        return np.argsort(self.sizes, kind="mergesort")
+
+
+class MlaCaptionDataset(_SizedDataset):
     """Captions of one non-native language, each with its native translation and/or image row."""
 
     def __init__(self, lang: str, captions: List[torch.Tensor], dictionary: Dictionary,
@@ -117,15 +132,6 @@ class MlaCaptionDataset(FairseqDataset):
         if self.images is not None:
             item["image"] = self.images.read(int(self.image_rows[index]))[1].float()
         return item
-
-    def num_tokens(self, index: int) -> int:
-        return int(self.sizes[index])
-
-    def size(self, index: int) -> int:
-        return int(self.sizes[index])
-
-    def ordered_indices(self) -> np.ndarray:
-        return np.argsort(self.sizes, kind="mergesort")
 
     def collater(self, samples: List[Dict]) -> Dict:
         if not samples:
@@ -166,7 +172,7 @@ def load_caption_dataset(data: Path, split: str, lang: str, dictionary: Dictiona
     return MlaCaptionDataset(lang, encoded, dictionary, native_tokens, native.pad_id, rows, images)
 
 
-class MlaMultilingualDataset(FairseqDataset):
+class MlaMultilingualDataset(_SizedDataset):
     """The languages of a split side by side; every batch holds ONE language (its acquirers run on
     the whole batch, and LE's in-batch negatives never include another language's caption of the
     same image)."""
@@ -187,15 +193,6 @@ class MlaMultilingualDataset(FairseqDataset):
     def __getitem__(self, index: int) -> Dict:
         which, local = self._locate(index)
         return {**self.datasets[which][local], "id": index, "dataset": which}
-
-    def num_tokens(self, index: int) -> int:
-        return int(self.sizes[index])
-
-    def size(self, index: int) -> int:
-        return int(self.sizes[index])
-
-    def ordered_indices(self) -> np.ndarray:
-        return np.argsort(self.sizes, kind="mergesort")
 
     def collater(self, samples: List[Dict]) -> Dict:
         if not samples:
