@@ -146,3 +146,27 @@ def test_extension_trains_only_the_new_language(tmp_path):
     assert torch.equal(encoder.embed_tokens.weight[:known], weights_before[:known])
     assert not torch.equal(encoder.embed_tokens.weight[known:], weights_before[known:])
     assert not torch.equal(encoder(tokens, "cs"), before["de"])
+
+
+def test_user_open_clip_checkpoint_loads_by_architecture_name(tmp_path):
+    import json
+
+    import open_clip
+
+    from m3p_fairseq.models.native_dual_encoder import weights_fingerprint
+
+    cfg = {"embed_dim": 16,
+           "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "patch_size": 8, "head_width": 8},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mla-test-tiny-clip.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "configs")
+    torch.manual_seed(0)
+    clip = open_clip.create_model("mla-test-tiny-clip")
+    torch.save(clip.state_dict(), tmp_path / "weights.bin")
+    native = load_native(tmp_path / "weights.bin", open_clip_model="mla-test-tiny-clip")
+    tokens = native.tokenize(["a red circle on the left"])  # CLIP's BPE, [SOT] ... [EOT] padded to 16
+    assert tokens.shape == (1, 16)
+    torch.testing.assert_close(native.encode_tokens(tokens), clip.encode_text(tokens), rtol=1e-5, atol=1e-6)
+    assert native.identity.fingerprint == weights_fingerprint(clip)
+    assert native.encode_image(torch.randn(2, 3, 16, 16)).shape == (2, 16)
