@@ -95,6 +95,8 @@ def test_acquisition_encoder_reproduces_native_when_given_its_embeddings(tmp_pat
     torch.testing.assert_close(encoder(tokens, "de"), native.encode_tokens(tokens))
     without = LanguageAcquisitionEncoder(native, len(native.dictionary), 1, 2, ["de"], bottleneck=8,
                                          use_acquirers=False)
+    # only the embedding block trains: 12 words x 16 + W_e (16 x 16 + 16)
+    assert without.trainable_parameter_count() == len(native.dictionary) * 16 + 16 * 16 + 16
     without.load_state_dict(encoder.state_dict(), strict=False)
     assert torch.equal(without(tokens, "de"), encoder(tokens, "de"))
 
@@ -132,6 +134,8 @@ def test_extension_trains_only_the_new_language(tmp_path):
     encoder = make_encoder(native, languages=("de", "fr", "cs"))
     known = len(native.dictionary) - 2  # pretend the last two words are new with cs
     encoder.freeze_for_extension(["cs"], known_vocab_size=known)
+    acquirer_size = 2 * (16 * 8 + 8 + 8 * 16 + 16)  # 2 layers of W_down, W_up with biases
+    assert encoder.trainable_parameter_count() == acquirer_size + 2 * 16  # cs acquirers + 2 new rows
     tokens = native.tokenize(["a red circle", "small blue square"])  # words de/fr already had
     new_tokens = native.tokenize(["a red circle left", "small blue square right"])
     before = {lang: encoder(tokens, lang).detach().clone() for lang in ("de", "fr")}

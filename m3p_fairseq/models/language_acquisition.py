@@ -85,6 +85,15 @@ class LanguageAcquisitionEncoder(nn.Module):
         width = self.native.width
         self.acquirers[lang] = nn.ModuleList(
             LanguageAcquirer(width, self.bottleneck) for _ in range(self.native.num_text_layers))
+        if not self.use_acquirers:  # ablation: kept for the checkpoint layout, never used or trained
+            self.acquirers[lang].requires_grad_(False)
+
+    def trainable_parameter_count(self) -> int:
+        """Parameters an optimizer can change (embedding rows frozen for an extension excluded)."""
+        count = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        if self.embed_tokens.weight.requires_grad:
+            count -= int(self.frozen_rows.sum()) * self.embed_tokens.embedding_dim
+        return count
 
     def _apply(self, fn, *args, **kwargs):  # .to()/.cuda()/.half() move the native model too
         super()._apply(fn, *args, **kwargs)

@@ -61,8 +61,8 @@ class MlaAcquisitionModel(BaseFairseqModel):
             if known_vocab is None:
                 raise ValueError(f"--train-langs leaves {frozen} untrained, but no --init-from gives their acquirers")
             encoder.freeze_for_extension(task.train_langs, known_vocab)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        logger.info(f"MLA: languages {task.langs}, training {task.train_langs}; {trainable} trainable parameters")
+        logger.info(f"MLA: languages {task.langs}, training {task.train_langs}; "
+                    f"{encoder.trainable_parameter_count()} trainable parameters")
         return model
 
     def init_from(self, path: str, task) -> int:
