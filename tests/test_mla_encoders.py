@@ -174,3 +174,33 @@ def test_user_open_clip_checkpoint_loads_by_architecture_name(tmp_path):
     torch.testing.assert_close(native.encode_tokens(tokens), clip.encode_text(tokens), rtol=1e-5, atol=1e-6)
     assert native.identity.fingerprint == weights_fingerprint(clip)
     assert native.encode_image(torch.randn(2, 3, 16, 16)).shape == (2, 16)
+
+
+def test_full_fine_tuning_baseline_trains_a_copy_of_the_text_tower(tmp_path):
+    native = make_native(tmp_path)
+    encoder = LanguageAcquisitionEncoder(native, len(native.dictionary), 1, 2, ["de", "fr"], bottleneck=8,
+                                         finetune_text_tower=True)
+    with torch.no_grad():  # the native embeddings through the untouched copy: exactly the native model
+        encoder.embed_tokens.weight.copy_(native.clip.token_embedding.weight)
+        encoder.embed_projection.weight.copy_(torch.eye(native.width))
+        encoder.embed_projection.bias.zero_()
+    tokens = native.tokenize(["a red circle", "small square right"])
+    torch.testing.assert_close(encoder(tokens, "de"), native.encode_tokens(tokens))
+    tower_size = sum(p.numel() for p in native.clip.transformer.parameters()) \
+        + sum(p.numel() for p in native.clip.ln_final.parameters()) + native.clip.text_projection.numel()
+    embedding_size = len(native.dictionary) * 16 + 16 * 16 + 16
+    assert encoder.trainable_parameter_count() == tower_size + embedding_size
+    fingerprint = native.identity.fingerprint
+    optimizer = torch.optim.Adam([p for p in encoder.parameters() if p.requires_grad], lr=1e-2)
+    encoder(tokens, "de").pow(2).sum().backward()
+    optimizer.step()
+    assert encoder.text_tower["transformer"].resblocks[0].mlp.c_fc.weight.grad is not None
+    assert from_weights(native) == fingerprint  # the native model itself is untouched
+    with pytest.raises(ValueError, match="shared by all languages"):
+        encoder.freeze_for_extension(["fr"], known_vocab_size=4)
+
+
+def from_weights(native):
+    from m3p_fairseq.models.native_dual_encoder import weights_fingerprint
+
+    return weights_fingerprint(native.clip)

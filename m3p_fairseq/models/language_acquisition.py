@@ -14,8 +14,12 @@ buffers), checked when the checkpoint is loaded.
 Languages are independent: each has its own acquirers, and a language can be added later with
 :meth:`add_language`; :meth:`freeze_for_extension` then leaves trainable only the new language's
 acquirers and the embedding rows of words the earlier languages never had.
+
+``finetune_text_tower`` builds the costly baseline instead: a trainable copy of the native text
+layers and W_a shared by all non-native languages, no acquirers.
 """
 
+import copy
 from typing import Dict, Iterable, List, Optional
 
 import torch
@@ -42,6 +46,14 @@ class LanguageAcquirer(nn.Module):
         return self.up(F.relu(self.down(x))) + x
 
 
+class _ParameterHolder(nn.Module):
+    """A projection matrix (open_clip keeps W_a as a bare Parameter) as a module."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+
+
 def _fingerprint_tensor(fingerprint: str) -> torch.Tensor:
     return torch.tensor(list(bytes.fromhex(fingerprint)), dtype=torch.uint8)
 
@@ -51,12 +63,13 @@ class LanguageAcquisitionEncoder(nn.Module):
 
     def __init__(self, native: NativeDualEncoder, vocab_size: int, pad: int, eos: int,
                  languages: Iterable[str], embed_dim: Optional[int] = None,
-                 bottleneck: int = DEFAULT_BOTTLENECK, use_acquirers: bool = True):
+                 bottleneck: int = DEFAULT_BOTTLENECK, use_acquirers: bool = True,
+                 finetune_text_tower: bool = False):
         super().__init__()
         self._native = [native]  # a list: not a submodule, so neither trained nor saved
         self.pad, self.eos = pad, eos
         self.bottleneck = bottleneck
-        self.use_acquirers = use_acquirers
+        self.use_acquirers = use_acquirers and not finetune_text_tower
         embed_dim = embed_dim or native.width
         self.embed_tokens = nn.Embedding(vocab_size, embed_dim, padding_idx=pad)  # theta_emb
         nn.init.normal_(self.embed_tokens.weight, std=0.02)
@@ -66,6 +79,17 @@ class LanguageAcquisitionEncoder(nn.Module):
         self.acquirers = nn.ModuleDict()
         for lang in languages:
             self.add_language(lang)
+        # The costly baseline: a trainable copy of the native text layers and W_a, shared by all
+        # non-native languages, instead of acquirers (the native model itself stays frozen).
+        self.text_tower: Optional[nn.ModuleDict] = None
+        if finetune_text_tower:
+            clip = native.clip
+            projection = clip.text_projection
+            self.text_tower = nn.ModuleDict({
+                "transformer": copy.deepcopy(clip.transformer), "ln_final": copy.deepcopy(clip.ln_final),
+                "projection": copy.deepcopy(projection) if isinstance(projection, nn.Module)
+                else _ParameterHolder(projection)})
+            self.text_tower.requires_grad_(True)
         self.register_buffer("native_fingerprint", _fingerprint_tensor(native.identity.fingerprint))
         self.register_buffer("native_embed_dim", torch.tensor(native.embed_dim))
         self.register_buffer("frozen_rows", torch.zeros(vocab_size, dtype=torch.bool), persistent=False)
@@ -85,7 +109,7 @@ class LanguageAcquisitionEncoder(nn.Module):
         width = self.native.width
         self.acquirers[lang] = nn.ModuleList(
             LanguageAcquirer(width, self.bottleneck) for _ in range(self.native.num_text_layers))
-        if not self.use_acquirers:  # ablation: kept for the checkpoint layout, never used or trained
+        if not self.use_acquirers:  # ablation / full fine-tuning: kept for the layout, never used
             self.acquirers[lang].requires_grad_(False)
 
     def trainable_parameter_count(self) -> int:
@@ -107,6 +131,9 @@ class LanguageAcquisitionEncoder(nn.Module):
     def freeze_for_extension(self, new_languages: Iterable[str], known_vocab_size: int) -> None:
         """Train only the acquirers of ``new_languages`` and the embedding rows from
         ``known_vocab_size`` on (words the earlier languages' vocabulary did not have)."""
+        if self.text_tower is not None:
+            raise ValueError("a fine-tuned text tower is shared by all languages: a language cannot be added "
+                             "without changing the others (that is what acquirers are for)")
         new_languages = set(new_languages)
         unknown = new_languages - set(self.acquirers)
         if unknown:
@@ -152,10 +179,16 @@ class LanguageAcquisitionEncoder(nn.Module):
         if tokens.shape[1] > native.context_length:
             raise ValueError(f"{tokens.shape[1]} tokens but the native model takes at most {native.context_length}")
         x = native.add_positions(self.embed_projection(self.embed_tokens(tokens)))  # Eq. 7
+        tower = self.text_tower
         for i, acquirer in enumerate(self.acquirers[lang]):
-            h = native.text_layer(i, x)  # Eq. 8
+            h = native.text_layer(i, x, tower["transformer"] if tower is not None else None)  # Eq. 8
             x = acquirer(h) if self.use_acquirers else h  # Eq. 9
         eos = x[torch.arange(len(tokens), device=tokens.device), self.eos_positions(tokens)]
+        if tower is not None:
+            projection = tower["projection"]
+            if isinstance(projection, _ParameterHolder):
+                projection = projection.weight
+            return native.project_text(eos, tower["ln_final"], projection)
         return native.project_text(eos)  # Eq. 11
 
 

@@ -37,6 +37,9 @@ class MlaModelConfig(FairseqDataclass):
                                                                    "before W_e (0 = the native text width)"})
     no_acquirers: bool = field(default=False, metadata={"help": "ablation (Table 5): skip the acquirers, "
                                                                  "train only the non-native embedding block"})
+    finetune_text_tower: bool = field(default=False, metadata={"help": "costly baseline: train a copy of the "
+                                                                        "native text layers and W_a (shared by the "
+                                                                        "non-native languages) instead of acquirers"})
     init_from: Optional[str] = field(
         default=None, metadata={"help": "checkpoint of an earlier MLA run to start from (NLT -> LE, or before "
                                         "adding a language); refused if made against another native model"})
@@ -53,7 +56,8 @@ class MlaAcquisitionModel(BaseFairseqModel):
         d = task.dictionary
         encoder = LanguageAcquisitionEncoder(task.native, len(d), d.pad(), d.eos(), task.langs,
                                              embed_dim=cfg.nonnative_embed_dim or None,
-                                             bottleneck=cfg.acquirer_bottleneck, use_acquirers=not cfg.no_acquirers)
+                                             bottleneck=cfg.acquirer_bottleneck, use_acquirers=not cfg.no_acquirers,
+                                             finetune_text_tower=cfg.finetune_text_tower)
         model = cls(encoder)
         frozen = [lang for lang in task.langs if lang not in task.train_langs]
         known_vocab = model.init_from(cfg.init_from, task) if cfg.init_from else None

@@ -115,19 +115,21 @@ class NativeDualEncoder(nn.Module):
     def add_positions(self, embeddings: torch.Tensor) -> torch.Tensor:
         return embeddings + self.clip.positional_embedding[: embeddings.shape[1]].to(embeddings.dtype)
 
-    def text_layer(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        """TransformerLayer(H^{i-1}; theta^i) of Eq. 2 / 8 on batch-first [B, T, W]."""
+    def text_layer(self, index: int, hidden: torch.Tensor, transformer: Optional[nn.Module] = None) -> torch.Tensor:
+        """TransformerLayer(H^{i-1}; theta^i) of Eq. 2 / 8 on batch-first [B, T, W]; ``transformer``
+        replaces the frozen layers by a (trainable) copy of them."""
         length = hidden.shape[1]
         mask = self.clip.attn_mask[:length, :length] if self.clip.attn_mask is not None else None
-        transformer = self.clip.transformer
+        transformer = transformer if transformer is not None else self.clip.transformer
         if not transformer.batch_first:
             return transformer.resblocks[index](hidden.transpose(0, 1), attn_mask=mask).transpose(0, 1)
         return transformer.resblocks[index](hidden, attn_mask=mask)
 
-    def project_text(self, eos_states: torch.Tensor) -> torch.Tensor:
-        """W_a of Eqs. 3 and 11 (open_clip's ln_final, then text_projection)."""
-        x = self.clip.ln_final(eos_states)
-        projection = self.clip.text_projection
+    def project_text(self, eos_states: torch.Tensor, ln_final: Optional[nn.Module] = None,
+                     projection=None) -> torch.Tensor:
+        """W_a of Eqs. 3 and 11 (open_clip's ln_final, then text_projection), or a copy of them."""
+        x = (ln_final if ln_final is not None else self.clip.ln_final)(eos_states)
+        projection = projection if projection is not None else self.clip.text_projection
         return projection(x) if isinstance(projection, nn.Module) else x @ projection
 
     def eos_positions(self, tokens: torch.Tensor) -> torch.Tensor:
