@@ -6,7 +6,8 @@ at CPU size (a few minutes per training).
 1. corpus (en, de, fr, cs; 3000/200/200 scenes) and a stand-in English native dual encoder
    (``scripts/mla.py train-native``), whose vision tower embeds every image;
 2. de and fr: zero-shot (the native text tower reads them as they are), NLT only, LE only,
-   NLT -> LE, NLT without acquirers (only the embedding block trains) and NLT with the whole
+   NLT -> LE, NLT with acquirers of bottleneck 32 (CLIP's 256/512 ratio at this width), NLT
+   without acquirers (only the embedding block trains) and NLT with the whole
    text tower fine-tuned (a trainable copy shared by de and fr; the costly baseline);
 3. language extension: cs is added to the NLT -> LE model, training only its acquirers (and the
    embedding rows of words new with cs); de/fr are scored again.
@@ -109,6 +110,7 @@ def main(argv=None) -> dict:
     runs = {
         "NLT": ("nlt", "mla_nlt", "de,fr", defr, e, 1e-3),
         "LE": ("le", "mla_le", "de,fr", defr, e, 1e-3),
+        "NLT, bottleneck 32": ("nlt_bottleneck32", "mla_nlt", "de,fr", defr, e, 1e-3, "--acquirer-bottleneck", 32),
         "NLT w/o acquirers": ("nlt_no_acquirers", "mla_nlt", "de,fr", defr, e, 1e-3, "--no-acquirers"),
         "NLT, full text-tower fine-tuning": ("nlt_finetune", "mla_nlt", "de,fr", defr, e, 1e-3,
                                              "--finetune-text-tower"),
