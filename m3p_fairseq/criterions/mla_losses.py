@@ -88,7 +88,7 @@ class LanguageExposureLoss(_MlaCriterion):
         out = model(**sample["net_input"])
         if MLA_IMAGE not in out:
             raise MlaDataError("--criterion mla_le needs image embeddings: --image-embeddings FILE.h5 "
-                               "(scripts/mla.py embed-images) and DATA/{split}.image_ids")
+                               "(python -m preprocess.mla_image_embeddings) and DATA/{split}.image_ids")
         loss, correct = language_exposure_loss(out[MLA_TEXT], out[MLA_IMAGE], self.temperature)
         batch_size = out[MLA_TEXT].shape[0]
         return loss, batch_size, self._logging(loss, sample, batch_size, correct=correct)

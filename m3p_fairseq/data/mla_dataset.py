@@ -89,11 +89,11 @@ def build_nonnative_dictionary(caption_files: Sequence[Path], output: Path, exte
 
 
 def check_dictionary_extends(old_symbols: Sequence[str], new: Dictionary, source: str) -> None:
-    if list(new.symbols[: len(old_symbols)]) != list(old_symbols):
-        first = next(i for i, (a, b) in enumerate(zip(old_symbols, new.symbols)) if a != b) \
-            if len(new.symbols) >= len(old_symbols) else len(new.symbols)
-        raise MlaDataError(f"{source}: the non-native dictionary does not extend the one the acquirers were "
-                           f"trained with (differs at index {first}); build it with --extend OLD_DICT")
+    for index, old in enumerate(old_symbols):
+        if index >= len(new.symbols) or new.symbols[index] != old:
+            raise MlaDataError(f"{source}: the non-native dictionary does not extend the one the acquirers were "
+                               f"trained with (index {index} was {old!r}); build it with "
+                               f"`scripts/mla.py build-dict --extend OLD_DICT`")
 
 
 class _SizedDataset(FairseqDataset):

@@ -34,7 +34,7 @@ def open_image_embeddings(path: Path, native: NativeIdentity) -> ImageFeatureSto
     stored = store.attrs.get(NATIVE_IDENTITY_ATTR)
     if stored is None:
         raise MlaDataError(f"{path}: not an MLA image-embedding file (no '{NATIVE_IDENTITY_ATTR}' attribute); "
-                           f"write it with `scripts/mla.py embed-images` from the native model")
+                           f"write it with `python -m preprocess.mla_image_embeddings` from the native model")
     NativeIdentity.from_dict(json.loads(stored)).check_matches(native, f"image-embedding file {path}")
     return store
 
@@ -67,7 +67,7 @@ class MlaAcquisitionConfig(FairseqDataclass):
                                         "scripts/mla.py build-dict)"})
     image_embeddings: Optional[str] = field(
         default=None, metadata={"help": f"HDF5 of the native vision tower's image embeddings (default "
-                                        f"DATA/{IMAGE_EMBEDDINGS_FILE} if present; scripts/mla.py embed-images); "
+                                        f"DATA/{IMAGE_EMBEDDINGS_FILE} if present; python -m preprocess.mla_image_embeddings); "
                                         "needed by --criterion mla_le"})
 
 
