@@ -55,8 +55,10 @@ def toy(tmp_path_factory):
                      "--output", str(work / "dict.defr.txt")])
     mla_script.main(["build-dict", "--captions", str(corpus / "train.cs"), "--extend", str(work / "dict.defr.txt"),
                      "--output", str(work / "dict.defrcs.txt")])
+    # a stand-in for M-BERT's embedding matrix: German articles and a word the corpus never has
+    torch.save({"symbols": ["Ein", "Eine", "Zebra"], "weight": torch.randn(3, 16)}, work / "embeddings.pt")
     logs = {"nlt": fairseq_train(corpus, work, work / "nlt", "mla_nlt", "de,fr", work / "dict.defr.txt",
-                                 "--max-update", 3)}
+                                 "--max-update", 3, "--nonnative-embed-init", work / "embeddings.pt")}
     logs["nlt_resumed"] = fairseq_train(corpus, work, work / "nlt", "mla_nlt", "de,fr", work / "dict.defr.txt",
                                         "--max-update", 5)
     logs["le"] = fairseq_train(corpus, work, work / "le", "mla_le", "de,fr", work / "dict.defr.txt",
@@ -75,6 +77,9 @@ def test_stages_train_and_resume(toy):
     logs = toy["logs"]
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 3 updates\)", logs["nlt_resumed"])
     assert "num_updates 5" in logs["nlt_resumed"]
+    words = [line.split()[0] for line in (toy["work"] / "dict.defr.txt").read_text().splitlines()]
+    found = len({"Ein", "Eine"} & set(words))
+    assert found and re.search(rf"--nonnative-embed-init .*embeddings\.pt: {found} of {len(words)} words start", logs["nlt"])
     assert "in_batch_accuracy" in logs["le"]
     assert "init-from" in logs["le"] and "fresh acquirers for []" in logs["le"]
     assert "fresh acquirers for ['cs']" in logs["cs"]

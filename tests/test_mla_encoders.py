@@ -204,3 +204,23 @@ def from_weights(native):
     from m3p_fairseq.models.native_dual_encoder import weights_fingerprint
 
     return weights_fingerprint(native.clip)
+
+
+def test_embeddings_start_from_a_local_matrix(tmp_path):
+    from m3p_fairseq.models.mla_model import load_embedding_matrix
+
+    native = make_native(tmp_path)
+    d = native.dictionary
+    weight = torch.arange(3 * 16, dtype=torch.float).view(3, 16)
+    torch.save({"symbols": ["zzz", "red", "circle"], "weight": weight}, tmp_path / "mbert.pt")
+    symbols, loaded = load_embedding_matrix(str(tmp_path / "mbert.pt"))
+    encoder = make_encoder(native)
+    before = encoder.embed_tokens.weight.detach().clone()
+    assert encoder.init_embeddings(d.symbols[d.nspecial:], symbols, loaded) == 2
+    assert torch.equal(encoder.embed_tokens.weight[d.index("red")], weight[1])
+    assert torch.equal(encoder.embed_tokens.weight[d.index("circle")], weight[2])
+    untouched = [i for i in range(len(d)) if i not in (d.index("red"), d.index("circle"))]
+    assert torch.equal(encoder.embed_tokens.weight[untouched], before[untouched])
+    torch.save({"symbols": ["a"], "weight": torch.zeros(2, 16)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="one row per word"):
+        load_embedding_matrix(str(tmp_path / "bad.pt"))

@@ -112,6 +112,19 @@ class LanguageAcquisitionEncoder(nn.Module):
         if not self.use_acquirers:  # ablation / full fine-tuning: kept for the layout, never used
             self.acquirers[lang].requires_grad_(False)
 
+    @torch.no_grad()
+    def init_embeddings(self, words: List[str], symbols: List[str], weight: torch.Tensor) -> int:
+        """Start the rows of ``words`` (the dictionary after its special symbols) found in
+        ``symbols`` from the matching row of ``weight``; returns how many were found."""
+        row_of = {symbol: row for row, symbol in enumerate(symbols)}
+        offset = self.embed_tokens.num_embeddings - len(words)
+        found = 0
+        for index, word in enumerate(words, start=offset):
+            if word in row_of:
+                self.embed_tokens.weight[index] = weight[row_of[word]].to(self.embed_tokens.weight.dtype)
+                found += 1
+        return found
+
     def trainable_parameter_count(self) -> int:
         """Parameters an optimizer can change (embedding rows frozen for an extension excluded)."""
         count = sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -11,7 +11,7 @@ Eq. 12 or Eqs. 13-15.
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq import checkpoint_utils
@@ -40,9 +40,25 @@ class MlaModelConfig(FairseqDataclass):
     finetune_text_tower: bool = field(default=False, metadata={"help": "costly baseline: train a copy of the "
                                                                         "native text layers and W_a (shared by the "
                                                                         "non-native languages) instead of acquirers"})
+    nonnative_embed_init: Optional[str] = field(
+        default=None, metadata={"help": "local word-embedding matrix to start the non-native embeddings from "
+                                        "(the paper uses M-BERT's): a torch file {'symbols': [V words], "
+                                        "'weight': [V, D] tensor}; dictionary words found there start from their "
+                                        "row, the others at random; D replaces --nonnative-embed-dim"})
     init_from: Optional[str] = field(
         default=None, metadata={"help": "checkpoint of an earlier MLA run to start from (NLT -> LE, or before "
                                         "adding a language); refused if made against another native model"})
+
+
+def load_embedding_matrix(path: str) -> Tuple[List[str], torch.Tensor]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--nonnative-embed-init: file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    symbols, weight = (state.get("symbols"), state.get("weight")) if isinstance(state, dict) else (None, None)
+    if not isinstance(symbols, list) or not isinstance(weight, torch.Tensor) or weight.dim() != 2 \
+            or weight.shape[0] != len(symbols):
+        raise ValueError(f"{path}: expected {{'symbols': [V words], 'weight': [V, D] tensor}} with one row per word")
+    return symbols, weight
 
 
 @register_model("mla_acquisition", dataclass=MlaModelConfig)
@@ -54,11 +70,17 @@ class MlaAcquisitionModel(BaseFairseqModel):
     @classmethod
     def build_model(cls, cfg: MlaModelConfig, task):
         d = task.dictionary
+        pretrained = load_embedding_matrix(cfg.nonnative_embed_init) if cfg.nonnative_embed_init else None
         encoder = LanguageAcquisitionEncoder(task.native, len(d), d.pad(), d.eos(), task.langs,
-                                             embed_dim=cfg.nonnative_embed_dim or None,
+                                             embed_dim=pretrained[1].shape[1] if pretrained else
+                                             cfg.nonnative_embed_dim or None,
                                              bottleneck=cfg.acquirer_bottleneck, use_acquirers=not cfg.no_acquirers,
                                              finetune_text_tower=cfg.finetune_text_tower)
         model = cls(encoder)
+        if pretrained:
+            found = encoder.init_embeddings(d.symbols[d.nspecial:], *pretrained)
+            logger.info(f"--nonnative-embed-init {cfg.nonnative_embed_init}: {found} of {len(d) - d.nspecial} "
+                        f"words start from it")
         frozen = [lang for lang in task.langs if lang not in task.train_langs]
         known_vocab = model.init_from(cfg.init_from, task) if cfg.init_from else None
         if frozen:
