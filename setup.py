@@ -46,6 +46,7 @@ setup(
         # m3p-fairseq
         "h5py>=3.8,<4",
         "timm>=1.0,<2",
+        "open_clip_torch>=3.3,<4",
         "sentencepiece>=0.1.99,<0.3",
         "tensorboardX>=2.6,<3",
         "submitit>=1.5,<2",

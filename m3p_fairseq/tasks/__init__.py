@@ -1,1 +1,2 @@
+from . import mla_acquisition  # noqa: F401  (registers --task mla_acquisition)
 from .multimodal_translation import MultimodalTranslationConfig, MultimodalTranslationTask  # noqa: F401
