@@ -32,7 +32,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import sentencepiece as spm
 from fairseq.data import Dictionary, indexed_dataset
 
-from m3p_fairseq.tasks.multimodal_translation import DICTIONARY_FILE, lang_tag, parse_lang_pairs
+from m3p_fairseq.data.data_dir import DICTIONARY_FILE
+from m3p_fairseq.data.languages import parse_lang_pairs
+from m3p_fairseq.data.vocabulary import lang_tag
 
 logger = logging.getLogger("preprocess.binarize")
 SPM_MODEL_FILE = "spm.model"

@@ -46,9 +46,9 @@ def test_warmup_reads_the_models_update_count(data_dir):
     task, cfg = setup_task(data_dir, "--sampling-temperature", "5", "--sampling-temperature-init", "1",
                            "--sampling-warmup-updates", "100")
     model = task.build_model(cfg.model)
-    assert task._sampling_temperature() == 1.0
+    assert task.temperature() == 1.0
     model.set_num_updates(50)  # what fairseq's trainer does every step and after a resume
-    assert task._sampling_temperature() == 3.0
+    assert task.temperature() == 3.0
 
 
 def test_text_only_works_without_image_features(data_copy):
@@ -103,7 +103,7 @@ def test_text_and_id_count_mismatch(data_copy):
 def test_features_without_id_list(data_copy):
     os.remove(data_copy / "valid.image_ids")
     task, _ = setup_task(data_copy)
-    with pytest.raises(ImageFeatureError, match=r"has no image-id list: expected one of .*valid\.en-de\.image_ids"):
+    with pytest.raises(ImageFeatureError, match=r"has no image-id list: expected one of .*valid\.image_ids"):
         task.load_dataset("valid")
 
 

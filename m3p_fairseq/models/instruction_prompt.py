@@ -11,8 +11,7 @@ the same order when fairseq-generate rebuilds the model, so training and generat
 """
 
 import logging
-import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import sentencepiece as spm
 import torch
@@ -20,11 +19,11 @@ from fairseq.data import Dictionary
 from torch import Tensor
 
 from ..data.languages import INSTRMULTI102_LANGUAGES
+from ..data.vocabulary import is_lang_tag, tag_lang
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "Please translate the following sentence from {src} to {tgt}:"
-_LANG_TAG = re.compile(r"^__([A-Za-z0-9_-]+?)__$")
 
 
 def check_template(template: str) -> None:
@@ -42,8 +41,8 @@ class InstructionPrompt:
         check_template(template)
         self.template = template
         sp = spm.SentencePieceProcessor(model_file=spm_model) if spm_model else None
-        languages = {index: m.group(1) for index, symbol in enumerate(dictionary.symbols)
-                     for m in [_LANG_TAG.match(symbol)] if m}
+        languages = {index: tag_lang(symbol) for index, symbol in enumerate(dictionary.symbols)
+                     if is_lang_tag(symbol)}
         unnamed = sorted(code for code in languages.values() if code not in INSTRMULTI102_LANGUAGES)
         if unnamed:
             logger.warning("no English name for language tag(s) %s (m3p_fairseq/data/languages.py): "

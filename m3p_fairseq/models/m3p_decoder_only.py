@@ -23,13 +23,11 @@ comes first in the prefix) with the image's global vector.
 """
 
 import logging
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional
 
 import torch
-from fairseq import utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import (
@@ -53,7 +51,6 @@ from .mdropnet import IMAGE_ONLY, TEXT_AND_IMAGE, TEXT_ONLY, check_probabilities
 logger = logging.getLogger(__name__)
 
 PRETRAINED_LLAMA_LOADED = "pretrained_llama_loaded"
-SPM_MODEL_FILE = "spm.model"  # written by preprocess/binarize.py
 
 
 def _as_in_encoder_decoder(name: str):
@@ -279,14 +276,14 @@ class M3PDecoderOnlyModel(FairseqEncoderDecoderModel):
             llama_config = read_llama_config(args.pretrained_llama)
             _set_in_config(args, apply_llama_sizes(llama_config))
         if args.fusion != "none" and args.image_feature_dim is None:
-            raise ValueError("--fusion prefix needs --image-feature-dim (the task fills it from the data)")
+            args.image_feature_dim = task.require_image_feature_dim(args.fusion)  # the data's
         dictionary = task.source_dictionary
         if task.target_dictionary is not dictionary:
             raise ValueError("the decoder-only model needs one dictionary for source and target")
         spm_model = args.prompt_spm_model
         if spm_model is None:
-            data_spm = os.path.join(utils.split_paths(task.cfg.data)[0], SPM_MODEL_FILE)
-            spm_model = data_spm if os.path.isfile(data_spm) else None
+            data_spm = task.data_directory.spm_model
+            spm_model = str(data_spm) if data_spm.is_file() else None
         prompt = InstructionPrompt(dictionary, args.instruction_prompt, spm_model)  # may add pieces
         stack = CausalTransformer(
             len(dictionary), dictionary.pad(), args.decoder_embed_dim, args.decoder_ffn_embed_dim,

@@ -18,6 +18,7 @@ from fairseq.models.transformer import (
     base_architecture,
 )
 
+from ..data.vocabulary import is_lang_tag
 from .contrastive_head import ContrastiveHead, mean_over_tokens
 from .fusion import FUSION_CHOICES, build_fusion
 from .image_encoder import ImageFeatureEncoder
@@ -113,7 +114,7 @@ class M3PEncoder(FairseqEncoder):
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
                 image_patches: Optional[Tensor] = None, image_global: Optional[Tensor] = None,
                 modalities: Optional[Tensor] = None, image_usable: Optional[Tensor] = None,
-                return_all_hiddens: bool = False, token_embeddings: Optional[Tensor] = None):
+                return_all_hiddens: bool = False, token_embeddings: Optional[Tensor] = None, **unused):
         """``modalities`` [B] (mdropnet.TEXT_ONLY / IMAGE_ONLY / TEXT_AND_IMAGE) fixes what each
         sentence's decoder sees; by default MDropNet draws it in training, and inference uses both.
         Sentences whose ``image_usable`` is False (image missing at extraction) are text-only."""
@@ -172,7 +173,7 @@ class M3PTransformerModel(TransformerModel):
     def build_model(cls, args, task):
         m3p_base_architecture(args)
         if args.fusion != "none" and args.image_feature_dim is None:
-            raise ValueError(f"--fusion {args.fusion} needs --image-feature-dim (the task fills it from the data)")
+            args.image_feature_dim = task.require_image_feature_dim(args.fusion)  # the data's
         text_model = TransformerModel.build_model(args, task)
         model = cls(args, M3PEncoder(args, text_model.encoder), text_model.decoder)
         if args.pretrained_text_encoder and not getattr(args, PRETRAINED_TEXT_ENCODER_LOADED, False):
@@ -194,7 +195,7 @@ class M3PTransformerModel(TransformerModel):
         # about the sentence and would make the same sentence's vectors differ by direction.
         symbols = encoder.dictionary.symbols
         self.register_buffer("_pooling_excluded", torch.tensor(
-            [s.startswith("__") and s.endswith("__") and len(s) > 4 for s in symbols]), persistent=False)
+            [is_lang_tag(s) for s in symbols]), persistent=False)
         self._pooling_excluded[encoder.dictionary.pad()] = True
 
     @property
@@ -216,7 +217,7 @@ class M3PTransformerModel(TransformerModel):
                 image_patches: Optional[Tensor] = None, image_global: Optional[Tensor] = None,
                 image_negative_global: Optional[Tensor] = None, modalities: Optional[Tensor] = None,
                 image_usable: Optional[Tensor] = None, contrastive: bool = False, return_all_hiddens: bool = True, features_only: bool = False,
-                alignment_layer: Optional[int] = None, alignment_heads: Optional[int] = None):
+                alignment_layer: Optional[int] = None, alignment_heads: Optional[int] = None, **unused):
         """With ``contrastive=True`` the decoder's extra output also holds the MMCL embeddings
         (``mmcl_text``, ``mmcl_image`` [B, d], ``mmcl_image_negatives`` [B, d] when the batch
         carries ``image_negative_global``), ``mmcl_logit_scale`` and, when some images are

@@ -24,8 +24,8 @@ from fairseq.data import Dictionary
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "model.pt"
-DICTIONARY_FILE = "dict.txt"
-MASK_SYMBOL = "<mask>"
+from ..data.data_dir import DICTIONARY_FILE  # noqa: E402  (xlmr.base names it as fairseq does)
+from ..data.vocabulary import MASK_SYMBOL  # noqa: E402
 # Where RoBERTa keeps its TransformerEncoder; checkpoints of 2019 (roberta.base, xlmr.base)
 # still call the RobertaEncoder "decoder".
 ROBERTA_ENCODER_PREFIXES = ("encoder.sentence_encoder.", "decoder.sentence_encoder.")
