@@ -71,10 +71,12 @@ class DataDirectory:
         """Raw text ``{stem}.{lang}``, or (binarized) the prefix of ``{stem}.{lang}.bin/.idx``."""
         return self.path / f"{stem}.{lang}"
 
-    def find_stem(self, split: str, src: str, tgt: str, exists: Callable[[Path], bool]) -> Optional[str]:
-        """The first stem whose text exists for both languages (``exists(self.text(stem, lang))``)."""
+    def find_stem(self, split: str, src: str, tgt: str, exists: Callable[[Path], bool],
+                  langs: Optional[Tuple[str, ...]] = None) -> Optional[str]:
+        """The first stem whose text exists (``exists(self.text(stem, lang))``) for ``langs``
+        (default: both languages of the direction)."""
         return next((stem for stem in self.stems(split, src, tgt)
-                     if all(exists(self.text(stem, lang)) for lang in (src, tgt))), None)
+                     if all(exists(self.text(stem, lang)) for lang in (langs or (src, tgt)))), None)
 
     def binarized_stem(self, split: str, src: str, tgt: str, dataset_impl: Optional[str] = None) -> str:
         from fairseq.data import indexed_dataset
@@ -88,12 +90,15 @@ class DataDirectory:
                 "preprocess/binarize.py or fairseq-preprocess")
         return stem
 
-    def raw_stem(self, split: str, src: str, tgt: str) -> str:
-        stem = self.find_stem(split, src, tgt, Path.is_file)
+    def raw_stem(self, split: str, src: str, tgt: str, langs: Optional[Tuple[str, ...]] = None) -> str:
+        """The stem of a direction's raw text: both sides from the same stem, so they are one
+        aligned pair of files (``langs`` narrows the search, e.g. to the references' side)."""
+        langs = langs or (src, tgt)
+        stem = self.find_stem(split, src, tgt, Path.is_file, langs)
         if stem is None:
             raise FileNotFoundError(
                 f"no raw text for split {split!r} ({src}-{tgt}): expected "
-                + " or ".join(f"{self.text(s, src)} and .{tgt}" for s in self.stems(split, src, tgt)))
+                + " or ".join(str(self.text(s, "{" + ",".join(langs) + "}")) for s in self.stems(split, src, tgt)))
         return stem
 
     # ---- images ----
