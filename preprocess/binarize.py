@@ -45,7 +45,7 @@ import torch
 from fairseq.data import Dictionary, indexed_dataset
 
 from m3p_fairseq.atomic_io import atomic_path, atomic_write_bytes, atomic_write_text
-from m3p_fairseq.data.data_dir import DataDirectory
+from m3p_fairseq.data.data_dir import DICTIONARY_FILE, SPM_MODEL_FILE, DataDirectory
 from m3p_fairseq.data.languages import parse_lang_pairs
 from m3p_fairseq.data.text_lines import read_lines
 from m3p_fairseq.data.vocabulary import lang_tag
@@ -142,8 +142,8 @@ def build_dictionary(encoded_training_text: Iterable[List[str]], langs: List[str
 
 def dictionary_text(dictionary: Dictionary) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        dictionary.save(os.path.join(tmp, "dict.txt"))
-        return Path(tmp, "dict.txt").read_text(encoding="utf-8")
+        dictionary.save(os.path.join(tmp, DICTIONARY_FILE))
+        return Path(tmp, DICTIONARY_FILE).read_text(encoding="utf-8")
 
 
 def given_dictionary_text(dict_file: Path, langs: List[str]) -> str:
@@ -293,7 +293,7 @@ def binarize(raw_dir: Path, dest_dir: Path, lang_pairs: List[Tuple[str, str]], s
     write_vocabulary_file(dest.dictionary, text, built_from, overwrite)
     dictionary = Dictionary.load(str(dest.dictionary))
 
-    vocabulary = {"spm.model": file_hash(dest.spm_model), "dict.txt": file_hash(dest.dictionary)}
+    vocabulary = {SPM_MODEL_FILE: file_hash(dest.spm_model), DICTIONARY_FILE: file_hash(dest.dictionary)}
     written = {}
     for name, path in sorted(texts.items()):
         stem, lang = name.rsplit(".", 1)

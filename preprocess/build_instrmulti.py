@@ -24,7 +24,6 @@ Outputs in RAW (written to a temporary name and renamed; files already identical
 import argparse
 import hashlib
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
