@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from ..data.multimodal_pair_dataset import MultimodalLanguagePairDataset
-
 from ..data.vocabulary import MASK_WORD
 
 
