@@ -156,3 +156,22 @@ def test_interactive_reports_bad_lines_and_translates_the_rest(bilingual, checkp
     assert "input line 4 skipped: expected IMAGE_ID<TAB>sentence" in output
     # the later lines are translated, numbered by their input line, exactly as without the bad ones
     assert hypotheses(output) == {0: clean[0], 4: clean[1], 5: clean[2]}
+
+
+def test_collater_raises_instead_of_guessing_when_a_row_does_not_hold_its_sample(bilingual, monkeypatch):
+    from fairseq.data import LanguagePairDataset
+
+    task, _ = setup_task(bilingual["data"], lang_pairs="en-de,de-en")
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    collate = LanguagePairDataset.collater
+
+    def ids_out_of_step(self, samples, pad_to_length=None):  # a collate whose ids do not follow its rows
+        batch = collate(self, samples, pad_to_length)
+        batch["id"] = batch["id"].flip(0)
+        return batch
+
+    monkeypatch.setattr(LanguagePairDataset, "collater", ids_out_of_step)
+    with pytest.raises(RuntimeError, match=r"collated row 0 does not hold example id \d+ \(batch ids \[.*\]\): its image "
+                                           r"would go to another sentence"):
+        dataset.collater([dataset[i] for i in range(len(dataset))])
