@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from m3p_fairseq.data.batch_keys import SOURCE_LANG
 from m3p_fairseq.data.image_features import ImageFeatureError
 from conftest import setup_task, write_random_features
 
@@ -154,3 +155,18 @@ def test_validation_keeps_every_sentence(data_dir):
     iterator = task.get_batch_iterator(dataset=task.dataset("test"), max_sentences=16,
                                        required_batch_size_multiple=8)
     assert sum(len(batch["id"]) for batch in iterator.next_epoch_itr(shuffle=False)) == 40
+
+
+def test_batches_carry_the_source_language_for_every_model(data_dir):
+    # the batch contract: loaded splits always emit source_lang; models ignore what they do not use
+    task, cfg = setup_task(data_dir, "--fusion", "gated")
+    task.load_dataset("valid")
+    en_de, de_en = task.dataset("valid").datasets[:2]
+    batch = task.dataset("valid").collater([en_de[0], de_en[0], en_de[1]])
+    rows = {int(i): lang for i, lang in zip(batch["id"], batch["net_input"][SOURCE_LANG])}
+    assert sorted(batch["net_input"][SOURCE_LANG].tolist()) == sorted(
+        [task.src_dict.index("__en__")] * 2 + [task.src_dict.index("__de__")])
+    assert rows[1] == task.src_dict.index("__en__")
+    model = task.build_model(cfg.model)  # the encoder-decoder model does not read it
+    assert model(**batch["net_input"])[0].shape[0] == 3
+    assert all(not hasattr(part, "emit_source_lang") for part in task.dataset("valid").datasets)
