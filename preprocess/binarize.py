@@ -77,6 +77,8 @@ def read_manifest(output) -> Optional[dict]:
 
 
 def write_manifest(output, inputs: dict, outputs: Dict[str, Path], **extra) -> None:
+    """``OUTPUT.manifest.json``, written after the outputs: the hashes of what they were built from
+    (``inputs``) and of the outputs themselves, and ``extra`` facts (the raw file's name, sizes)."""
     manifest = {"version": MANIFEST_VERSION, "inputs": inputs,
                 "outputs": {key: file_hash(path) for key, path in outputs.items()}, **extra}
     atomic_write_text(DataDirectory.manifest(output), json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -304,7 +306,7 @@ def binarize(raw_dir: Path, dest_dir: Path, lang_pairs: List[Tuple[str, str]], s
             continue
         DataDirectory.manifest(prefix).unlink(missing_ok=True)  # until the new pair is complete
         sentences, tokens, unk = write_binarized(lines[path], sp, dictionary, prefix)
-        write_manifest(prefix, inputs, outputs, sentences=sentences)
+        write_manifest(prefix, inputs, outputs, source=path.name, sentences=sentences)
         written[name] = sentences
         logger.info("%s: %d sentences, %d tokens, %.2f%% <unk>", prefix, sentences, tokens, 100.0 * unk / max(tokens, 1))
     for name, path in sorted(id_lists.items()):
