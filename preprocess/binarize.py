@@ -30,8 +30,6 @@ SentencePiece model and dictionary instead: ``--spm-model xlmr/sentencepiece.bpe
 """
 
 import argparse
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -49,9 +47,10 @@ from m3p_fairseq.data.data_dir import DICTIONARY_FILE, SPM_MODEL_FILE, DataDirec
 from m3p_fairseq.data.languages import parse_lang_pairs
 from m3p_fairseq.data.text_lines import read_lines
 from m3p_fairseq.data.vocabulary import lang_tag
+from preprocess.build_manifest import (file_hash, read_manifest, remove_stale_temporaries, up_to_date,
+                                      write_manifest)
 
 logger = logging.getLogger("preprocess.binarize")
-MANIFEST_VERSION = 1
 
 
 def raw_text_path(raw_dir: Path, split: str, src: str, tgt: str, lang: str) -> Tuple[Path, str]:
@@ -59,57 +58,6 @@ def raw_text_path(raw_dir: Path, split: str, src: str, tgt: str, lang: str) -> T
     raw = DataDirectory(raw_dir)
     stem = raw.raw_stem(split, src, tgt, langs=(lang,))
     return raw.text(stem, lang), f"{stem}.{lang}"
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_manifest(output) -> Optional[dict]:
-    try:
-        return json.loads(DataDirectory.manifest(output).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # missing, or not ours: the output is rebuilt
-
-
-def write_manifest(output, inputs: dict, outputs: Dict[str, Path], **extra) -> None:
-    """``OUTPUT.manifest.json``, written after the outputs: the hashes of what they were built from
-    (``inputs``) and of the outputs themselves, and ``extra`` facts (the raw file's name, sizes)."""
-    manifest = {"version": MANIFEST_VERSION, "inputs": inputs,
-                "outputs": {key: file_hash(path) for key, path in outputs.items()}, **extra}
-    atomic_write_text(DataDirectory.manifest(output), json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-
-
-def up_to_date(output, inputs: dict, outputs: Dict[str, Path]) -> bool:
-    """The manifest says ``outputs`` were built from ``inputs``, and they are still those files."""
-    manifest = read_manifest(output)
-    return (manifest is not None and manifest.get("version") == MANIFEST_VERSION
-            and manifest.get("inputs") == inputs and all(path.is_file() for path in outputs.values())
-            and manifest.get("outputs") == {key: file_hash(path) for key, path in outputs.items()})
-
-
-def remove_stale_temporaries(dest_dir: Path) -> None:
-    """Hidden ``.NAME.PID.tmp`` files (atomic_io) and ``.spm.PID.*`` folders left by a killed run."""
-    import shutil
-
-    for path in dest_dir.glob(".*"):
-        parts = path.name.split(".")
-        pid = parts[-2] if path.name.endswith(".tmp") else parts[2] if path.name.startswith(".spm.") else ""
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # a running process (maybe another binarize) owns it
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        logger.info("removing %s, left by a run that was killed (pid %s)", path, pid)
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def train_sentencepiece(texts: Iterable[List[str]], out_model: Path, vocab_size: int,
