@@ -85,10 +85,6 @@ class InteractiveInput:
                     "a different image; translate with --buffer-size 1 (the default) to tell them apart")
         return store, rows, positions
 
-    @property
-    def has_images(self) -> bool:
-        return bool(self._row_of_source)
-
     def add_images(self, net_input: dict, pad: int) -> None:
         """Put the current chunk's images into a batch fairseq-interactive reduced to tokens."""
         if IMAGE_PATCHES in net_input or not self._row_of_source:

@@ -105,10 +105,10 @@ class MultimodalTranslationTask(TranslationTask):
         named = {lang for pair in self.lang_pairs for lang in pair} | {cfg.source_lang, cfg.target_lang}
         for lang in named - {None}:
             self._check_language(lang)
-        self.data = MultimodalDataManager(cfg, dictionary)
+        self.data_manager = MultimodalDataManager(cfg, dictionary)
         self.temperature = TemperatureSchedule(cfg.sampling_temperature, cfg.sampling_temperature_init,
                                                cfg.sampling_warmup_updates)
-        self.interactive = InteractiveInput(cfg.image_features, self.data.feature_store)
+        self.interactive_input = InteractiveInput(cfg.image_features, self.data_manager.feature_store)
         self._model_image_dim: Optional[int] = None  # None: no model yet, or a text-only one
 
     # ---- set-up -----------------------------------------------------------------------------
@@ -128,7 +128,7 @@ class MultimodalTranslationTask(TranslationTask):
     @property
     def data_directory(self) -> DataDirectory:
         """The (first) data directory: dict.txt, spm.model, binarized splits, features."""
-        return self.data.data_directory()
+        return self.data_manager.data_directory()
 
     def _check_language(self, lang: str) -> None:
         if lang_tag(lang) not in self.src_dict.indices:
@@ -150,7 +150,7 @@ class MultimodalTranslationTask(TranslationTask):
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         training = split == self.cfg.train_subset
-        dataset = self.data.load_split(split, self._directions(split), epoch,
+        dataset = self.data_manager.load_split(split, self._directions(split), epoch,
                                        temperature=self.temperature if training else None)
         for part in getattr(dataset, "datasets", [dataset]):
             self._check_model_compatible(split, part)
@@ -159,7 +159,7 @@ class MultimodalTranslationTask(TranslationTask):
     @property
     def image_feature_dim(self) -> Optional[int]:
         """Feature dimension of the data, from the files opened so far (or the train split's)."""
-        return self.data.image_feature_dim
+        return self.data_manager.image_feature_dim
 
     def require_image_feature_dim(self, fusion: str) -> int:
         """The data's feature dimension for a model with ``--fusion fusion``; a clear error when
@@ -207,7 +207,7 @@ class MultimodalTranslationTask(TranslationTask):
     # ---- inference --------------------------------------------------------------------------
     def get_interactive_tokens_and_lengths(self, lines, encode_fn):
         """fairseq-interactive input, see :class:`InteractiveInput` (bad lines are skipped)."""
-        return super().get_interactive_tokens_and_lengths(self.interactive.read(lines), encode_fn)
+        return super().get_interactive_tokens_and_lengths(self.interactive_input.read(lines), encode_fn)
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
         """Prefixes the target-language tag; images come from the ids that
@@ -217,7 +217,7 @@ class MultimodalTranslationTask(TranslationTask):
         tag = torch.LongTensor([self.lang_tag_index(self.cfg.target_lang)])
         src_tokens = [torch.cat([tag, tokens]) for tokens in src_tokens]
         src_lengths = [int(length) + 1 for length in src_lengths]
-        image_store, image_rows, example_ids = self.interactive.images_for(src_tokens)
+        image_store, image_rows, example_ids = self.interactive_input.images_for(src_tokens)
         if image_store is None and self._model_image_dim is not None:
             raise ImageFeatureError("the model fuses images: pass --image-features FILE.h5 and "
                                     "give each input line as IMAGE_ID<TAB>sentence")
@@ -231,7 +231,7 @@ class MultimodalTranslationTask(TranslationTask):
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         # fairseq-interactive hands the models only src_tokens and src_lengths: add the rest
         net_input = sample["net_input"]
-        self.interactive.add_images(net_input, self.src_dict.pad())
+        self.interactive_input.add_images(net_input, self.src_dict.pad())
         if SOURCE_LANG not in net_input and self.cfg.source_lang:  # one direction per run
             net_input[SOURCE_LANG] = torch.full((net_input["src_tokens"].size(0),),
                                                 self.lang_tag_index(self.cfg.source_lang),
