@@ -80,6 +80,7 @@ def test_mixed_direction_generation_matches_each_sentence_alone_with_its_image(b
     task.load_dataset("valid")
     dataset = task.dataset("valid")  # both directions, concatenated
     model = as_if_trained(task.build_model(cfg.model)).eval()
+    cfg.generation.beam, cfg.generation.max_len_a, cfg.generation.max_len_b = 2, 0, 12  # an untrained model
     generator = task.build_generator([model], cfg.generation)
     batch = dataset.collater([dataset[i] for i in range(len(dataset))])
     assert len(set(batch["id"].tolist())) < len(dataset)  # ids collide across the two directions
