@@ -196,3 +196,16 @@ def test_binarize_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_pa
     subprocess.run(binarize_command(raw, data, spm_model), cwd=REPO, check=True, capture_output=True)
     assert same_directories(data, reference)
     assert not [p.name for p in data.iterdir() if p.name.startswith(".")]  # the killed run's temporaries went
+
+
+def test_two_binarize_processes_on_one_directory_give_the_single_run_result(tmp_path, spm_model):
+    raw = write_raw(tmp_path / "raw", {"train": 3000, "valid": 3000, "test": 3000})
+    reference, data = tmp_path / "reference", tmp_path / "data"
+    binarize(raw, reference, PAIRS, SPLITS, spm_model=spm_model)
+    processes = [subprocess.Popen(binarize_command(raw, data, spm_model), cwd=REPO, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+    assert same_directories(data, reference)
+    assert not [p.name for p in data.iterdir() if p.name.startswith(".")]
