@@ -30,10 +30,10 @@ SentencePiece model and dictionary instead: ``--spm-model xlmr/sentencepiece.bpe
 """
 
 import argparse
+import io
 import logging
 import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -62,19 +62,21 @@ def raw_text_path(raw_dir: Path, split: str, src: str, tgt: str, lang: str) -> T
 
 def train_sentencepiece(texts: Iterable[List[str]], out_model: Path, vocab_size: int,
                         user_defined_symbols: List[str]) -> None:
+    """spm.model (and the readable spm.vocab) from the distinct training sentences. Sentences
+    and model pass through memory, not files, so the model records no temporary path and the
+    same text always gives the same bytes."""
     lines = sorted({line for lines_of_file in texts for line in lines_of_file if line.strip()})
-    with tempfile.TemporaryDirectory(prefix=f".spm.{os.getpid()}.", dir=out_model.parent) as tmp:
-        corpus = Path(tmp) / "corpus.txt"
-        corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        prefix = Path(tmp) / "spm"
-        spm.SentencePieceTrainer.train(
-            input=str(corpus), model_prefix=str(prefix), vocab_size=vocab_size,
-            character_coverage=1.0, model_type="unigram", hard_vocab_limit=False,
-            user_defined_symbols=user_defined_symbols, bos_id=-1, eos_id=-1, unk_id=0,
-            minloglevel=2, num_threads=os.cpu_count() or 1,
-        )
-        atomic_write_bytes(out_model.with_suffix(".vocab"), prefix.with_suffix(".vocab").read_bytes())
-        atomic_write_bytes(out_model, prefix.with_suffix(".model").read_bytes())
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
+        character_coverage=1.0, model_type="unigram", hard_vocab_limit=False,
+        user_defined_symbols=user_defined_symbols, bos_id=-1, eos_id=-1, unk_id=0,
+        minloglevel=2, num_threads=os.cpu_count() or 1,
+    )
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
+    atomic_write_text(out_model.with_suffix(".vocab"), vocab)  # as SentencePiece writes it
+    atomic_write_bytes(out_model, model.getvalue())
     logger.info("trained %s on %d distinct sentences (vocab %d)", out_model, len(lines), vocab_size)
 
 
@@ -91,9 +93,9 @@ def build_dictionary(encoded_training_text: Iterable[List[str]], langs: List[str
 
 
 def dictionary_text(dictionary: Dictionary) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        dictionary.save(os.path.join(tmp, DICTIONARY_FILE))
-        return Path(tmp, DICTIONARY_FILE).read_text(encoding="utf-8")
+    text = io.StringIO()
+    dictionary.save(text)
+    return text.getvalue()
 
 
 def given_dictionary_text(dict_file: Path, langs: List[str]) -> str:

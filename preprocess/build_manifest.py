@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -54,10 +53,9 @@ def up_to_date(output, inputs: dict, outputs: Dict[str, Path]) -> bool:
 
 
 def remove_stale_temporaries(dest_dir: Path) -> None:
-    """Hidden ``.NAME.PID.tmp`` files (atomic_io) and ``.spm.PID.*`` folders left by a killed run."""
-    for path in dest_dir.glob(".*"):
-        parts = path.name.split(".")
-        pid = parts[-2] if path.name.endswith(".tmp") else parts[2] if path.name.startswith(".spm.") else ""
+    """Remove the hidden ``.NAME.PID.tmp`` files (m3p_fairseq.atomic_io) of processes that are gone."""
+    for path in dest_dir.glob(".*.tmp"):
+        pid = path.name.split(".")[-2]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
@@ -68,4 +66,4 @@ def remove_stale_temporaries(dest_dir: Path) -> None:
         except PermissionError:
             continue
         logger.info("removing %s, left by a run that was killed (pid %s)", path, pid)
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)

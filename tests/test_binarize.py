@@ -163,24 +163,28 @@ def test_a_pair_left_inconsistent_between_its_two_renames_is_rebuilt(tmp_path, s
     assert same_directories(data, reference)
 
 
-def binarize_command(raw: Path, data: Path, spm_model: Path):
+def binarize_command(raw: Path, data: Path, spm_model: Path = None):
+    vocabulary = ["--spm-model", str(spm_model)] if spm_model else ["--spm-vocab-size", "60"]
     return [sys.executable, "-m", "preprocess.binarize", "--raw-dir", str(raw), "--dest-dir", str(data),
-            "--lang-pairs", "en-de", "--splits", "train,valid,test", "--spm-model", str(spm_model)]
+            "--lang-pairs", "en-de", "--splits", "train,valid,test", *vocabulary]
 
 
-@pytest.mark.parametrize("kill_when", ["first pair complete", "a pair half written"])
+@pytest.mark.parametrize("kill_when", ["first pair complete", "a pair half written", "vocabulary just trained"])
 def test_binarize_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, spm_model, kill_when):
     raw = write_raw(tmp_path / "raw", {"train": 5000, "valid": 5000, "test": 5000})
     reference, data = tmp_path / "reference", tmp_path / "data"
-    binarize(raw, reference, PAIRS, SPLITS, spm_model=spm_model)  # uninterrupted
+    given = None if kill_when == "vocabulary just trained" else spm_model  # else SentencePiece is trained
+    binarize(raw, reference, PAIRS, SPLITS, spm_model=given, spm_vocab_size=60)  # uninterrupted
 
     def moment_reached():
         names = [p.name for p in data.iterdir()] if data.exists() else []
         if kill_when == "first pair complete":
-            return any(n.endswith(".manifest.json") for n in names)
+            return any(n.endswith((".en.manifest.json", ".de.manifest.json")) for n in names)
+        if kill_when == "vocabulary just trained":
+            return "spm.model" in names
         return any(n.startswith(".") and ".bin." in n and n.endswith(".tmp") for n in names)
 
-    process = subprocess.Popen(binarize_command(raw, data, spm_model), cwd=REPO,
+    process = subprocess.Popen(binarize_command(raw, data, given), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not moment_reached():
@@ -189,11 +193,11 @@ def test_binarize_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_pa
         time.sleep(0.002)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    manifests = [n for n in visible_files(data) if n.endswith(".manifest.json")]
-    assert len(manifests) < 6, "the kill came after the last pair: nothing was interrupted"
+    pairs_done = [n for n in visible_files(data) if n.endswith((".en.manifest.json", ".de.manifest.json"))]
+    assert len(pairs_done) < 6, "the kill came after the last pair: nothing was interrupted"
     assert not same_directories(data, reference)
 
-    subprocess.run(binarize_command(raw, data, spm_model), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(binarize_command(raw, data, given), cwd=REPO, check=True, capture_output=True)
     assert same_directories(data, reference)
     assert not [p.name for p in data.iterdir() if p.name.startswith(".")]  # the killed run's temporaries went
 
