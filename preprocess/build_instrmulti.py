@@ -24,14 +24,14 @@ Outputs in RAW (written to a temporary name and renamed; files already identical
 import argparse
 import hashlib
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from m3p_fairseq.atomic_io import atomic_write_text
 from m3p_fairseq.data.languages import INSTRMULTI102_LANGUAGES, PIVOT_LANGUAGE, unknown_language_message
+from m3p_fairseq.data.text_lines import read_lines
 from m3p_fairseq.logging_setup import setup_logging
-from preprocess.binarize import atomic_target, read_lines
 
 logger = logging.getLogger("preprocess.build_instrmulti")
 DIRECTIONS = ("many-to-one", "one-to-many", "both")
@@ -46,9 +46,7 @@ def write_text_atomically(path: Path, text: str) -> bool:
     """Writes ``text`` unless ``path`` already holds it; returns whether it wrote."""
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return False
-    tmp = atomic_target(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return True
 
 

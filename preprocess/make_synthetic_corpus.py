@@ -27,8 +27,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from m3p_fairseq.data.vocabulary import MASK_WORD as MASK_TOKEN
+
 SPLITS = ("train", "valid", "test")
-MASK_TOKEN = "[MASK]"
 BACKGROUND_RGB = (200, 200, 200)
 MIN_IMAGE_SIZE = 32
 

@@ -26,9 +26,9 @@ from typing import Dict, List
 import numpy as np
 from fairseq.data import Dictionary, indexed_dataset
 
+from m3p_fairseq.data.data_dir import DICTIONARY_FILE
 from m3p_fairseq.data.image_features import read_image_ids
 from m3p_fairseq.logging_setup import setup_logging
-from m3p_fairseq.tasks.multimodal_translation import DICTIONARY_FILE
 
 logger = logging.getLogger("preprocess.subsample")
 

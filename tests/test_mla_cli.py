@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from m3p_fairseq.models.native_dual_encoder import NativeModelMismatch
 
 PYTHON = sys.executable

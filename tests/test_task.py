@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import setup_task, write_random_features
+from m3p_fairseq.data.batch_keys import SOURCE_LANG
 from m3p_fairseq.data.image_features import ImageFeatureError
 
 
@@ -46,9 +47,9 @@ def test_warmup_reads_the_models_update_count(data_dir):
     task, cfg = setup_task(data_dir, "--sampling-temperature", "5", "--sampling-temperature-init", "1",
                            "--sampling-warmup-updates", "100")
     model = task.build_model(cfg.model)
-    assert task._sampling_temperature() == 1.0
+    assert task.temperature() == 1.0
     model.set_num_updates(50)  # what fairseq's trainer does every step and after a resume
-    assert task._sampling_temperature() == 3.0
+    assert task.temperature() == 3.0
 
 
 def test_text_only_works_without_image_features(data_copy):
@@ -103,7 +104,7 @@ def test_text_and_id_count_mismatch(data_copy):
 def test_features_without_id_list(data_copy):
     os.remove(data_copy / "valid.image_ids")
     task, _ = setup_task(data_copy)
-    with pytest.raises(ImageFeatureError, match=r"has no image-id list: expected one of .*valid\.en-de\.image_ids"):
+    with pytest.raises(ImageFeatureError, match=r"has no image-id list: expected one of .*valid\.image_ids"):
         task.load_dataset("valid")
 
 
@@ -154,3 +155,18 @@ def test_validation_keeps_every_sentence(data_dir):
     iterator = task.get_batch_iterator(dataset=task.dataset("test"), max_sentences=16,
                                        required_batch_size_multiple=8)
     assert sum(len(batch["id"]) for batch in iterator.next_epoch_itr(shuffle=False)) == 40
+
+
+def test_batches_carry_the_source_language_for_every_model(data_dir):
+    # the batch contract: loaded splits always emit source_lang; models ignore what they do not use
+    task, cfg = setup_task(data_dir, "--fusion", "gated")
+    task.load_dataset("valid")
+    en_de, de_en = task.dataset("valid").datasets[:2]
+    batch = task.dataset("valid").collater([en_de[0], de_en[0], en_de[1]])
+    rows = {int(i): lang for i, lang in zip(batch["id"], batch["net_input"][SOURCE_LANG])}
+    assert sorted(batch["net_input"][SOURCE_LANG].tolist()) == sorted(
+        [task.src_dict.index("__en__")] * 2 + [task.src_dict.index("__de__")])
+    assert rows[1] == task.src_dict.index("__en__")
+    model = task.build_model(cfg.model)  # the encoder-decoder model does not read it
+    assert model(**batch["net_input"])[0].shape[0] == 3
+    assert all(not hasattr(part, "emit_source_lang") for part in task.dataset("valid").datasets)

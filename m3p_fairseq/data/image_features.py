@@ -35,6 +35,8 @@ import h5py
 import numpy as np
 import torch
 
+from .text_lines import read_lines
+
 PATCHES = "patches"
 GLOBAL = "global"
 IMAGE_IDS = "image_ids"
@@ -56,8 +58,7 @@ def read_image_ids(path) -> List[str]:
     path = Path(path)
     if not path.is_file():
         raise ImageFeatureError(f"image-id list not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        ids = [line.rstrip("\r\n") for line in f]
+    ids = read_lines(path)  # the one line reader: the text's line n is the id list's line n
     for line_no, image_id in enumerate(ids, start=1):
         if not image_id.strip():
             raise ImageFeatureError(f"{path}:{line_no}: empty image id (expected one id per line)")

@@ -10,7 +10,7 @@ The names are what the decoder-only model's instruction prompt says ("... from E
 German:"), so they are the languages' usual English names.
 """
 
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Tuple
 
 INSTRMULTI102_LANGUAGES: Dict[str, str] = {
     "en": "English",
@@ -65,3 +65,16 @@ def check_language_codes(codes: Iterable[str]) -> List[str]:
     for code in codes:
         language_name(code)
     return codes
+
+
+def parse_lang_pairs(text: str) -> List[Tuple[str, str]]:
+    """``en-de,de-en`` -> [("en", "de"), ("de", "en")]; the syntax of ``--lang-pairs``."""
+    pairs = []
+    for item in text.split(","):
+        src, sep, tgt = item.strip().partition("-")
+        if not sep or not src or not tgt or src == tgt:
+            raise ValueError(f"--lang-pairs: {item.strip()!r} is not a direction like en-de")
+        pairs.append((src, tgt))
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"--lang-pairs lists a direction twice: {text}")
+    return pairs

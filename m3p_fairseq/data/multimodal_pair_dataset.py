@@ -1,11 +1,12 @@
 """A fairseq LanguagePairDataset whose examples also carry their image's features."""
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from fairseq.data import LanguagePairDataset
 
+from .batch_keys import IMAGE_GLOBAL, IMAGE_NEGATIVE_GLOBAL, IMAGE_PATCHES, IMAGE_USABLE, SOURCE_LANG
 from .image_features import ImageFeatureError, ImageFeatureStore
 from .multimodal_augmentation import MultimodalAugmentation
 
@@ -16,49 +17,34 @@ def stack_images(images: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch
             torch.stack([global_vector for _, global_vector in images]).float())
 
 
-def in_batch_order(samples: List[dict], batch: dict, pad: int) -> List[dict]:
-    """``samples`` in the order of the collated batch (fairseq's collate sorts by source length).
-    Ids are per direction (the task concatenates directions, each with its own 0..n-1), so a
-    batch mixing directions may hold one id twice: those samples are told apart by their source."""
-    by_id: dict = {}
-    for sample in samples:
-        by_id.setdefault(int(sample["id"]), []).append(sample)
-    ordered = []
-    for row, sample_id in enumerate(batch["id"].tolist()):
-        candidates = by_id[sample_id]
-        if len(candidates) == 1:
-            ordered.append(candidates[0])
-            continue
-        tokens = batch["net_input"]["src_tokens"][row]
-        tokens = tokens[tokens != pad]
-        match = next((k for k, s in enumerate(candidates) if torch.equal(s["source"], tokens)), 0)
-        ordered.append(candidates.pop(match))
-    return ordered
-
-
 class MultimodalLanguagePairDataset(LanguagePairDataset):
-    """Adds ``net_input["image_patches"]`` [B, P, D] and ``net_input["image_global"]`` [B, D].
+    """A batch's ``net_input`` carries, besides fairseq's keys (names in ``batch_keys``):
 
-    ``image_rows[i]`` is the row of example i's image in ``image_store``. Without a store the
-    dataset is exactly a LanguagePairDataset (text-only training and generation). With an
-    ``augmentation`` (training only) examples are augmented by MMA, and with its
-    ``view_negatives`` the batch also carries ``net_input["image_negative_global"]`` [B, D].
-    A batch holding an image that was flagged unusable at extraction (missing or undecodable
-    file) also carries ``net_input["image_usable"]`` [B] bool: those sentences are text-only.
-    With ``source_lang_index`` (the source language tag's index) and ``emit_source_lang`` set,
-    the batch carries ``net_input["source_lang"]`` [B] for models that read it (the
-    decoder-only model's instruction prompt names the source language).
+    * ``SOURCE_LANG`` [B]: the source language tag's index, whenever ``source_lang_index`` is
+      known (always for loaded splits) - the decoder-only model's prompt names it, others ignore it;
+    * ``IMAGE_PATCHES`` [B, P, D] and ``IMAGE_GLOBAL`` [B, D] with an ``image_store``, where
+      ``image_rows[i]`` is example i's row (without a store the dataset is text-only);
+    * ``IMAGE_USABLE`` [B] bool when some image of the batch was flagged unusable at extraction
+      (missing or undecodable file): those sentences are text-only;
+    * ``IMAGE_NEGATIVE_GLOBAL`` [B, D] with an ``augmentation`` (training only) that has
+      ``view_negatives``.
+
+    ``example_ids`` replaces the ``id`` of each example (fairseq-interactive's line numbers
+    when some input lines were skipped).
     """
 
     def __init__(self, *args, image_store: Optional[ImageFeatureStore] = None,
                  image_rows: Optional[np.ndarray] = None,
                  augmentation: Optional[MultimodalAugmentation] = None,
-                 source_lang_index: Optional[int] = None, emit_source_lang: bool = False, **kwargs):
+                 source_lang_index: Optional[int] = None, example_ids: Optional[Sequence[int]] = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         if (image_store is None) != (image_rows is None):
             raise ValueError("image_store and image_rows go together")
         if image_rows is not None and len(image_rows) != len(self.src):
             raise ValueError(f"{len(image_rows)} image rows for {len(self.src)} sentences")
+        if example_ids is not None and len(example_ids) != len(self.src):
+            raise ValueError(f"{len(example_ids)} example ids for {len(self.src)} sentences")
         if augmentation is not None and augmentation.uses_views:
             num_views = image_store.num_views if image_store is not None else 0
             if num_views < (2 if augmentation.view_negatives else 1):
@@ -71,7 +57,7 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         self.image_rows = image_rows
         self.augmentation = augmentation
         self.source_lang_index = source_lang_index
-        self.emit_source_lang = emit_source_lang  # the task turns it on for models that read it
+        self.example_ids = example_ids
         self.epoch = 1
 
     @property
@@ -90,8 +76,10 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
 
     def __getitem__(self, index):
         example = super().__getitem__(index)
+        if self.example_ids is not None:
+            example["id"] = int(self.example_ids[index])
         if self.source_lang_index is not None:
-            example["source_lang"] = self.source_lang_index
+            example[SOURCE_LANG] = self.source_lang_index
         augmentation = self.augmentation
         rng = augmentation.generator(self.epoch, index) if augmentation is not None else None
         if augmentation is not None and augmentation.text_mask_ratio > 0:
@@ -99,35 +87,54 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         if self.image_store is None:
             return example
         row = int(self.image_rows[index])
-        example["image_usable"] = bool(self.image_store.usable[row])
+        example[IMAGE_USABLE] = bool(self.image_store.usable[row])
         if augmentation is None:
-            example["image_patches"], example["image_global"] = self.image_store.read(row)
+            example[IMAGE_PATCHES], example[IMAGE_GLOBAL] = self.image_store.read(row)
             return example
         view = augmentation.choose_view(self.image_store.num_views, rng)
-        patches, example["image_global"] = self.image_store.read(row, view)
-        example["image_patches"] = augmentation.mask_patches(patches, rng)
+        patches, example[IMAGE_GLOBAL] = self.image_store.read(row, view)
+        example[IMAGE_PATCHES] = augmentation.mask_patches(patches, rng)
         if augmentation.view_negatives:
             negative = augmentation.negative_view(self.image_store.num_views, view, rng)
-            example["image_negative_global"] = self.image_store.read(row, negative)[1]
+            example[IMAGE_NEGATIVE_GLOBAL] = self.image_store.read(row, negative)[1]
         return example
 
     def collater(self, samples, pad_to_length=None):
-        batch = super().collater(samples, pad_to_length=pad_to_length)
-        if len(samples) == 0 or (self.image_store is None and not self.emit_source_lang):
+        """fairseq's collate, plus the keys above from the samples themselves, so one collater
+        serves a batch that mixes directions (ConcatDataset collates with its first part's)."""
+        if len(samples) == 0:
+            return super().collater(samples, pad_to_length=pad_to_length)
+        # Ids repeat across directions (each has its own 0..n-1), so fairseq's collate gets each
+        # sample's position as its id: the returned ids then give the batch order exactly.
+        batch = super().collater([{**s, "id": k} for k, s in enumerate(samples)], pad_to_length=pad_to_length)
+        positions = batch["id"].tolist()
+        ordered = [samples[k] for k in positions]
+        batch["id"] = torch.LongTensor([s["id"] for s in ordered])
+        self._check_order(batch, ordered)
+        net_input = batch["net_input"]
+        if all(SOURCE_LANG in s for s in ordered):
+            net_input[SOURCE_LANG] = torch.tensor([s[SOURCE_LANG] for s in ordered])
+        with_image = [IMAGE_PATCHES in s for s in ordered]
+        if not any(with_image):
             return batch
-        ordered = in_batch_order(samples, batch, self.src_dict.pad())
-        if self.emit_source_lang:
-            if any("source_lang" not in s for s in ordered):
-                raise ValueError("the model reads the source language, but this dataset was built without it")
-            batch["net_input"]["source_lang"] = torch.tensor([s["source_lang"] for s in ordered])
-        if self.image_store is None:
-            return batch
-        batch["net_input"]["image_patches"], batch["net_input"]["image_global"] = stack_images(
-            [(s["image_patches"], s["image_global"]) for s in ordered])
-        usable = torch.tensor([s["image_usable"] for s in ordered])
+        if not all(with_image):
+            missing = [int(s["id"]) for s, has in zip(ordered, with_image) if not has]
+            raise ImageFeatureError(f"a batch mixes examples with and without image features: example "
+                                    f"id(s) {missing[:10]} have none (every direction needs its image-id list)")
+        net_input[IMAGE_PATCHES], net_input[IMAGE_GLOBAL] = stack_images(
+            [(s[IMAGE_PATCHES], s[IMAGE_GLOBAL]) for s in ordered])
+        usable = torch.tensor([s[IMAGE_USABLE] for s in ordered])
         if not usable.all():
-            batch["net_input"]["image_usable"] = usable
-        if "image_negative_global" in ordered[0]:
-            batch["net_input"]["image_negative_global"] = torch.stack(
-                [s["image_negative_global"] for s in ordered]).float()
+            net_input[IMAGE_USABLE] = usable
+        if IMAGE_NEGATIVE_GLOBAL in ordered[0]:
+            net_input[IMAGE_NEGATIVE_GLOBAL] = torch.stack([s[IMAGE_NEGATIVE_GLOBAL] for s in ordered]).float()
         return batch
+
+    def _check_order(self, batch: dict, ordered: List[dict]) -> None:
+        """Each batch row must hold the sample whose image is put beside it; raise, never guess."""
+        pad = self.src_dict.pad()
+        for row, sample in enumerate(ordered):
+            tokens = batch["net_input"]["src_tokens"][row]
+            if not torch.equal(tokens[tokens != pad], sample["source"][sample["source"] != pad]):
+                raise RuntimeError(f"collated row {row} does not hold example id {int(sample['id'])} "
+                                   f"(batch ids {batch['id'].tolist()}): its image would go to another sentence")

@@ -36,6 +36,26 @@ def temperature_at(num_updates: int, temperature: float, temperature_init: float
                temperature_init + num_updates / warmup_updates * (temperature - temperature_init))
 
 
+class TemperatureSchedule:
+    """The warm-up of Eq. 7's temperature, driven by the update count of the model being
+    trained (fairseq's trainer sets it every step and after a resume); 0 updates before a model
+    is attached."""
+
+    def __init__(self, temperature: float, temperature_init: float = 1.0, warmup_updates: int = 0):
+        self.temperature, self.temperature_init, self.warmup_updates = temperature, temperature_init, warmup_updates
+        self.model = None
+
+    def attach(self, model) -> None:
+        self.model = model
+
+    @property
+    def num_updates(self) -> int:
+        return getattr(self.model, "num_updates", 0)
+
+    def __call__(self) -> float:
+        return temperature_at(self.num_updates, self.temperature, self.temperature_init, self.warmup_updates)
+
+
 class TemperatureSampledDataset(ConcatDataset):
     """Language-pair datasets concatenated, re-sampled every epoch with Eq. 7.
 
@@ -44,7 +64,7 @@ class TemperatureSampledDataset(ConcatDataset):
     subset), so small pairs are repeated and large ones subsampled.
     """
 
-    def __init__(self, datasets: Dict[str, "FairseqDataset"], temperature_schedule: Callable[[], float],
+    def __init__(self, datasets: Dict[str, FairseqDataset], temperature_schedule: Callable[[], float],
                  seed: int = 1):
         self.names = list(datasets)
         super().__init__(list(datasets.values()))

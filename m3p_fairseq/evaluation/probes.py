@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from ..data.multimodal_pair_dataset import MultimodalLanguagePairDataset
-
-MASK_WORD = "[MASK]"
+from ..data.vocabulary import MASK_WORD
 
 
 def derangement(n: int, seed: int) -> np.ndarray:
@@ -84,12 +83,11 @@ def with_masked_source(dataset: MultimodalLanguagePairDataset, task, ratio: floa
     same. The target-language tag in front is kept. With
     ``max_sentences`` only the first ones are kept."""
     import sentencepiece as spm
-    from fairseq import utils
 
     if not 0 <= ratio <= 1:
         raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
     if spm_model is None:
-        spm_model = Path(utils.split_paths(task.cfg.data)[0]) / "spm.model"
+        spm_model = task.data_directory.spm_model
     if not Path(spm_model).is_file():
         raise FileNotFoundError(f"{spm_model}: SentencePiece model not found (needed to encode masked sources)")
     sp = spm.SentencePieceProcessor(model_file=str(spm_model))

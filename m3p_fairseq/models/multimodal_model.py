@@ -32,7 +32,6 @@ from omegaconf import OmegaConf, open_dict
 from torch import Tensor
 
 from ..data.batch_keys import IMAGE_GLOBAL_STATE, IMAGE_NEGATIVE_GLOBAL, IMAGE_USABLE, MultimodalModelInterface
-from ..data.image_features import ImageFeatureError
 from .contrastive_head import ContrastiveHead
 from .image_encoder import ImageFeatureEncoder
 from .mdropnet import MDropNet
@@ -194,15 +193,11 @@ class MultimodalModel(MultimodalModelInterface):
     # ---- building ----------------------------------------------------------------------------
     @staticmethod
     def resolve_image_feature_dim(args, task) -> None:
-        """--image-feature-dim, else the dimension of the task's image features, recorded in args."""
+        """--image-feature-dim, else the dimension of the task's image features, recorded in args
+        (the task raises, naming the files it looked for, when the data has none)."""
         if args.image_feature_dim is not None:
             return
-        dim = task.image_feature_dim
-        if dim is None:
-            raise ImageFeatureError(
-                f"--fusion {args.fusion} reads images, but no image features were found: give the data "
-                "directory its image-feature file (docs/architecture.md, the data contract) or pass "
-                "--image-features")
+        dim = task.require_image_feature_dim(args.fusion)
         record_in_config(args, {"image_feature_dim": dim})
 
     @staticmethod

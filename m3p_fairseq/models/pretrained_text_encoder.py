@@ -21,11 +21,12 @@ import torch
 from fairseq.data import Dictionary
 from torch import Tensor, nn
 
+from ..data.data_dir import DICTIONARY_FILE  # xlmr.base names it as fairseq does
+from ..data.vocabulary import MASK_SYMBOL
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "model.pt"
-DICTIONARY_FILE = "dict.txt"
-MASK_SYMBOL = "<mask>"
 # Where RoBERTa keeps its TransformerEncoder; checkpoints of 2019 (roberta.base, xlmr.base)
 # still call the RobertaEncoder "decoder".
 ROBERTA_ENCODER_PREFIXES = ("encoder.sentence_encoder.", "decoder.sentence_encoder.")

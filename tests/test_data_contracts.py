@@ -1,0 +1,76 @@
+"""The conventions defined once: language tags and special symbols, the data directory's file
+names, and the one line reader."""
+
+import pytest
+
+from m3p_fairseq.data.data_dir import DataDirectory
+from m3p_fairseq.data.image_features import ImageFeatureError
+from m3p_fairseq.data.languages import parse_lang_pairs
+from m3p_fairseq.data.text_lines import TextFileError, read_lines
+from m3p_fairseq.data.vocabulary import MASK_SYMBOL, MASK_WORD, is_lang_tag, lang_tag, tag_lang, tagged_languages
+
+
+def test_language_tags():
+    assert lang_tag("zh_tw") == "__zh_tw__"
+    assert tag_lang("__zh_tw__") == "zh_tw" and tag_lang("__en__") == "en"
+    for symbol in ("__", "____", "_en_", "__en", "▁__en__", "<mask>", "__e n__"):
+        assert not is_lang_tag(symbol), symbol
+    assert tagged_languages(["<s>", "__fr__", "▁a", "__de__"]) == ["de", "fr"]
+    assert (MASK_SYMBOL, MASK_WORD) == ("<mask>", "[MASK]")
+
+
+def test_lang_pairs_syntax():
+    assert parse_lang_pairs("en-de, de-en") == [("en", "de"), ("de", "en")]
+    with pytest.raises(ValueError, match="lists a direction twice"):
+        parse_lang_pairs("en-de,en-de")
+
+
+def test_file_names(tmp_path):
+    data = DataDirectory(tmp_path)
+    assert (data.dictionary.name, data.spm_model.name) == ("dict.txt", "spm.model")
+    assert data.stems("train", "en", "de") == ["train.en-de", "train.de-en", "train"]
+    assert data.binarized_files("train.en-de", "de") == (tmp_path / "train.en-de.de.bin", tmp_path / "train.en-de.de.idx")
+    assert DataDirectory.manifest(tmp_path / "train.de") == tmp_path / "train.de.manifest.json"
+    assert DataDirectory.of_task_data(f"{tmp_path}/a:{tmp_path}/b", epoch=2).path == tmp_path / "b"
+
+
+def test_text_of_a_direction_comes_from_one_stem(tmp_path):
+    data = DataDirectory(tmp_path)
+    (tmp_path / "train.en").write_text("x\n")
+    (tmp_path / "train.de-en.de").write_text("y\n")  # only one side of the pair file
+    with pytest.raises(FileNotFoundError, match=r"no raw text for split 'train' \(en-de\): expected .*train\.en-de\.\{en,de\}"):
+        data.raw_stem("train", "en", "de")
+    (tmp_path / "train.de").write_text("z\n")
+    assert data.raw_stem("train", "en", "de") == "train"  # not train.de-en.de beside train.en
+    (tmp_path / "train.de-en.en").write_text("w\n")
+    assert data.raw_stem("train", "en", "de") == "train.de-en"  # the other direction's pair serves too
+
+
+def test_image_id_list_and_feature_file_lookup(tmp_path):
+    data = DataDirectory(tmp_path)
+    assert data.image_id_list("valid.en-de") is None and data.feature_file("valid") is None
+    (tmp_path / "valid.image_ids").write_text("a\n")
+    assert data.image_id_list("valid.en-de") == tmp_path / "valid.image_ids"
+    (tmp_path / "valid.en-de.image_ids").write_text("b\n")
+    assert data.image_id_list("valid.en-de") == tmp_path / "valid.en-de.image_ids"
+    (tmp_path / "image_features.h5").write_bytes(b"")
+    assert data.feature_file("valid") == tmp_path / "image_features.h5"
+    (tmp_path / "valid.image_features.h5").write_bytes(b"")
+    assert data.feature_file("valid") == tmp_path / "valid.image_features.h5"
+    assert data.feature_file("valid", str(tmp_path / "image_features.h5")) == tmp_path / "image_features.h5"
+    with pytest.raises(ImageFeatureError, match=r"--image-features \S*nope\.h5: file not found"):
+        data.feature_file("valid", str(tmp_path / "nope.h5"))
+
+
+def test_line_reader(tmp_path, caplog):
+    path = tmp_path / "text"
+    path.write_bytes(b"one\r\ntwo\rhalf\nthree")  # CRLF, a lone CR, no final newline
+    assert read_lines(path) == ["one", "two half", "three"]
+    assert "inside line(s) 2, read as a space" in caplog.text
+    path.write_bytes(b"")
+    assert read_lines(path) == []
+    path.write_bytes(b"\n\n")
+    assert read_lines(path) == ["", ""]
+    path.write_bytes(b"fine\nbad \xff byte\n")
+    with pytest.raises(TextFileError, match=r"text:2: not UTF-8"):
+        read_lines(path)
