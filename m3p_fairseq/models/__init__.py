@@ -1,2 +1,3 @@
 from .m3p_transformer import M3PEncoder, M3PTransformerModel  # noqa: F401
 from .m3p_decoder_only import M3PDecoderOnlyModel  # noqa: F401
+from .vlp_mmt import VLPTranslationModel  # noqa: F401
