@@ -30,6 +30,8 @@ MODALITY_TARGET = "modality_target"  # (B, T) target tokens y_j: also return the
 
 # --- VLP pre-training batch (tasks/vlp_pretraining.py), besides net_input and "target" ---
 PAIRED_IMAGE_LABEL = "paired_image_label"  # (B,) long: 1 = the caption's own image, 0 = a random one
+MASKED_TOKENS = "masked_tokens"  # keyword of the VLP model's forward: (B, L) bool, predict only these
+PAIRED_IMAGE_LOGITS = "paired_image_logits"  # VLP model output: (B, 2) own-vs-random image logits
 
 # --- extras of a model's forward output (the dict beside the decoder's output) ---
 IMAGE_GLOBAL_STATE = "image_global_state"

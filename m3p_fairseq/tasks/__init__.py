@@ -1,1 +1,2 @@
 from .multimodal_translation import MultimodalTranslationConfig, MultimodalTranslationTask  # noqa: F401
+from .vlp_pretraining import VLPPretrainingTask  # noqa: F401
