@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 from fairseq import optim
-from fairseq.dataclass.configs import GenerationConfig
 from fairseq.modules import MultiheadAttention
 
 from conftest import setup_task
+from test_generation import generate
 from m3p_fairseq.criterions.modality_loss import ModalityLossCriterion, modality_loss, parse_lambda, parse_layers
 from m3p_fairseq.data.batch_keys import (
     MODALITY_LAMBDA, MODALITY_LAYERS, MODALITY_TARGET, MODALITY_TEXT, MODALITY_VALID, MODALITY_VISUAL,
@@ -219,14 +219,6 @@ def test_stage_two_trains_the_encoder(data_dir):
     optimizer.backward(loss)
     optimizer.step()
     assert not torch.equal(before, model.encoder.text_encoder.layers[0].self_attn.q_proj.weight)
-
-
-def generate(task, model, dataset, indices, beam=4):
-    generator = task.build_generator([model], GenerationConfig(beam=beam, max_len_b=12))
-    batch = dataset.collater([dataset[i] for i in indices])
-    with torch.no_grad():
-        outputs = task.inference_step(generator, [model], batch)
-    return {int(i): output[0]["tokens"].tolist() for i, output in zip(batch["id"], outputs)}
 
 
 def test_beam_output_alone_equals_in_a_batch(built):
