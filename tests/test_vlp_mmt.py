@@ -10,7 +10,7 @@ from fairseq.modules import MultiheadAttention
 
 from conftest import setup_task
 from test_generation import generate
-from m3p_fairseq.criterions.modality_loss import ModalityLossCriterion, modality_loss, parse_lambda, parse_layers
+from m3p_fairseq.criterions.modality_loss import modality_loss, parse_lambda, parse_layers
 from m3p_fairseq.data.batch_keys import (
     MODALITY_LAMBDA, MODALITY_LAYERS, MODALITY_TARGET, MODALITY_TEXT, MODALITY_VALID, MODALITY_VISUAL,
     OBJECT_TAGS, VISUAL_POSITIONS,

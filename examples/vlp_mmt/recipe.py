@@ -22,7 +22,6 @@ checkpoint_last.pt).
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -13,7 +13,6 @@ own (``modality``: mean 1 - cos per token and layer; ``modality_lambda``: mean l
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-import torch
 from torch import Tensor
 import torch.nn.functional as F
 from fairseq import metrics, utils

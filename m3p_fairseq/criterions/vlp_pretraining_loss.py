@@ -9,7 +9,6 @@ mean over the captions, so after fairseq's division both are means. Logged apart
 import math
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
