@@ -6,6 +6,7 @@ contrastive term is added as lambda * sample_size * (mean MMCL over the sentence
 that division the gradient is exactly that of  mean-per-token CE + lambda * mean-per-pair MMCL.
 """
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -29,6 +30,9 @@ from ..data.batch_keys import (
 )
 from .mmcl import gather_across_workers, split_columns, symmetric_info_nce
 
+logger = logging.getLogger(__name__)
+PAPER_LABEL_SMOOTHING = 0.1  # Sec. 3.3
+
 
 @dataclass
 class M3PLossConfig(LabelSmoothedCrossEntropyCriterionConfig):
@@ -48,6 +52,9 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if mmcl_weight < 0:
             raise ValueError(f"--mmcl-weight must be >= 0, got {mmcl_weight}")
+        if label_smoothing == 0:
+            logger.warning("--criterion m3p_loss without --label-smoothing: the paper trains with "
+                           "--label-smoothing %s (Eq. 12's L_m is label-smoothed)", PAPER_LABEL_SMOOTHING)
         self.mmcl_weight = mmcl_weight
 
     def forward(self, model, sample, reduce=True):
