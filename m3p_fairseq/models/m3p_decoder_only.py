@@ -31,6 +31,7 @@ from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from torch import Tensor
 
+from ..data.batch_keys import SOURCE_LANG
 from .causal_lm import CausalTransformer
 from .instruction_prompt import DEFAULT_TEMPLATE, InstructionPrompt
 from .multimodal_model import (
@@ -130,6 +131,11 @@ class M3PDecoderOnlyModel(MultimodalModel, FairseqEncoderDecoderModel):
     def pooled_text(self, src_tokens: Tensor, encoder_out) -> Tensor:
         """s^k from a text-only pass over [prompt][source] (PrefixEncoder.source_states)."""
         return self.encoder.source_states(encoder_out)
+
+    def pooled_text_of(self, src_tokens: Tensor, src_lengths: Tensor, batch) -> Tensor:
+        """s^k of other source tokens (MMA's masked sources), from the same text-only pass."""
+        text_ids, is_source, _ = self.encoder.text_prefix(src_tokens, batch.get(SOURCE_LANG))
+        return self.encoder.source_states({"text_ids": [text_ids], "is_source": [is_source]})
 
 
 @register_model_architecture("m3p_decoder_only", "m3p_decoder_only")

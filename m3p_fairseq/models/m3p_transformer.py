@@ -161,6 +161,11 @@ class M3PTransformerModel(MultimodalModel, TransformerModel):
         states = encoder_out.get("text_states", encoder_out["encoder_out"])[0]
         return mean_over_tokens(states, ~self._pooling_excluded[src_tokens])
 
+    def pooled_text_of(self, src_tokens: Tensor, src_lengths: Tensor, batch) -> Tensor:
+        """s^k of other source tokens (MMA's masked sources): the text encoder alone, pooled alike."""
+        states = self.encoder.text_encoder(src_tokens, src_lengths=src_lengths)["encoder_out"][0]
+        return mean_over_tokens(states, ~self._pooling_excluded[src_tokens])
+
 
 @register_model_architecture("m3p_transformer", "m3p_transformer")
 def m3p_base_architecture(args):
