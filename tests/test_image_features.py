@@ -7,6 +7,7 @@ import torch
 
 from helpers import setup_task
 from m3p_fairseq.data.image_features import (
+from m3p_fairseq.data.multimodal_pair_dataset import images_per_row
     FeatureFileExistsError,
     ImageFeatureError,
     ImageFeatureStore,
@@ -142,7 +143,7 @@ def test_dataloader_with_two_workers_matches_main_process(data_dir):
     for position, example_id in enumerate(first["id"].tolist()):
         sub_dataset, local = _locate(dataset, example_id)
         expected, _ = store.read(int(sub_dataset.image_rows[local]))
-        assert torch.equal(first["net_input"]["image_patches"][position], expected.float())
+        assert torch.equal(images_per_row(first["net_input"])[0][position], expected.float())
 
 
 def _locate(concat, index):

@@ -21,6 +21,7 @@ from fairseq.distributed import utils as distributed_utils
 
 from ..data.batch_keys import (
     CONTRASTIVE,
+    IMAGE_ROW,
     MMCL_IMAGE,
     MMCL_IMAGE_NEGATIVES,
     MMCL_LOGIT_SCALE,
@@ -69,7 +70,8 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
         }
         logging_output["loss"] = loss.data
         if contrastive:
-            mmcl_term, mmcl_logs = self.contrastive_loss(net_output[1], sample_size)
+            mmcl_term, mmcl_logs = self.contrastive_loss(net_output[1], sample_size,
+                                                         sample["net_input"].get(IMAGE_ROW))
             loss = loss + mmcl_term
             logging_output.update(mmcl_logs)
             # this worker's share: its own pairs (the gradient term covers all workers' pairs)
@@ -91,20 +93,23 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
             raise ValueError(f"--criterion m3p_loss trains the plugin's multimodal models (--arch m3p_*), "
                              f"not {type(model).__name__}; use --criterion label_smoothed_cross_entropy") from None
 
-    def contrastive_loss(self, extra, sample_size):
+    def contrastive_loss(self, extra, sample_size, image_rows=None):
         """lambda * (total sample size / N) * sum of the N pair losses over all workers, and the
-        logging sums of this worker's pairs."""
+        logging sums of this worker's pairs. ``image_rows`` [B] (the batch's IMAGE_ROW) makes the
+        texts of one image its positives (mmcl.symmetric_info_nce), on every worker."""
         parts = [extra[MMCL_TEXT], extra[MMCL_IMAGE]]
         if MMCL_IMAGE_NEGATIVES in extra:
             parts.append(extra[MMCL_IMAGE_NEGATIVES])
         if MMCL_USABLE in extra:  # pairs whose image was missing at extraction have no image to match
             parts = [part[extra[MMCL_USABLE]] for part in parts]
+            image_rows = None if image_rows is None else image_rows[extra[MMCL_USABLE]]
         text = parts[0]
         group = distributed_utils.get_data_parallel_group() if dist.is_initialized() else None
         joined, offset = gather_across_workers(torch.cat(parts, dim=1), group)
         text_all, image_all, *negatives_all = split_columns(joined, [p.size(1) for p in parts])
+        image_ids = None if image_rows is None else gather_across_workers(image_rows, group)[0]
         pair_loss, text_correct, image_correct = symmetric_info_nce(
-            text_all, image_all, extra[MMCL_LOGIT_SCALE], negatives_all[0] if negatives_all else None)
+            text_all, image_all, extra[MMCL_LOGIT_SCALE], negatives_all[0] if negatives_all else None, image_ids)
 
         total_sample_size = torch.tensor(float(sample_size), device=text.device)
         if group is not None and dist.get_world_size(group) > 1:

@@ -10,10 +10,17 @@ it is used, nothing else.
 from typing import Optional
 
 # --- batch["net_input"] (besides fairseq's src_tokens, src_lengths, prev_output_tokens) ---
-IMAGE_PATCHES = "image_patches"  # (B, P, D) float: patch features of each sentence's image
+IMAGE_PATCHES = "image_patches"  # (B, P, D) float: patch features of each sentence's image (see IMAGE_INDEX)
 IMAGE_GLOBAL = "image_global"  # (B, D) float: the image's global vector
 IMAGE_USABLE = "image_usable"  # (B,) bool: False where the image is missing or failed to decode
 IMAGE_NEGATIVE_GLOBAL = "image_negative_global"  # (B, D) float: MMA's augmented view, an MMCL negative
+# (B,) long: the image's identity, its row in the split's feature file. Sentences of one image
+# (its translations, one per direction) are MMCL positives of that image, never negatives
+IMAGE_ROW = "image_row"
+# (B,) long, optional: row b's image is IMAGE_PATCHES[IMAGE_INDEX[b]] / IMAGE_GLOBAL[IMAGE_INDEX[b]];
+# with it those two hold each distinct image of the batch once ([U, P, D], [U, D], U <= B), so
+# the model projects and encodes every distinct image once. Without it they are per row.
+IMAGE_INDEX = "image_index"
 SOURCE_LANG = "source_lang"  # (B,) long: dictionary index of the source-language tag
 # (B,) long, optional: each sentence's MDropNet mode (models/mdropnet.py), fixed by a caller
 # (tests, analysis) instead of drawn in training
@@ -30,7 +37,7 @@ MMCL_IMAGE_NEGATIVES = "mmcl_image_negatives"  # (B, E) normalised negative imag
 MMCL_USABLE = "mmcl_usable"  # (B,) bool: rows that take part in MMCL
 MMCL_LOGIT_SCALE = "mmcl_logit_scale"  # scalar tensor: 1 / temperature
 
-IMAGE_INPUTS = (IMAGE_PATCHES, IMAGE_GLOBAL, IMAGE_USABLE, IMAGE_NEGATIVE_GLOBAL)
+IMAGE_INPUTS = (IMAGE_PATCHES, IMAGE_GLOBAL, IMAGE_USABLE, IMAGE_NEGATIVE_GLOBAL, IMAGE_ROW, IMAGE_INDEX)
 
 
 class MultimodalModelInterface:

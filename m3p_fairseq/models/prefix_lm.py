@@ -77,13 +77,13 @@ class PrefixEncoder(MultimodalEncoderMixin, FairseqEncoder):
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
                 source_lang: Optional[Tensor] = None, image_patches: Optional[Tensor] = None,
                 image_global: Optional[Tensor] = None, modalities: Optional[Tensor] = None,
-                image_usable: Optional[Tensor] = None, **unused):
+                image_usable: Optional[Tensor] = None, image_index: Optional[Tensor] = None, **unused):
         text_ids, is_source = self.text_prefix(src_tokens, source_lang)
         x = self.stack.embed_tokens(text_ids)
         keep = text_ids != self.dictionary.pad()
         out = {"text_ids": [text_ids], "is_source": [is_source]}
         if self.image_encoder is not None:
-            patches, global_state = self.encode_images(image_patches, image_global, x.dtype)
+            patches, global_state = self.encode_images(image_patches, image_global, x.dtype, image_index)
             out[IMAGE_GLOBAL_STATE] = [global_state]
             patches = patches.transpose(0, 1)
             image_keep = torch.ones(patches.shape[:2], dtype=torch.bool, device=x.device)
