@@ -7,13 +7,13 @@ import torch
 
 from helpers import setup_task
 from m3p_fairseq.data.image_features import (
-from m3p_fairseq.data.multimodal_pair_dataset import images_per_row
     FeatureFileExistsError,
     ImageFeatureError,
     ImageFeatureStore,
     ImageFeatureWriter,
     read_image_ids,
 )
+from m3p_fairseq.data.multimodal_pair_dataset import images_per_row
 
 
 def features(n, p=3, d=5, seed=0):
