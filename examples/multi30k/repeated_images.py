@@ -94,8 +94,8 @@ def main(argv=None):
     text_dir, _ = find_layout(args.multi30k)
     texts = {lang: [normalise(line) for line in read_text(text_dir, f"{args.split}.{lang}")] for lang in LANGS}
     lengths = token_lengths(texts, args.lengths, args.spm_model)
-    print(f"| directions | lengths | batches/epoch | mean sentences/batch | batches with a repeated image "
-          f"| pairs whose image repeats in its batch |\n|---|---|---|---|---|---|")
+    print("| directions | lengths | batches/epoch | mean sentences/batch | batches with a repeated image "
+          "| pairs whose image repeats in its batch |\n|---|---|---|---|---|---|")
     for name, directions in (("6 (en<->de,fr,cs)", ENGLISH_CENTRIC), ("12 (all)", ALL_DIRECTIONS)):
         shares = [repeated_image_shares(epoch_batches(lengths, directions, args.max_tokens, int(seed)))
                   for seed in args.seeds.split(",")]

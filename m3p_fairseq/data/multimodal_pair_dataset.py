@@ -1,6 +1,5 @@
 """A fairseq LanguagePairDataset whose examples also carry their image's features."""
 
-from collections import OrderedDict
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,8 +21,6 @@ from .multimodal_augmentation import MultimodalAugmentation
 #: an example's key (not a batch key): equal keys mean equal image inputs (same row, same view,
 #: patches not masked), which the collater then stacks once
 IMAGE_INPUT = "image_input"
-#: reads kept per process, so that an image repeated within a batch is read from the file once
-RECENT_READS = 256
 
 
 def stack_images(images: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -102,22 +99,6 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         self.source_lang_index = source_lang_index
         self.example_ids = example_ids
         self.epoch = 1
-        self._recent_reads: "OrderedDict[tuple, Tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
-
-    def __getstate__(self):  # data-loader workers start with no cached reads
-        return {**self.__dict__, "_recent_reads": OrderedDict()}
-
-    def _read(self, row: int, view: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The store's read, once for an image repeated within a batch (fairseq reads a batch's
-        examples one after another in one process, then collates them)."""
-        key = (row, view)
-        if key in self._recent_reads:
-            self._recent_reads.move_to_end(key)
-            return self._recent_reads[key]
-        features = self._recent_reads[key] = self.image_store.read(row, view)
-        if len(self._recent_reads) > RECENT_READS:
-            self._recent_reads.popitem(last=False)
-        return features
 
     @property
     def has_images(self) -> bool:
@@ -149,17 +130,17 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         example[IMAGE_ROW] = row
         example[IMAGE_USABLE] = bool(self.image_store.usable[row])
         if augmentation is None:
-            example[IMAGE_PATCHES], example[IMAGE_GLOBAL] = self._read(row)
+            example[IMAGE_PATCHES], example[IMAGE_GLOBAL] = self.image_store.read(row)
             example[IMAGE_INPUT] = (row, None)
             return example
         view = augmentation.choose_view(self.image_store.num_views, rng)
-        patches, example[IMAGE_GLOBAL] = self._read(row, view)
+        patches, example[IMAGE_GLOBAL] = self.image_store.read(row, view)
         example[IMAGE_PATCHES] = augmentation.mask_patches(patches, rng)
         # masked patches are this example's own; unmasked ones equal every other read of the view
         example[IMAGE_INPUT] = (row, view) if example[IMAGE_PATCHES] is patches else None
         if augmentation.view_negatives:
             negative = augmentation.negative_view(self.image_store.num_views, view, rng)
-            example[IMAGE_NEGATIVE_GLOBAL] = self._read(row, negative)[1]
+            example[IMAGE_NEGATIVE_GLOBAL] = self.image_store.read(row, negative)[1]
         return example
 
     def collater(self, samples, pad_to_length=None):
