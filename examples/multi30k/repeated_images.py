@@ -17,16 +17,13 @@ trained here on the normalised training text, or ``--spm-model``), or with
 """
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
 import sentencepiece as spm
 from fairseq.data import data_utils
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prepare import LANGS, find_layout, normalise, read_text  # noqa: E402
+from prepare import LANGS, find_layout, normalise, read_text
 
 ENGLISH_CENTRIC = [f"{a}-{b}" for lang in LANGS[1:] for a, b in (("en", lang), (lang, "en"))]
 ALL_DIRECTIONS = [f"{src}-{tgt}" for src in LANGS for tgt in LANGS if src != tgt]
