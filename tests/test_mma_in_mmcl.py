@@ -71,21 +71,27 @@ def test_the_pair_changes_none_of_the_translation_inputs_and_can_be_turned_off(d
 
 
 def test_the_augmented_pair_is_one_more_positive_pair_by_hand():
-    """Texts and images [a, b] and the augmented pair (c, d) of row 0, at scale 10. The rows of
-    image 0 (0 and 2) leave each other out; everything else is an ordinary negative."""
+    """Texts and images [a, b] and the augmented pair (c, d) of row 0, at scale 10: rows 0 and 2
+    show image 0. Text -> image: image 0's two columns (a, d) merge by log-mean-exp into one
+    positive; image -> text: the other text of the same image is left out (a positive, not a
+    negative); everything else is an ordinary negative."""
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     c, d = torch.tensor([0.6, 0.8]), torch.tensor([0.8, 0.6])
     text, image = torch.stack([a, b, c]), torch.stack([a, b, d])
-    loss, _, _ = symmetric_info_nce(text, image, torch.tensor(10.0), identity=torch.tensor([0, 1, 0]))
+    loss, _, _ = symmetric_info_nce(text, image, torch.tensor(10.0),
+                                    image_ids=torch.tensor([0, 1, 0]))
     dot = lambda u, v: float(u @ v)  # noqa: E731
 
-    def nll(positive, others):
-        return -10 * positive + math.log(sum(math.exp(10 * o) for o in [positive, *others]))
+    def nll(positive, others):  # logits already scaled
+        return -positive + math.log(sum(math.exp(o) for o in [positive, *others]))
+
+    def merged(u):  # image 0's columns a and d as one: log of the mean of their exps
+        return math.log((math.exp(10 * dot(u, a)) + math.exp(10 * dot(u, d))) / 2)
 
     expected = [
-        nll(dot(a, a), [dot(a, b)]) + nll(dot(a, a), [dot(a, b)]),  # row 0: d and c left out
-        nll(dot(b, b), [dot(b, a), dot(b, d)]) + nll(dot(b, b), [dot(b, a), dot(b, c)]),
-        nll(dot(c, d), [dot(c, b)]) + nll(dot(d, c), [dot(d, b)]),  # the augmented pair: positive
+        nll(merged(a), [10 * dot(a, b)]) + nll(10 * dot(a, a), [10 * dot(a, b)]),  # c left out
+        nll(10 * dot(b, b), [merged(b)]) + nll(10 * dot(b, b), [10 * dot(b, a), 10 * dot(b, c)]),
+        nll(merged(c), [10 * dot(c, b)]) + nll(10 * dot(d, c), [10 * dot(d, b)]),  # a left out
     ]
     assert loss.tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)
     # without identities row 2 would be a negative of row 0: the loss of row 0 grows
@@ -109,7 +115,7 @@ def test_the_criterion_appends_the_augmented_rows_of_usable_images():
     term, logs = criterion.contrastive_loss(extra, sample_size=8)
     reference, _, _ = symmetric_info_nce(torch.cat([eye[[0, 2]], augmented[[0, 2]]]),
                                          torch.cat([eye[[0, 2]], augmented[[0, 2]]]), torch.tensor(10.0),
-                                         identity=torch.tensor([0, 1, 0, 1]))
+                                         image_ids=torch.tensor([0, 1, 0, 1]))
     assert float(term) == pytest.approx(8 / 4 * float(reference.sum()), rel=1e-6)
     assert logs["mmcl_pairs"] == 2  # the logs count the batch's own pairs
 
