@@ -27,14 +27,15 @@ from typing import Dict, List, Sequence
 from prepare import LANGS, REPO  # noqa: E402
 from train import CPU_MODEL, CPU_OPTIMISATION, CPU_TEMPERATURE, lang_pairs  # noqa: E402
 
+from m3p_fairseq.atomic_io import atomic_write_text
 from m3p_fairseq.data.data_dir import DICTIONARY_FILE, SPM_MODEL_FILE
 from m3p_fairseq.data.vocabulary import tag_lang
 
 NAME = "fairseq-baseline"
 DATA_DIR = "data-bin-fairseq"
+TASK = ["--task", "translation_multi_simple_epoch", "--encoder-langtok", "tgt", "--decoder-langtok"]
 BASELINE = [
-    "--task", "translation_multi_simple_epoch", "--encoder-langtok", "tgt", "--decoder-langtok",
-    "--sampling-method", "temperature", "--sampling-temperature", str(CPU_TEMPERATURE),
+    *TASK, "--sampling-method", "temperature", "--sampling-temperature", str(CPU_TEMPERATURE),
     "--arch", "transformer", *CPU_MODEL, "--share-all-embeddings",
     "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
     "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr-scheduler", "inverse_sqrt",
@@ -78,8 +79,7 @@ def write_data(work: Path, dest: Path = None) -> Path:
     stale = any(not (dest / f"dict.{lang}.txt").is_file()
                 or (dest / f"dict.{lang}.txt").read_text(encoding="utf-8") != dict_text for lang in langs)
     for lang in langs:
-        (dest / f"dict.{lang}.txt.tmp").write_text(dict_text, encoding="utf-8")
-        os.replace(dest / f"dict.{lang}.txt.tmp", dest / f"dict.{lang}.txt")
+        atomic_write_text(dest / f"dict.{lang}.txt", dict_text)
     dictionary = Dictionary.load(str(dest / f"dict.{langs[0]}.txt"))
     sp = spm.SentencePieceProcessor(model_file=str(recipe / SPM_MODEL_FILE))
     binarizer = VocabularyDatasetBinarizer(dictionary, append_eos=True)
@@ -95,12 +95,17 @@ def write_data(work: Path, dest: Path = None) -> Path:
                 pieces.write_text("".join(" ".join(p) + "\n" for p in sp.encode(lines, out_type=str)),
                                   encoding="utf-8")
                 for prefix in todo:
-                    partial = f"{prefix}.partial"
+                    partial = f"{prefix}.partial{os.getpid()}"
                     FileBinarizer.multiprocess_dataset(str(pieces), "mmap", binarizer, partial,
                                                        vocab_size=len(dictionary), num_workers=1)
                     os.replace(f"{partial}.bin", f"{prefix}.bin")
                     os.replace(f"{partial}.idx", f"{prefix}.idx")
     return dest
+
+
+def task_options(directions: Sequence[str]) -> List[str]:
+    """The task's options, as fairseq-validate / fairseq-generate need them beside --path."""
+    return [*TASK, "--lang-pairs", ",".join(directions)]
 
 
 def command(work: Path, hours: float, directions: Sequence[str], save_dir: Path, extra=()) -> list:
@@ -124,7 +129,12 @@ def translate(checkpoint: Path, data: Path, split: str, src: str, tgt: str, beam
         model.eval()
     task.load_dataset(split)
     hypotheses, _references = translate_dataset(models, task, task.dataset(split), beam, batch_size, max_len_b)
-    return hypotheses
+    # fairseq-generate drops the target tag (the decoder's first token) when it writes a
+    # hypothesis (extra_symbols_to_ignore); the tag has no word-boundary mark, so dropping its
+    # text after the pieces are joined gives the same sentence
+    tag = task.data_manager.get_decoder_langtok(tgt, task.args.langtoks["main"][1])
+    symbol = task.target_dictionary[tag]
+    return [h.replace(symbol, "").strip() for h in hypotheses]
 
 
 def main(argv=None):
