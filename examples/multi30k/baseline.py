@@ -32,6 +32,10 @@ from m3p_fairseq.data.data_dir import DICTIONARY_FILE, SPM_MODEL_FILE
 from m3p_fairseq.data.vocabulary import tag_lang
 
 NAME = "fairseq-baseline"
+# fairseq 0.12 stores its argparse namespace in every checkpoint, which torch >= 2.6 refuses to
+# unpickle by default; without the plugin (which allow-lists it) a fairseq user resumes and
+# validates with torch's documented switch back to full unpickling of their own checkpoints
+PLAIN_FAIRSEQ_ENV = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
 DATA_DIR = "data-bin-fairseq"
 TASK = ["--task", "translation_multi_simple_epoch", "--encoder-langtok", "tgt", "--decoder-langtok"]
 BASELINE = [
@@ -154,7 +158,7 @@ def main(argv=None):
     print("$ " + " ".join(shlex.quote(part) for part in cmd), flush=True)
     if not args.dry_run:
         write_data(work)
-        sys.exit(subprocess.run(cmd, cwd=REPO).returncode)
+        sys.exit(subprocess.run(cmd, cwd=REPO, env={**os.environ, **PLAIN_FAIRSEQ_ENV}).returncode)
 
 
 if __name__ == "__main__":

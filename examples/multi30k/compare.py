@@ -50,8 +50,11 @@ _UPDATES = re.compile(r"num_updates (\d+)")
 AVERAGED = "checkpoint_averaged.pt"
 
 
-def one_thread_env() -> Dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def one_thread_env(system: str) -> Dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    if system == baseline.NAME:
+        env.update(baseline.PLAIN_FAIRSEQ_ENV)
+    return env
 
 
 def train_both(commands: Dict[str, List[str]], logs: Path) -> None:
@@ -62,7 +65,7 @@ def train_both(commands: Dict[str, List[str]], logs: Path) -> None:
     for system, cmd in commands.items():
         print(f"[{system}] $ " + " ".join(shlex.quote(part) for part in cmd), flush=True)
         log = open(logs / f"{system}.log", "a", encoding="utf-8")
-        running[system] = (subprocess.Popen(cmd, cwd=REPO, env=one_thread_env(), stdout=log,
+        running[system] = (subprocess.Popen(cmd, cwd=REPO, env=one_thread_env(system), stdout=log,
                                             stderr=subprocess.STDOUT), log)
     failed = []
     for system, (process, log) in running.items():
@@ -79,14 +82,14 @@ def updates_reached(log: Path) -> Optional[int]:
     return int(found[-1]) if found else None
 
 
-def validation_losses(jobs: Dict[str, Tuple[Path, List[str]]]) -> Dict[str, float]:
-    """{job: fairseq-validate's loss on the valid split} (the training criterion, label smoothing
-    included) of every (checkpoint, task options) job, all run at once, one thread each."""
+def validation_losses(jobs: Dict[Tuple[str, str], Tuple[Path, List[str]]]) -> Dict[Tuple[str, str], float]:
+    """{(system, candidate): fairseq-validate's loss on the valid split} (the training criterion,
+    label smoothing included) of every (checkpoint, task options) job, all at once, one thread each."""
     running = {}
     for job, (checkpoint, task_args) in jobs.items():
         cmd = ["fairseq-validate", "--path", str(checkpoint), "--valid-subset", "valid", "--max-tokens", "4096",
                "--num-workers", "0", *task_args]
-        running[job] = subprocess.Popen(cmd, cwd=REPO, env=one_thread_env(), stdout=subprocess.PIPE,
+        running[job] = subprocess.Popen(cmd, cwd=REPO, env=one_thread_env(job[0]), stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
     losses = {}
     for job, process in running.items():
