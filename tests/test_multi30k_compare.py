@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from helpers import REPO, import_script, setup_task
+from m3p_fairseq.evaluation.cli import main as evaluate_main
 from m3p_fairseq.evaluation.tables import multi30k_tables
 
 prepare = import_script(REPO / "examples" / "multi30k" / "prepare.py")
@@ -150,7 +151,7 @@ def test_compare_trains_both_and_tables_every_test_set(prepared, tmp_path):
 
     # the kept hypotheses re-score to the same numbers without translating
     (out / "results.json").unlink()
-    run([sys.executable, "scripts/evaluate.py", "--rescore", out, "--references-dir", prepared / "raw"])
+    evaluate_main(["--rescore", str(out), "--references-dir", str(prepared / "raw")])
     assert json.loads((out / "results.json").read_text()) == results
 
 

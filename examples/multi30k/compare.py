@@ -24,6 +24,7 @@ time already trained) and directions already translated are kept.
 """
 
 import argparse
+import filecmp
 import json
 import os
 import re
@@ -115,7 +116,7 @@ def candidates(save_dir: Path, average_last: int) -> Tuple[Dict[str, Path], List
     last = save_dir / "checkpoint_last.pt"
     found = {"last": last}
     inputs = interval_checkpoints(save_dir)[-average_last:] if average_last > 1 else []
-    if inputs and last.stat().st_mtime > inputs[-1].stat().st_mtime + 1:
+    if inputs and not filecmp.cmp(last, inputs[-1], shallow=False):  # fairseq copies the one it saved
         inputs = inputs[1:] + [last] if len(inputs) == average_last else inputs + [last]
     if len(inputs) > 1:
         average_checkpoints(inputs, save_dir / AVERAGED)
