@@ -13,14 +13,15 @@
 4. translates every test set the data has (beam 5), in every trained direction the test set has,
    and scores both systems with the same scorer (m3p-evaluate's: detokenized sacreBLEU BLEU and
    chrF against the normalised raw references);
-5. writes OUT (default WORK/compare): comparison.md (budget, updates, checkpoint choice, the
+5. writes OUT (default WORK/compare-CONFIG): comparison.md (budget, updates, checkpoint choice, the
    paper's Multi30k tables with the row recipe / baseline), multi30k.md, table.md (every
    direction), table.csv, results.json, and the hypotheses (hyp/, ref/), so
    ``m3p-evaluate --rescore OUT --references-dir WORK/raw`` re-scores them.
 
 Anything after ``--`` goes to both fairseq-train commands (e.g. smaller sizes in a trial).
 Re-running resumes: fairseq-train continues from its last checkpoint (the budget counts the
-time already trained) and directions already translated are kept.
+time already trained) and directions already translated are kept while the checkpoint choice is
+unchanged.
 """
 
 import argparse
@@ -29,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -139,6 +141,17 @@ def choose_checkpoints(save_dirs: Dict[str, Path], task_args: Dict[str, List[str
     return chosen
 
 
+def forget_stale_hypotheses(out: Path, systems: Dict[str, dict]) -> None:
+    """Hypotheses of an earlier run are kept only while the system's checkpoint choice (files,
+    validation losses, updates) is what it was then; otherwise they are translated again."""
+    selection = out / "selection.json"
+    before = json.loads(selection.read_text(encoding="utf-8")) if selection.is_file() else {}
+    for system, chosen in systems.items():
+        stale = out / "hyp" / system
+        if before.get(system) != chosen and stale.is_dir():
+            shutil.rmtree(stale)
+
+
 def test_directions(work: Path, pairs: List[str]) -> Dict[str, List[str]]:
     """{test split: the trained directions it has}, for every test set prepare.py wrote."""
     splits = baseline.raw_splits(work / "raw")
@@ -191,7 +204,7 @@ def main(argv=None):
     own = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=REPO / "work" / "multi30k", help="prepare.py's work dir")
-    parser.add_argument("--out-dir", type=Path, help="default: WORK/compare")
+    parser.add_argument("--out-dir", type=Path, help="default: WORK/compare-CONFIG")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--hours", type=float, help="wall-clock training budget of each system")
     budget.add_argument("--minutes", type=float, help="the same in minutes (trials, tests)")
@@ -209,7 +222,7 @@ def main(argv=None):
     args = parser.parse_args(own)
     setup_logging()
     work = args.work_dir.resolve()
-    out = (args.out_dir or work / "compare").resolve()
+    out = (args.out_dir or work / f"compare-{args.config}").resolve()
     hours = args.hours if args.hours is not None else args.minutes / 60
     both = [*(["--max-update", str(args.max_update)] if args.max_update else []), *extra]
     pairs = train.lang_pairs(args.config)
@@ -228,6 +241,7 @@ def main(argv=None):
     systems = choose_checkpoints(save, task_args, args.average_last)
     for system in systems:
         systems[system]["updates"] = updates_reached(out / "logs" / f"{system}.log")
+    forget_stale_hypotheses(out, systems)
     atomic_write_text(out / "selection.json", json.dumps(systems, indent=1))
     translate_all(systems, work, out, test_directions(work, pairs), args.beam, args.batch_size, args.max_len_b)
     print(report(out, work, args.config, hours, systems, argv))
