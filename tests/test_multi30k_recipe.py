@@ -70,7 +70,8 @@ def test_preparation_writes_all_twelve_directions_with_images(prepared, multi30k
 def test_cpu_configurations_train(prepared, config):
     command = [sys.executable, "examples/multi30k/train.py", "--config", config, "--work-dir", prepared,
                "--", "--max-update", "2", "--max-tokens", "500", "--encoder-embed-dim", "32",
-               "--encoder-ffn-embed-dim", "64", "--encoder-layers", "1", "--decoder-layers", "1"]
+               "--encoder-ffn-embed-dim", "64", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
+               "--encoder-layers", "1", "--decoder-layers", "1"]
     result = subprocess.run([str(c) for c in command], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert (prepared / "checkpoints" / config / "checkpoint_last.pt").is_file()
@@ -83,3 +84,20 @@ def test_paper_configuration_is_the_papers():
     for expected in ("--arch m3p_transformer_base", "--lr 5e-4", "--warmup-updates 4000", "--max-tokens 2048",
                      "--label-smoothing 0.1", "'(0.9, 0.98)'", "--fusion cvlm", "--criterion m3p_loss"):
         assert expected in out
+
+
+def dry_run(config):
+    return subprocess.run([sys.executable, "examples/multi30k/train.py", "--config", config, "--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+
+def test_cpu_configuration_has_the_papers_directions_and_the_baselines_settings():
+    out = dry_run("cpu-text-only")
+    assert "--lang-pairs en-de,de-en,en-fr,fr-en,en-cs,cs-en " in out
+    for expected in ("--encoder-normalize-before", "--decoder-normalize-before", "--lr 2e-3",
+                     "--warmup-updates 1000", "--dropout 0.3", "--sampling-temperature 1.5",
+                     "--decoder-attention-heads 4"):
+        assert expected in out
+    twelve = dry_run("cpu-text-only-12")
+    pairs = twelve.split("--lang-pairs ", 1)[1].split()[0].split(",")
+    assert sorted(pairs) == sorted(f"{s}-{t}" for s in "en de fr cs".split() for t in "en de fr cs".split() if s != t)

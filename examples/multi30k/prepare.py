@@ -1,6 +1,8 @@
 """Multi30k for m3p-fairseq: normalised text, a joint SentencePiece model (or XLM-R's), all 12
-directions among en, de, fr and cs binarized for train / valid / test_2016_flickr, the image-id
-lists, and, given your Flickr30k image folder, the image features.
+directions among en, de, fr and cs binarized for train / valid and every test set your copy has
+(test_2016_flickr always; test_2017_flickr, test_2018_flickr and test_2017_mscoco when present;
+Czech exists only for 2016 and 2018), the image-id lists, and, given your Flickr30k image folder,
+the image features.
 
     python examples/multi30k/prepare.py --multi30k ../shared/data/multi30k --work-dir work/multi30k
     python examples/multi30k/prepare.py --multi30k ~/multi30k-dataset --work-dir work/multi30k \\
@@ -12,7 +14,7 @@ Multi30k repository (``data/task1/raw``, ``data/task1/image_splits``); the ``.gz
 read as they are. Multi30k's licence is non-commercial: the recipe reads your copy and writes
 only derived files into the work directory.
 
-Writes ``WORK/raw/{train,valid,test_2016_flickr}.{en,de,fr,cs}`` (+ ``.image_ids``) and
+Writes ``WORK/raw/{train,valid,test_*}.{en,de,fr,cs}`` (+ ``.image_ids``) and
 ``WORK/data-bin`` (what ``fairseq-train --task multimodal_translation`` reads). Every step keeps
 what is already complete, so re-running resumes; without --images-dir the data is text-only.
 """
@@ -25,15 +27,21 @@ import subprocess
 import sys
 import unicodedata
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+from m3p_fairseq.data.data_dir import DICTIONARY_FILE, SPM_MODEL_FILE
 from m3p_fairseq.logging_setup import setup_logging
 
 REPO = Path(__file__).resolve().parents[2]
 LANGS = ["en", "de", "fr", "cs"]
 LANG_PAIRS = [f"{src}-{tgt}" for src in LANGS for tgt in LANGS if src != tgt]
-# Multi30k's split names -> ours (fairseq's validation split is "valid")
+# the paper's setting (Table 1): to and from English
+PAPER_LANG_PAIRS = [pair for lang in LANGS[1:] for pair in (f"en-{lang}", f"{lang}-en")]
+# Multi30k's split names -> ours (fairseq's validation split is "valid"); every copy has these
 SPLITS = {"train": "train", "val": "valid", "test_2016_flickr": "test_2016_flickr"}
+# the test sets, each with the languages it has; those after 2016 are used when the copy has them
+TEST_SETS = {"test_2016_flickr": LANGS, "test_2017_flickr": ["en", "de", "fr"],
+             "test_2018_flickr": LANGS, "test_2017_mscoco": ["en", "de", "fr"]}
 _SPACES = re.compile(r"\s+")
 
 logger = logging.getLogger("examples.multi30k.prepare")
@@ -72,15 +80,38 @@ def write_lines(path: Path, lines: List[str]) -> None:
     tmp.replace(path)
 
 
-def write_raw(multi30k: Path, raw_out: Path, max_lines: Optional[int] = None) -> Dict[str, int]:
-    """Normalised text and image ids per split; returns sentences per split. Every language and
-    the image list must have the same number of lines, and no caption may be empty."""
+def split_languages(multi30k: Path) -> Dict[str, List[str]]:
+    """{our split name: its languages} of every split the copy has: train, valid and
+    test_2016_flickr always, the later test sets when their image list or any of their text is
+    there (and then all of it must be)."""
     text_dir, split_dir = find_layout(multi30k)
+    found = {ours: LANGS for ours in SPLITS.values()}
+    for test_set, langs in TEST_SETS.items():
+        names = [f"{test_set}.{lang}" for lang in langs]
+        present = [(split_dir / f"{test_set}.txt").is_file()] + [
+            (text_dir / n).is_file() or (text_dir / f"{n}.gz").is_file() for n in names]
+        if test_set in found or any(present):
+            missing = [str(path) for path, there in zip([split_dir / f"{test_set}.txt"] + [text_dir / n for n in names],
+                                                          present) if not there]
+            if missing:
+                raise FileNotFoundError(f"{multi30k}: test set {test_set} is incomplete, missing "
+                                        + ", ".join(m + ("" if m.endswith(".txt") else "(.gz)") for m in missing))
+            found[test_set] = langs
+    return found
+
+
+def write_raw(multi30k: Path, raw_out: Path, max_lines: Optional[int] = None) -> Dict[str, int]:
+    """Normalised text and image ids per split the copy has (:func:`split_languages`); returns
+    sentences per split. Every language and the image list must have the same number of lines,
+    and no caption may be empty."""
+    text_dir, split_dir = find_layout(multi30k)
+    theirs_of = {ours: theirs for theirs, ours in SPLITS.items()}
     raw_out.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for theirs, ours in SPLITS.items():
+    for ours, langs in split_languages(multi30k).items():
+        theirs = theirs_of.get(ours, ours)
         image_ids = read_text(split_dir, f"{theirs}.txt")[:max_lines]
-        by_lang = {lang: read_text(text_dir, f"{theirs}.{lang}")[:max_lines] for lang in LANGS}
+        by_lang = {lang: read_text(text_dir, f"{theirs}.{lang}")[:max_lines] for lang in langs}
         sizes = {f"{theirs}.{lang}": len(lines) for lang, lines in by_lang.items()}
         sizes[f"image_splits/{theirs}.txt"] = len(image_ids)
         if len(set(sizes.values())) != 1:
@@ -98,6 +129,18 @@ def write_raw(multi30k: Path, raw_out: Path, max_lines: Optional[int] = None) ->
         write_lines(raw_out / f"{ours}.image_ids", [i.strip() for i in image_ids])
         counts[ours] = len(image_ids)
     return counts
+
+
+def binarize_groups(splits: Dict[str, List[str]]) -> List[Tuple[List[str], List[str]]]:
+    """(splits, directions) per call of preprocess.binarize: the splits with all four languages
+    first (they build the vocabulary from train), then those without Czech, with train again
+    so binarize finds its vocabulary inputs unchanged and rewrites nothing of them."""
+    groups: Dict[Tuple[str, ...], List[str]] = {}
+    for split, langs in splits.items():
+        groups.setdefault(tuple(langs), []).append(split)
+    ordered = sorted(groups.items(), key=lambda item: -len(item[0]))
+    return [(names if "train" in names else ["train", *names],
+             [f"{s}-{t}" for s in langs for t in langs if s != t]) for langs, names in ordered]
 
 
 def run(command: List) -> None:
@@ -132,18 +175,22 @@ def main(argv=None):
     counts = write_raw(args.multi30k, raw, args.max_lines)
     logger.info("normalised text in %s: %s", raw, ", ".join(f"{s} {n}" for s, n in counts.items()))
 
-    binarize = [sys.executable, "-m", "preprocess.binarize", "--raw-dir", raw, "--dest-dir", data,
-                "--lang-pairs", ",".join(LANG_PAIRS), "--splits", ",".join(SPLITS.values()),
-                "--spm-vocab-size", args.spm_vocab_size]
-    if args.spm_model:
-        binarize += ["--spm-model", args.spm_model]
-    if args.dict:
-        binarize += ["--dict", args.dict]
-    run(binarize)
-
+    for number, (splits, pairs) in enumerate(binarize_groups(split_languages(args.multi30k))):
+        binarize = [sys.executable, "-m", "preprocess.binarize", "--raw-dir", raw, "--dest-dir", data,
+                    "--lang-pairs", ",".join(pairs), "--splits", ",".join(splits),
+                    "--spm-vocab-size", args.spm_vocab_size]
+        if number > 0:  # the vocabulary the first call built (or was given)
+            binarize += ["--spm-model", data / SPM_MODEL_FILE, "--dict", data / DICTIONARY_FILE]
+        elif args.spm_model:
+            binarize += ["--spm-model", args.spm_model]
+            if args.dict:
+                binarize += ["--dict", args.dict]
+        elif args.dict:
+            binarize += ["--dict", args.dict]
+        run(binarize)
     if args.images_dir is not None:
         extract = [sys.executable, "-m", "preprocess.extract_image_features", "--images-dir", args.images_dir,
-                   "--image-ids", *[raw / f"{split}.image_ids" for split in SPLITS.values()],
+                   "--image-ids", *[raw / f"{split}.image_ids" for split in counts],
                    "--output", data / "image_features.h5", "--backbone", args.backbone,
                    "--batch-size", args.batch_size, "--augmented-views", args.augmented_views]
         if args.checkpoint is not None:
@@ -155,7 +202,7 @@ def main(argv=None):
         if args.skip_bad_images:
             extract += ["--skip-bad-images"]
         run(extract)
-    print(f"data ready in {data} ({len(LANG_PAIRS)} directions"
+    print(f"data ready in {data} ({len(LANG_PAIRS)} directions; splits {', '.join(counts)}"
           f"{', with image features' if args.images_dir else ', text only'})")
 
 

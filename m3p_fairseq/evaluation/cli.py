@@ -13,7 +13,11 @@ joined), so the scores are case-sensitive detokenized sacreBLEU and chrF, as in 
 With --output-dir OUT it also writes the paper's Table-1 layout (rows = systems, columns =
 directions + average) as OUT/table.md and OUT/table.csv, the scores as OUT/results.json, and
 every hypothesis as OUT/hyp/{system}/{split}.{src}-{tgt}.txt (references in OUT/ref/), which
---rescore OUT scores again without translating.
+--rescore OUT scores again without translating. When Multi30k test sets were scored
+(test_2016_flickr, test_2017_flickr, test_2017_mscoco, test_2018_flickr), OUT/multi30k.md has the
+m3P paper's layouts: Table 1 (test2016, 6 directions, Avg6), Table 2 (test2017 and MSCOCO, 4
+directions each, Avg4) and test2018, BLEU and chrF. Every table names the sacreBLEU signature and
+the commit of the code that scored it.
 
 Probes: --incongruent-images translates each split a second time with every sentence given
 another sentence's image (a seeded derangement) and writes OUT/image_awareness.md: BLEU with
@@ -24,6 +28,7 @@ py3langid does not detect as the target language.
 import argparse
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +39,7 @@ from m3p_fairseq.evaluation.language_id import off_target_rate
 from m3p_fairseq.evaluation.probes import with_incongruent_images
 from m3p_fairseq.evaluation.scoring import average, corpus_scores
 from m3p_fairseq.evaluation.selection import UnknownDirectionError, named_checkpoints, select_directions
-from m3p_fairseq.evaluation.tables import csv_table, image_awareness_table, markdown_tables
+from m3p_fairseq.evaluation.tables import csv_table, image_awareness_table, markdown_tables, multi30k_tables
 from m3p_fairseq.evaluation.translation import direction_dataset, load, translate_dataset
 from m3p_fairseq.logging_setup import setup_logging
 from m3p_fairseq.tasks.multimodal_translation import parse_lang_pairs
@@ -143,18 +148,40 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_reports(results: dict, out_dir: Path, metrics: List[str]) -> None:
-    """OUT/table.md, OUT/table.csv, OUT/results.json and, with incongruent-image runs,
-    OUT/image_awareness.md."""
-    saved_hypotheses.write_text(out_dir / "table.md", markdown_tables(results, metrics))
+def source_commit() -> str:
+    """The commit of the code that scores (``+dirty`` with uncommitted changes), or "unknown"
+    outside a git checkout, so that a table says what produced it."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def write_reports(results: dict, out_dir: Path, metrics: List[str], ratio=None) -> None:
+    """OUT/table.md, OUT/table.csv, OUT/results.json, OUT/multi30k.md when Multi30k test sets
+    were scored (``ratio`` = (system A, system B) adds the row A / B) and, with
+    incongruent-image runs, OUT/image_awareness.md."""
+    commit = source_commit()
+    saved_hypotheses.write_text(out_dir / "table.md", markdown_tables(results, metrics)
+                                + f"\n{signatures(results)}; commit `{commit}`\n")
     saved_hypotheses.write_text(out_dir / "table.csv", csv_table(results, metrics))
     saved_hypotheses.write_text(out_dir / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
+    written = ["table.md", "table.csv", "results.json"]
+    paper_layouts = multi30k_tables(results, [m for m in metrics if m in ("bleu", "chrf")], commit, ratio)
+    if paper_layouts:
+        saved_hypotheses.write_text(out_dir / "multi30k.md", paper_layouts)
+        written.append("multi30k.md")
     shuffled = {label.removesuffix(INCONGRUENT): label for by_split in results.values()
                 for label in by_split if label.endswith(INCONGRUENT)}
     if shuffled:
         saved_hypotheses.write_text(out_dir / "image_awareness.md", image_awareness_table(results, shuffled))
-    print(f"wrote {out_dir}/table.md, table.csv, results.json"
-          + (", image_awareness.md" if shuffled else ""), file=sys.stderr)
+        written.append("image_awareness.md")
+    print(f"wrote {', '.join(str(out_dir / name) for name in written)}", file=sys.stderr)
 
 
 def signatures(results: dict) -> str:

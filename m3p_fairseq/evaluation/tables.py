@@ -1,5 +1,7 @@
 """The paper's Table-1 layout: one row per system, one column per direction, then the average
-over directions; one table per split and metric, as Markdown and as CSV.
+over directions; one table per split and metric, as Markdown and as CSV. And the Multi30k
+layouts of the m3P paper (:func:`multi30k_tables`): Table 1 (test2016, 6 directions, Avg6),
+Table 2 (test2017 and MSCOCO, 4 directions each, Avg4), and test2018.
 
 ``results[system][split][direction]`` holds a direction's scores (``{"bleu": .., "chrf": ..}``),
 as scripts/evaluate.py writes them.
@@ -7,7 +9,7 @@ as scripts/evaluate.py writes them.
 
 import csv
 import io
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..markdown import markdown_table
 from .scoring import average
@@ -105,3 +107,61 @@ def image_awareness_table(results: dict, pairs: Dict[str, str]) -> str:
                              f"{average(shuffled_all):.1f}", f"**{average(drops):+.1f}**"])
     header = ["system", "split", "direction", "BLEU, correct images", "BLEU, incongruent images", "drop"]
     return markdown_table(header, body, align="lll") + "\n"
+
+
+# The m3P paper's Multi30k tables: (title, [(split, split's label, directions, average's label)])
+TABLE1_DIRECTIONS = ["en-de", "en-fr", "en-cs", "de-en", "fr-en", "cs-en"]
+TABLE2_DIRECTIONS = ["en-de", "en-fr", "de-en", "fr-en"]
+MULTI30K_LAYOUTS = [
+    ("Table 1: test2016 (Flickr)", [("test_2016_flickr", "", TABLE1_DIRECTIONS, "Avg6")]),
+    ("Table 2: test2017 (Flickr) and MSCOCO", [("test_2017_flickr", "2017 ", TABLE2_DIRECTIONS, "Avg4"),
+                                               ("test_2017_mscoco", "MSCOCO ", TABLE2_DIRECTIONS, "Avg4")]),
+    ("test2018 (Flickr)", [("test_2018_flickr", "", TABLE1_DIRECTIONS, "Avg6")]),
+]
+
+
+def _layout_values(scores: Optional[dict], directions: Sequence[str], metric: str) -> List[Optional[float]]:
+    """The directions' values and their average, which is None unless every direction is there
+    (an average over fewer directions is not the paper's Avg6/Avg4)."""
+    values = [scores[d].get(metric) if scores and d in scores else None for d in directions]
+    return values + [average(values) if all(v is not None for v in values) else None]
+
+
+def _ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
+    return "-" if numerator is None or not denominator else f"{numerator / denominator:.2f}"
+
+
+def _signature_lines(results: dict, splits: Sequence[str], metric: str) -> List[str]:
+    key = "signature" if metric == "bleu" else f"{metric}_signature"
+    found = sorted({scores[key] for by_split in results.values() for split in splits
+                    for scores in by_split.get(split, {}).values() if key in scores})
+    return [f"sacreBLEU signature `{signature}`" for signature in found]
+
+
+def multi30k_tables(results: dict, metrics: Sequence[str] = ("bleu", "chrf"), commit: Optional[str] = None,
+                    ratio: Optional[Tuple[str, str]] = None) -> str:
+    """The paper's Multi30k layouts for every system (rows) and metric, each table only if some
+    system was scored on one of its splits; under each, the sacreBLEU signature and ``commit``.
+    ``ratio`` = (system A, system B) adds a row A / B per column (e.g. recipe / baseline)."""
+    sections = []
+    for title, parts in MULTI30K_LAYOUTS:
+        splits = [split for split, *_ in parts]
+        if not any(split in by_split for by_split in results.values() for split in splits):
+            continue
+        header = ["system"] + [f"{label}{column}" for _, label, directions, avg in parts
+                               for column in [*directions, avg]]
+        for metric in metrics:
+            rows = {system: [v for split, _, directions, _ in parts
+                             for v in _layout_values(by_split.get(split), directions, metric)]
+                    for system, by_split in results.items() if any(split in by_split for split in splits)}
+            rows = {system: values for system, values in rows.items() if any(v is not None for v in values)}
+            if not rows:
+                continue
+            body = [[system, *map(_cell, values)] for system, values in rows.items()]
+            if ratio and all(system in rows for system in ratio):
+                body.append([f"ratio {ratio[0]} / {ratio[1]}",
+                             *(_ratio(a, b) for a, b in zip(rows[ratio[0]], rows[ratio[1]]))])
+            footer = _signature_lines(results, splits, metric) + ([f"commit `{commit}`"] if commit else [])
+            lines = [f"### {title}: {METRIC_NAMES.get(metric, metric)}", "", markdown_table(header, body)]
+            sections.append("\n".join(lines + (["", "; ".join(footer)] if footer else [])))
+    return "\n\n".join(sections) + "\n" if sections else ""
