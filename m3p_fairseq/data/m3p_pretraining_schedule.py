@@ -72,12 +72,13 @@ class PretrainingSchedule:
 
     def __init__(self, weights: Dict[str, float], mode: str, text_sizes: Sequence[int], caption_count: int,
                  language_alpha: float = 0.3, seed: int = 1):
+        mode = str(mode)  # a command-line choice arrives as fairseq's enum, which checkpoints cannot pickle
         if mode not in (WEIGHTED, ROUND_ROBIN):
             raise ValueError(f"--objective-schedule {mode!r}: expected {WEIGHTED} or {ROUND_ROBIN}")
         self.objectives = list(weights)
         self.probabilities = np.array([weights[o] for o in self.objectives], dtype=np.float64)
         self.probabilities /= self.probabilities.sum()
-        self.mode, self.seed = mode, seed
+        self.mode, self.seed, self.language_alpha = mode, seed, language_alpha
         self.text_sizes = np.asarray(text_sizes, dtype=np.int64)
         self.caption_count = int(caption_count)
         needs_text = any(o in TEXT_OBJECTIVES for o in self.objectives)
@@ -123,4 +124,4 @@ class PretrainingSchedule:
     def settings(self) -> Dict[str, object]:
         """What must not change when a run resumes mid-schedule."""
         return {"objectives": dict(zip(self.objectives, self.probabilities.round(12).tolist())), "mode": self.mode,
-                "seed": self.seed, "text_sizes": self.text_sizes.tolist(), "caption_count": self.caption_count}
+                "language_alpha": self.language_alpha, "seed": self.seed, "text_sizes": self.text_sizes.tolist(), "caption_count": self.caption_count}

@@ -1,2 +1,5 @@
-from . import mla_acquisition  # noqa: F401  (registers --task mla_acquisition)
+from . import (
+    m3p_pretraining,  # noqa: F401  (registers --task m3p_pretraining)
+    mla_acquisition,  # noqa: F401  (registers --task mla_acquisition)
+)
 from .multimodal_translation import MultimodalTranslationConfig, MultimodalTranslationTask  # noqa: F401
