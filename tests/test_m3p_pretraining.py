@@ -173,3 +173,50 @@ def test_a_batch_never_mixes_objectives(task):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def with_region_classes(data_copy):
+    """The fixture's features plus user boxes and classes (K = 3) for every region."""
+    import h5py
+
+    with h5py.File(data_copy / "image_features.h5", "a") as f:
+        n, p = f["patches"].shape[:2]
+        classes = np.arange(n * p).reshape(n, p) % 4 - 1  # -1 (no class), 0, 1, 2
+        f["region_classes"] = classes
+        f.attrs["num_region_classes"] = 3
+        f["region_boxes"] = np.tile(np.array([0.1, 0.2, 0.6, 0.7], dtype=np.float32), (n, p, 1))
+    return data_copy
+
+
+def test_mrm_loss_is_mse_plus_class_cross_entropy_by_hand(data_copy):
+    import torch.nn.functional as F
+    from fairseq import tasks
+
+    from m3p_fairseq.criterions.m3p_pretraining_loss import M3PPretrainingCriterion
+    from m3p_fairseq.data.batch_keys import MRM_CLASSES, REGION_CLASS_LOGITS, REGION_PREDICTION
+
+    data = with_region_classes(data_copy)
+    cfg = parse_train_args([data, "--task", "m3p_pretraining", "--arch", "m3p_pretraining_tiny",
+                            "--criterion", "m3p_pretraining", "--batch-size", "8"])
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    model = task.build_model(cfg.model).eval()
+    assert model.region_classifier.out_features == 3
+    batch = batch_of(task, "mrm", range(16))
+    # user boxes: 0.1, 0.2, 0.6, 0.7 and area 0.5 * 0.5
+    assert torch.allclose(batch["net_input"][REGION_SPATIAL][0, 0], torch.tensor([0.1, 0.2, 0.6, 0.7, 0.25]))
+    criterion = M3PPretrainingCriterion(task)
+    torch.manual_seed(0)
+    loss, sample_size, log = criterion(model, batch)
+    outputs = model(**batch["net_input"])
+    masked = batch[MRM_MASKED]
+    expected = 0.0
+    for b, r in masked.nonzero().tolist():
+        expected += ((outputs[REGION_PREDICTION][b, r] - batch[MRM_TARGET][b, r]) ** 2).mean()
+        label = int(batch[MRM_CLASSES][b, r])
+        if label >= 0:
+            expected += -F.log_softmax(outputs[REGION_CLASS_LOGITS][b, r], -1)[label]
+    assert sample_size == int(masked.sum())
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert log["mrm_counted"] == int((batch[MRM_CLASSES][masked] >= 0).sum()) > 0
+
