@@ -220,3 +220,28 @@ def test_mrm_loss_is_mse_plus_class_cross_entropy_by_hand(data_copy):
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     assert log["mrm_counted"] == int((batch[MRM_CLASSES][masked] >= 0).sum()) > 0
 
+
+
+def test_text_only_pretraining_without_image_features(data_copy):
+    from fairseq import tasks
+
+    from m3p_fairseq.criterions.m3p_pretraining_loss import M3PPretrainingCriterion
+    from m3p_fairseq.data.image_features import ImageFeatureError
+
+    (data_copy / "image_features.h5").unlink()
+    args = [data_copy, "--task", "m3p_pretraining", "--arch", "m3p_pretraining_tiny", "--criterion", "m3p_pretraining"]
+    task = tasks.setup_task(parse_train_args(args).task)
+    with pytest.raises(ImageFeatureError, match=r"objectives \['mmlm', 'mrm', 'vlm', 'ic', 'dic'\] need image "
+                                                 r"features: none found for split 'train'"):
+        task.load_dataset("train")
+    cfg = parse_train_args([*args, "--objectives", "xmlm,xdae"])
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    model = task.build_model(cfg.model)
+    assert model.image_feature_dim is None and model.region_regression is None
+    criterion = M3PPretrainingCriterion(task)
+    for objective in ("xmlm", "xdae"):
+        loss, sample_size, log = criterion(model, batch_of(task, objective, range(4)))
+        assert torch.isfinite(loss) and sample_size > 0 and log[f"{objective}_size"] == sample_size
+    with pytest.raises(ValueError, match="built without an image stream"):
+        model.embeddings.regions(torch.zeros(1, 4, 16), torch.zeros(1, 4, 5))

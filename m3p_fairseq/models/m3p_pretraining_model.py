@@ -62,9 +62,12 @@ class M3PEmbeddings(nn.Module):
         row_of_tag = torch.full((num_tokens,), -1, dtype=torch.long)
         row_of_tag[list(lang_tags)] = torch.arange(len(lang_tags))
         self.register_buffer("language_row", row_of_tag, persistent=False)
-        self.region_projection = nn.Linear(args.image_feature_dim, width)
-        self.box_projection = nn.Linear(SPATIAL_DIM, width)
-        self.text_norm, self.image_norm = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.text_norm = nn.LayerNorm(width)
+        self.has_images = bool(args.image_feature_dim)  # False: pre-trained on text alone (xMLM, xDAE)
+        if self.has_images:
+            self.region_projection = nn.Linear(args.image_feature_dim, width)
+            self.box_projection = nn.Linear(SPATIAL_DIM, width)
+            self.image_norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(args.dropout)
 
     def language(self, source_lang: Tensor) -> Tensor:
@@ -81,7 +84,12 @@ class M3PEmbeddings(nn.Module):
         embedded = self.tokens(tokens) + self.positions(positions)[None] + self.language(source_lang)[:, None]
         return self.dropout(self.text_norm(embedded))
 
-    def regions(self, features: Tensor, spatial: Tensor) -> Tensor:
+    def regions(self, features: Optional[Tensor], spatial: Optional[Tensor]) -> Tensor:
+        if not self.has_images:
+            raise ValueError("this m3p_pretraining model was built without an image stream (its data had no "
+                             "image features): only the text objectives xmlm and xdae can train it")
+        if features is None or spatial is None:
+            raise ValueError("an image objective's batch has no region features")
         return self.dropout(self.image_norm(self.region_projection(features) + self.box_projection(spatial)))
 
 
@@ -105,8 +113,9 @@ class M3PPretrainingModel(MultimodalModel, BaseFairseqModel):
         self.generation_decoder = nn.TransformerDecoder(decoder_layer, args.generation_layers)
         self.lm_transform = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width))
         self.output_bias = nn.Parameter(torch.zeros(len(dictionary)))
-        self.region_regression = nn.Linear(width, args.image_feature_dim)  # h(v) of the MRM loss
-        self.region_classifier = nn.Linear(width, args.num_region_classes) if args.num_region_classes else None
+        images = bool(args.image_feature_dim)
+        self.region_regression = nn.Linear(width, args.image_feature_dim) if images else None  # h(v) of MRM
+        self.region_classifier = nn.Linear(width, args.num_region_classes) if images and args.num_region_classes else None
         self.vlm_head = nn.Linear(width, 2)
         self.num_updates = 0
         self.contrastive_head = None  # no MMCL in pre-training (supports_mmcl is False)
@@ -115,8 +124,9 @@ class M3PPretrainingModel(MultimodalModel, BaseFairseqModel):
     def build_model(cls, args, task):
         set_option_defaults(args, M3PPretrainingModelConfig)
         m3p_pretraining_base(args)  # fills only the sizes --arch and the command line left unset
-        if args.image_feature_dim is None:  # the data's, recorded so a checkpoint rebuilds without it
-            record_in_config(args, {"image_feature_dim": task.require_image_feature_dim("m3p_pretraining")})
+        if args.image_feature_dim is None and task.image_feature_dim is not None:
+            # the data's, recorded so a checkpoint rebuilds without it; no features: a text-only model
+            record_in_config(args, {"image_feature_dim": task.image_feature_dim})
         if args.num_region_classes is None:
             record_in_config(args, {"num_region_classes": task.num_region_classes})
         return cls(args, task.source_dictionary, cls.language_tags(task))

@@ -132,12 +132,6 @@ class M3PPretrainingTask(FairseqTask):
         reader = self.regions(TRAIN_SPLIT)
         return 0 if reader is None else reader.num_classes
 
-    def require_image_feature_dim(self, fusion: str) -> int:
-        if self.image_feature_dim is None:
-            raise ImageFeatureError(f"m3p_pretraining reads image regions, but {self.cfg.data} has no feature file "
-                                    f"for split {TRAIN_SPLIT!r} (or pass --image-features)")
-        return self.image_feature_dim
-
     def _load_text(self, directory: DataDirectory, split: str, lang: str):
         prefix = directory.text(split, lang)
         dataset = data_utils.load_indexed_dataset(str(prefix), self.dictionary)
