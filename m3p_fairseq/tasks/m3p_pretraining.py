@@ -39,7 +39,6 @@ from ..data.vocabulary import MASK_SYMBOL, is_lang_tag, lang_tag, tagged_languag
 
 logger = logging.getLogger(__name__)
 SCHEDULE_STATE = "m3p_pretraining_schedule"
-TRAIN_SPLIT = "train"  # the split the schedule draws from; the others are evaluated whole
 
 
 @dataclass
@@ -73,6 +72,8 @@ class M3PPretrainingConfig(FairseqDataclass):
                                                                   "(the paper gives no value)"})
     vlm_negative_prob: float = field(default=0.5, metadata={"help": "VLM: share of negatives (image or text swapped)"})
     seed: int = II("common.seed")
+    # the split the schedule draws from; the others are evaluated whole, objective by objective
+    train_subset: str = II("dataset.train_subset")
 
 
 @register_task("m3p_pretraining", dataclass=M3PPretrainingConfig)
@@ -124,12 +125,12 @@ class M3PPretrainingTask(FairseqTask):
 
     @property
     def image_feature_dim(self) -> Optional[int]:
-        reader = self.regions(TRAIN_SPLIT)
+        reader = self.regions(self.cfg.train_subset)
         return None if reader is None else reader.store.feature_dim
 
     @property
     def num_region_classes(self) -> int:
-        reader = self.regions(TRAIN_SPLIT)
+        reader = self.regions(self.cfg.train_subset)
         return 0 if reader is None else reader.num_classes
 
     def _load_text(self, directory: DataDirectory, split: str, lang: str):
@@ -184,7 +185,7 @@ class M3PPretrainingTask(FairseqTask):
                                               shard_id=shard_id, num_workers=num_workers, epoch=epoch, **kwargs)
         if not max_sentences:
             raise ValueError("m3p_pretraining batches a fixed number of examples: pass --batch-size")
-        training = dataset is self.datasets.get(TRAIN_SPLIT)
+        training = dataset is self.datasets.get(self.cfg.train_subset)
 
         def batches(data, batch_epoch):
             return data.batches(training, batch_epoch, self.cfg.updates_per_epoch, max_sentences)
