@@ -245,3 +245,36 @@ def test_text_only_pretraining_without_image_features(data_copy):
         assert torch.isfinite(loss) and sample_size > 0 and log[f"{objective}_size"] == sample_size
     with pytest.raises(ValueError, match="built without an image stream"):
         model.embeddings.regions(torch.zeros(1, 4, 16), torch.zeros(1, 4, 5))
+
+
+def test_xdae_sources_stay_within_the_model_positions(task):
+    dataset = task.datasets["train"]
+    saved = dataset.max_positions
+    dataset.max_positions = 8  # shorter than most captions: truncation and insertions both happen
+    try:
+        for index in dataset.encode("xdae", np.arange(40)):
+            item = dataset[index]
+            assert item["source"].numel() <= 8 and item["source"][-1] == task.dictionary.eos()
+            assert item["target"].numel() <= 7 and item["target"][-1] == task.dictionary.eos()  # room for <s>
+    finally:
+        dataset.max_positions = saved
+
+
+def test_bad_data_gets_errors_naming_the_file(data_copy):
+    from fairseq import tasks
+
+    args = [data_copy, "--task", "m3p_pretraining", "--arch", "m3p_pretraining_tiny"]
+    task = tasks.setup_task(parse_train_args(args).task)
+    ids = data_copy / "train.image_ids"
+    lines = ids.read_text().splitlines()
+    ids.write_text("\n".join(lines[:-1]) + "\n")  # one id short
+    with pytest.raises(ValueError, match=r"train\.en\.bin has 60 captions but .*train\.image_ids has 59 image ids"):
+        task.load_dataset("train")
+    ids.unlink()
+    with pytest.raises(FileNotFoundError, match=r"train\.image_ids not found"):
+        task.load_dataset("train")
+    (data_copy / "valid.fr.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"text of 'fr' for split 'valid' not found: expected .*valid\.fr\.bin"):
+        tasks.setup_task(parse_train_args([*args, "--langs", "en,fr"]).task).load_dataset("valid")
+    with pytest.raises(ValueError, match="unknown language 'xx'"):
+        tasks.setup_task(parse_train_args([*args, "--caption-langs", "xx"]).task)

@@ -123,7 +123,8 @@ class M3PPretrainingDataset(FairseqDataset):
             corrupted = noising.denoising_corruption(
                 tokens[:-1], rng, self.dictionary.index("<mask>"), self.noise.shuffle_distance, self.noise.drop_prob,
                 self.noise.xdae_span_ratio)
-            item["source"], item["target"] = torch.cat([corrupted, tokens[-1:]]), tokens
+            # zero-length spans insert <mask>s: cut a rare over-long source back to the model's positions
+            item["source"], item["target"] = torch.cat([corrupted[:self.max_positions - 1], tokens[-1:]]), tokens
         else:  # ic, dic: the encoder reads the regions only
             item["target"] = tokens
             if objective == "dic":
