@@ -53,3 +53,41 @@ def test_mismatches_are_refused(data_dir):
     with pytest.raises(ValueError, match="layer counts differ: the translation model has 2 encoder"):
         load_pretraining_into_translation(source, translation_model(data_dir, "--activation-fn", "gelu",
                                                                     "--encoder-layers", "2"))
+
+
+def test_pretrain_then_fine_tune_translation_through_the_clis(data_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def run(*command):
+        result = subprocess.run([str(c) for c in command], cwd=REPO, capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    common = ["--cpu", "--num-workers", "0", "--no-progress-bar", "--optimizer", "adam", "--lr", "1e-3",
+              "--disable-validation"]
+    run("fairseq-train", data_dir, "--user-dir", REPO / "m3p_fairseq", "--task", "m3p_pretraining", "--arch",
+        "m3p_pretraining_tiny", "--criterion", "m3p_pretraining", "--batch-size", "4", "--updates-per-epoch", "2",
+        "--max-update", "2", "--objectives", "xdae,ic", "--save-dir", tmp_path / "pre", *common)
+    translation = [data_dir, "--user-dir", REPO / "m3p_fairseq", "--task", "multimodal_translation", "--lang-pairs",
+                   "en-de", "--arch", "m3p_transformer_tiny", "--activation-fn", "gelu", "--encoder-embed-dim", "32",
+                   "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+                   "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--encoder-layers", "1",
+                   "--decoder-layers", "1"]
+    out = run(sys.executable, REPO / "scripts" / "pretraining_to_translation.py", tmp_path / "pre" / "checkpoint_last.pt",
+              tmp_path / "init.pt", *translation)
+    assert "tensors carried over" in out
+    pre = torch.load(tmp_path / "pre" / "checkpoint_last.pt", weights_only=False)["model"]
+    init = torch.load(tmp_path / "init.pt", weights_only=False)["model"]
+    q, k, v = pre["generation_encoder.layers.0.self_attn.in_proj_weight"].chunk(3)
+    assert torch.equal(init["encoder.text_encoder.layers.0.self_attn.k_proj.weight"], k)
+    assert torch.equal(init["decoder.layers.0.fc2.weight"], pre["generation_decoder.layers.0.linear2.weight"])
+    log = run("fairseq-train", *translation, "--finetune-from-model", tmp_path / "init.pt", "--max-tokens", "500",
+              "--max-update", "1", "--criterion", "m3p_loss", "--save-dir", tmp_path / "ft", "--log-interval", "1",
+              *common)
+    assert "Loaded checkpoint" in log and "num_updates=1" in log

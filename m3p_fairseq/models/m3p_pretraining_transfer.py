@@ -95,3 +95,47 @@ def load_pretraining_into_translation(pretraining_model, translation_model) -> T
                              "match)")
     translation_model.load_state_dict({**target, **mapped})
     return sorted(mapped), sorted(set(target) - set(mapped))
+
+
+def write_initial_checkpoint(pretraining_checkpoint: str, output: str, translation_args: List[str]
+                             ) -> Tuple[List[str], List[str]]:
+    """A checkpoint of the translation model that ``translation_args`` (fairseq-train's
+    arguments, DATA first) describe, with the pre-training weights carried over; start
+    fine-tuning from it with ``fairseq-train ... --finetune-from-model OUTPUT`` (fairseq then
+    resets optimizer, schedule and data position). Written atomically."""
+    import torch
+    from fairseq import checkpoint_utils, options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from omegaconf import OmegaConf
+
+    from ..atomic_io import atomic_path
+
+    models, _ = checkpoint_utils.load_model_ensemble([pretraining_checkpoint])
+    parser = options.get_training_parser()
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, input_args=translation_args))
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    copied, kept = load_pretraining_into_translation(models[0], model)
+    # the config as fairseq's trainer saves it: plain containers (checkpoints load with weights_only)
+    state = {"cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "model": model.state_dict(), "extra_state": {"train_iterator": {"epoch": 1}},
+             "optimizer_history": [{"criterion_name": "none (initialised from pre-training)",
+                                    "optimizer_name": "none", "lr_scheduler_state": {"best": None},
+                                    "num_updates": 0}],
+             "m3p_pretraining_transfer": {"from": str(pretraining_checkpoint), "copied": copied, "kept": kept}}
+    with atomic_path(output) as temporary:
+        torch.save(state, temporary)
+    return copied, kept
+
+
+def main(argv=None) -> int:
+    """``python scripts/pretraining_to_translation.py PRETRAINING.pt OUTPUT.pt DATA --task
+    multimodal_translation --arch ... --activation-fn gelu ...``"""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 3 or argv[0] in ("-h", "--help"):
+        print(main.__doc__)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    copied, kept = write_initial_checkpoint(argv[0], argv[1], argv[2:])
+    print(f"{argv[1]}: {len(copied)} tensors carried over from {argv[0]}, {len(kept)} left as initialised")
+    return 0
