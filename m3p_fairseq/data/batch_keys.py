@@ -84,3 +84,18 @@ class MultimodalModelInterface:
     def image_feature_dim(self) -> Optional[int]:
         """Dimension of the image features the model reads; None for a text-only model."""
         raise NotImplementedError
+
+# --- M3P pre-training (tasks/m3p_pretraining.py, models/m3p_pretraining_model.py) ---
+PRETRAINING_OBJECTIVE = "objective"  # net_input, str: the one objective of the batch (m3p_pretraining_schedule)
+REGION_FEATURES = "region_features"  # net_input, (B, R, D) float: region features as noised for the objective
+REGION_SPATIAL = "region_spatial"  # net_input, (B, R, 5) float: each region's 5-D box (data/m3p_regions.py)
+# beside net_input in the sample: the targets of MRM and VLM (token targets are fairseq's "target")
+MRM_TARGET = "mrm_target"  # (B, R, D) float: the un-masked region features
+MRM_MASKED = "mrm_masked"  # (B, R) bool: the regions MRM masked
+MRM_CLASSES = "mrm_classes"  # (B, R) long: each region's object class, -1 for none (only when classes exist)
+VLM_LABELS = "vlm_labels"  # (B,) long: 1 = the image and the text match
+# the pre-training model's outputs (a dict)
+TOKEN_LOGITS = "token_logits"  # (B, T, V): masked-LM logits (understanding) or decoder logits (generation)
+REGION_PREDICTION = "region_prediction"  # (B, R, D): h(v), regressed to the region features
+REGION_CLASS_LOGITS = "region_class_logits"  # (B, R, K): g(v), only when the model has region classes
+VLM_LOGITS = "vlm_logits"  # (B, 2): s(w, v) from the first token

@@ -1,3 +1,6 @@
-from . import mla_acquisition  # noqa: F401  (registers --task mla_acquisition)
+from . import (
+    m3p_pretraining,  # noqa: F401  (registers --task m3p_pretraining)
+    mla_acquisition,  # noqa: F401  (registers --task mla_acquisition)
+)
 from .multimodal_translation import MultimodalTranslationConfig, MultimodalTranslationTask  # noqa: F401
 from .vlp_pretraining import VLPPretrainingTask  # noqa: F401

@@ -1,0 +1,234 @@
+"""``--task m3p_pretraining``: M3P's multitask multilingual multimodal pre-training (paper Sec. 3).
+
+Data (a ``DataDirectory``, as ``preprocess/binarize.py`` writes it): ``dict.txt`` with a
+``__xx__`` tag per language, multi-way text ``{split}.{lang}.bin/.idx``, ``{split}.image_ids``
+and a feature file (``{split}.image_features.h5`` or ``image_features.h5``; regions as in
+``data/m3p_regions.py``). ``--langs`` are the text corpus (xMLM, xDAE), ``--caption-langs`` the
+captions paired with images (MMLM, MRM, VLM, IC, DIC; the paper uses English only).
+
+Every update trains one objective, drawn by ``--objectives`` weights or in ``round_robin``
+order (data/m3p_pretraining_schedule.py); an epoch is ``--updates-per-epoch`` batches of
+``--batch-size`` examples. The schedule's position is fairseq's epoch iterator state (in every
+checkpoint); :class:`ScheduleIterator` adds the schedule's settings to that state and refuses to
+resume under other settings. Validation runs every objective over its whole corpus.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from fairseq.data import Dictionary, data_utils, iterators
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II
+
+from ..data.data_dir import DataDirectory
+from ..data.image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
+from ..data.m3p_pretraining_dataset import CaptionCorpus, M3PPretrainingDataset, NoiseSettings
+from ..data.m3p_pretraining_schedule import (
+    OBJECTIVES,
+    ROUND_ROBIN,
+    TEXT_OBJECTIVES,
+    WEIGHTED,
+    PretrainingSchedule,
+    parse_objective_weights,
+)
+from ..data.m3p_regions import RegionFeatureReader
+from ..data.vocabulary import MASK_SYMBOL, is_lang_tag, lang_tag, tagged_languages
+
+logger = logging.getLogger(__name__)
+SCHEDULE_STATE = "m3p_pretraining_schedule"
+
+
+@dataclass
+class M3PPretrainingConfig(FairseqDataclass):
+    data: str = field(default="", metadata={"help": "data directory (dict.txt, {split}.{lang}.bin/.idx, "
+                                                     "{split}.image_ids, image features)"})
+    langs: Optional[str] = field(default=None, metadata={"help": "languages of the text corpus (xMLM, xDAE), "
+                                                                  "comma-separated; default: every tagged language"})
+    caption_langs: str = field(default="en", metadata={"help": "languages of the captions paired with images "
+                                                                "(MMLM, MRM, VLM, IC, DIC)"})
+    image_features: Optional[str] = field(default=None, metadata={"help": "feature file for every split; default: "
+                                                                           "DATA/{split}.image_features.h5, else "
+                                                                           "DATA/image_features.h5"})
+    objectives: str = field(default=",".join(OBJECTIVES),
+                            metadata={"help": "objectives and their weights, e.g. xmlm:2,mmlm,mrm,vlm,xdae,ic,dic "
+                                              "(weight 1 when omitted)"})
+    objective_schedule: ChoiceEnum([WEIGHTED, ROUND_ROBIN]) = field(
+        default=WEIGHTED, metadata={"help": "weighted: each update draws its objective by weight; round_robin: "
+                                            "the objectives in turn (weights ignored)"})
+    language_alpha: float = field(default=0.3, metadata={"help": "text languages sampled with p_l^alpha (Sec. 3.1)"})
+    updates_per_epoch: int = field(default=100, metadata={"help": "batches in one training epoch"})
+    max_text_positions: int = field(default=128, metadata={"help": "longest text, <s> and </s> included"})
+    mask_prob: float = field(default=0.15, metadata={"help": "xMLM/MMLM: share of tokens masked (80/10/10)"})
+    region_mask_prob: float = field(default=0.15, metadata={"help": "MRM: share of regions masked"})
+    xdae_shuffle_distance: float = field(default=3.0, metadata={"help": "xDAE: index noise U(0, k)"})
+    xdae_drop_prob: float = field(default=0.3, metadata={"help": "xDAE: word drop probability"})
+    xdae_span_ratio: float = field(default=0.3, metadata={"help": "xDAE: share of the remaining tokens covered by "
+                                                                   "Poisson(3) spans, each replaced by one <mask> "
+                                                                   "(the paper gives no value)"})
+    dic_span_ratio: float = field(default=0.3, metadata={"help": "DIC: share of regions zeroed in Poisson(3) spans "
+                                                                  "(the paper gives no value)"})
+    vlm_negative_prob: float = field(default=0.5, metadata={"help": "VLM: share of negatives (image or text swapped)"})
+    seed: int = II("common.seed")
+    # the split the schedule draws from; the others are evaluated whole, objective by objective
+    train_subset: str = II("dataset.train_subset")
+
+
+@register_task("m3p_pretraining", dataclass=M3PPretrainingConfig)
+class M3PPretrainingTask(FairseqTask):
+    cfg: M3PPretrainingConfig
+
+    def __init__(self, cfg: M3PPretrainingConfig, dictionary: Dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self.languages = tagged_languages(dictionary.symbols)
+        self.text_langs = [lang.strip() for lang in (cfg.langs or ",".join(self.languages)).split(",") if lang.strip()]
+        self.caption_langs = [lang.strip() for lang in cfg.caption_langs.split(",") if lang.strip()]
+        for lang in self.text_langs + self.caption_langs:
+            self.lang_tag_index(lang)
+        self.weights = parse_objective_weights(cfg.objectives)
+        self.noise = NoiseSettings(cfg.mask_prob, cfg.region_mask_prob, cfg.xdae_shuffle_distance, cfg.xdae_drop_prob,
+                                   cfg.xdae_span_ratio, cfg.dic_span_ratio, cfg.vlm_negative_prob)
+        self._regions = {}
+
+    @classmethod
+    def setup_task(cls, cfg: M3PPretrainingConfig, **kwargs):
+        path = DataDirectory.of_task_data(cfg.data).dictionary
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the shared dictionary (with __lang__ tags) that "
+                                    "preprocess/binarize.py writes")
+        dictionary = Dictionary.load(str(path))
+        dictionary.add_symbol(MASK_SYMBOL)
+        return cls(cfg, dictionary)
+
+    def lang_tag_index(self, lang: str) -> int:
+        if lang_tag(lang) not in self.dictionary.indices:
+            raise ValueError(f"unknown language {lang!r}: the dictionary has tags for {', '.join(self.languages)}")
+        return self.dictionary.index(lang_tag(lang))
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
+
+    # ---- data -------------------------------------------------------------------------------
+    def regions(self, split: str) -> Optional[RegionFeatureReader]:
+        if split not in self._regions:
+            path = DataDirectory.of_task_data(self.cfg.data).feature_file(split, self.cfg.image_features)
+            self._regions[split] = RegionFeatureReader(ImageFeatureStore(path)) if path else None
+        return self._regions[split]
+
+    @property
+    def image_feature_dim(self) -> Optional[int]:
+        reader = self.regions(self.cfg.train_subset)
+        return None if reader is None else reader.store.feature_dim
+
+    @property
+    def num_region_classes(self) -> int:
+        reader = self.regions(self.cfg.train_subset)
+        return 0 if reader is None else reader.num_classes
+
+    def _load_text(self, directory: DataDirectory, split: str, lang: str):
+        prefix = directory.text(split, lang)
+        dataset = data_utils.load_indexed_dataset(str(prefix), self.dictionary)
+        if dataset is None:
+            raise FileNotFoundError(f"text of {lang!r} for split {split!r} not found: expected {prefix}.bin/.idx "
+                                    "(multi-way, as preprocess/binarize.py writes it)")
+        return dataset
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        directory = DataDirectory.of_task_data(self.cfg.data, epoch)
+        needs_text = any(o in TEXT_OBJECTIVES for o in self.weights)
+        needs_captions = any(o not in TEXT_OBJECTIVES for o in self.weights)
+        text = {lang: self._load_text(directory, split, lang) for lang in self.text_langs} if needs_text else {}
+        captions, reader = [], None
+        if needs_captions:
+            reader = self.regions(split)
+            if reader is None:
+                raise ImageFeatureError(f"objectives {[o for o in self.weights if o not in TEXT_OBJECTIVES]} need "
+                                        f"image features: none found for split {split!r} in {directory.path}")
+            ids_path = directory.image_id_list(split)
+            if ids_path is None:
+                raise FileNotFoundError(f"{directory.path / (split + '.image_ids')} not found: the image id of "
+                                        "every caption")
+            image_ids = read_image_ids(ids_path)
+            rows = reader.store.rows_for(image_ids, str(ids_path))
+            usable = reader.store.usable[rows]
+            for lang in self.caption_langs:
+                dataset = self._load_text(directory, split, lang)
+                if len(dataset) != len(image_ids):
+                    raise ValueError(f"{directory.text(split, lang)}.bin has {len(dataset)} captions but {ids_path} "
+                                     f"has {len(image_ids)} image ids (one per caption expected)")
+                keep = np.flatnonzero(usable)
+                captions.append(CaptionCorpus(lang, _Subset(dataset, keep), rows[keep]))
+            if not usable.all():
+                logger.info("%s: %d captions without a usable image left out", split, int((~usable).sum()))
+        schedule = PretrainingSchedule(self.weights, self.cfg.objective_schedule, [len(d) for d in text.values()],
+                                       sum(len(c.image_rows) for c in captions), self.cfg.language_alpha, self.cfg.seed)
+        random_tokens = [i for i, symbol in enumerate(self.dictionary.symbols)
+                         if i >= self.dictionary.nspecial and not is_lang_tag(symbol) and symbol != MASK_SYMBOL]
+        self.datasets[split] = M3PPretrainingDataset(
+            self.dictionary, text, captions, reader, {lang: self.lang_tag_index(lang) for lang in self.languages},
+            schedule, self.noise, self.cfg.max_text_positions, self.cfg.seed, random_tokens)
+        logger.info("%s: text %s, captions %s", split, {k: len(v) for k, v in text.items()},
+                    {c.lang: len(c.image_rows) for c in captions})
+
+    def get_batch_iterator(self, dataset, max_sentences=None, seed=1, num_shards=1, shard_id=0, num_workers=0,
+                           epoch=1, **kwargs):
+        if not isinstance(dataset, M3PPretrainingDataset):
+            return super().get_batch_iterator(dataset, max_sentences=max_sentences, seed=seed, num_shards=num_shards,
+                                              shard_id=shard_id, num_workers=num_workers, epoch=epoch, **kwargs)
+        if not max_sentences:
+            raise ValueError("m3p_pretraining batches a fixed number of examples: pass --batch-size")
+        training = dataset is self.datasets.get(self.cfg.train_subset)
+
+        def batches(data, batch_epoch):
+            return data.batches(training, batch_epoch, self.cfg.updates_per_epoch, max_sentences)
+
+        # the schedule fixes the order of an epoch's batches: fairseq must not shuffle them
+        return ScheduleIterator(dataset.schedule.settings() if training else None, dataset, dataset.collater,
+                                batches, seed=seed, num_shards=num_shards, shard_id=shard_id,
+                                num_workers=num_workers, epoch=epoch, disable_shuffling=True)
+
+    def max_positions(self):
+        return self.cfg.max_text_positions
+
+
+class ScheduleIterator(iterators.EpochBatchIterator):
+    """fairseq's epoch iterator, whose state (in every checkpoint, restored on resume unless
+    --reset-dataloader) also holds the schedule's settings: the position in an epoch means
+    something only under the schedule that made the epoch, so a resume under others is refused."""
+
+    def __init__(self, settings, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.schedule_settings = settings
+
+    def state_dict(self):
+        return {**super().state_dict(), SCHEDULE_STATE: self.schedule_settings}
+
+    def load_state_dict(self, state_dict):
+        saved = state_dict.get(SCHEDULE_STATE)
+        if saved is not None and self.schedule_settings is not None and saved != self.schedule_settings:
+            raise ValueError(f"the checkpoint was trained with the pre-training schedule {saved}, this run has "
+                             f"{self.schedule_settings}: resuming mid-schedule needs the same --objectives, "
+                             "--objective-schedule, --language-alpha, --seed and data (or --reset-dataloader "
+                             "to start a new schedule from the checkpoint's weights)")
+        return super().load_state_dict(state_dict)
+
+
+class _Subset:
+    """Some rows of an indexed dataset (captions whose image is usable)."""
+
+    def __init__(self, dataset, rows: np.ndarray):
+        self.dataset, self.rows = dataset, rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.dataset[int(self.rows[index])]
