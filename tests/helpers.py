@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from fairseq import options, tasks
+from fairseq.dataclass.configs import GenerationConfig
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import m3p_fairseq  # noqa: F401  (registers the task and models)
@@ -122,3 +123,12 @@ def by_hand(model, batch, mmcl_weight):
     mean_mmcl = sum(losses) / len(losses)
     return {"loss": smoothed + mmcl_weight * batch["ntokens"] * mean_mmcl, "smoothed": smoothed, "nll": nll,
             "mmcl_sum": sum(losses), "mmcl_mean": mean_mmcl, "correct": correct}
+
+
+def generate(task, model, dataset, indices, beam=5):
+    """Beam search on the given examples of ``dataset``: {example id: hypothesis tokens}."""
+    generator = task.build_generator([model], GenerationConfig(beam=beam, max_len_b=12))
+    batch = dataset.collater([dataset[i] for i in indices])
+    with torch.no_grad():
+        outputs = task.inference_step(generator, [model], batch)
+    return {int(i): output[0]["tokens"].tolist() for i, output in zip(batch["id"], outputs)}

@@ -1,4 +1,4 @@
-"""Decoder-only m3P: one causal stack over [image][prompt][source][</s>][target], driven by the
+"""Decoder-only m3P: one causal stack over the prompt of Fig. 3a (image, source), </s> and the target, driven by the
 task, the m3p_loss criterion and fairseq's beam search like the encoder-decoder."""
 
 import pytest
@@ -24,21 +24,31 @@ def batch_of(dataset, indices):
     return dataset.collater([dataset[i] for i in indices])
 
 
-def test_the_prefix_is_image_prompt_and_source(data_dir):
+def test_the_prefix_is_fig_3a_with_the_image_before_the_source(data_dir):
     task, model, dataset = build(data_dir)
     batch = batch_of(dataset, [0, 1, 2])
     out = model.eval().encoder(**batch["net_input"])
     text_ids, is_source = out["text_ids"][0], out["is_source"][0]
+    dictionary, pad = task.source_dictionary, task.source_dictionary.pad()
+    keep = out["prefix_keep"][0]
     for row, sample_id in enumerate(batch["id"].tolist()):
         source = dataset.src[sample_id][1:-1]  # without the __de__ tag and </s>
-        pad = task.source_dictionary.pad()
-        text = task.source_dictionary.string(text_ids[row][text_ids[row] != pad], "sentencepiece")
-        assert text == ("Please translate the following sentence from English to German: "
-                        + task.source_dictionary.string(source, "sentencepiece"))
-        assert text_ids[row][is_source[row]].tolist() == source.tolist()
-    # 4 image tokens first, then the (left-padded) text; the target starts after all of it
-    assert out["prefix_keep"][0].shape[1] == 4 + text_ids.shape[1]
-    assert out["prefix_length"][0].tolist() == (4 + (text_ids != task.source_dictionary.pad()).sum(1)).tolist()
+        ids, kept = text_ids[row], keep[row]
+        image = kept & (ids == pad)  # the image slots hold padding in text_ids and are kept
+        assert int(image.sum()) == 4
+        first_image, first_source = int(image.nonzero()[0]), int(is_source[row].nonzero()[0])
+        assert image[first_image:first_image + 4].all() and first_source == first_image + 4
+        before = dictionary.string(ids[:first_image][ids[:first_image] != pad], "sentencepiece")
+        after = dictionary.string(ids[first_source + len(source):], "sentencepiece")
+        # the data's SentencePiece model normalises the newlines of Fig. 3a to spaces
+        assert ids[ids != pad][0] == dictionary.bos()  # <s> first, as Llama's tokenizer begins
+        assert before == ("Below is an instruction that describes a task. Write a response that appropriately "
+                          "completes the request. ### Instruction: Please translate the following sentence "
+                          "from English to German:")
+        assert after == "### Response:"
+        assert ids[is_source[row]].tolist() == source.tolist()
+    # the target starts after the whole prefix
+    assert out["prefix_length"][0].tolist() == keep.sum(1).tolist()
 
 
 def test_decoder_output_covers_the_target_only_and_incremental_decoding_agrees(data_dir):

@@ -129,15 +129,37 @@ def test_masked_source_keeps_the_tag_and_masks_words(data_dir):
     for i in range(5):  # re-encoding the detokenized text gives the binarized tokens back
         assert unmasked.src[i].tolist() == dataset.src[i].tolist()
         assert unmasked.tgt[i].tolist() == dataset.tgt[i].tolist()
-    masked = with_masked_source(dataset, task, 1.0, max_sentences=5)
     dictionary = dataset.src_dict
+    mask = dictionary.index("<mask>")
+    assert mask != dictionary.unk()  # the task adds the symbol MMA masks with
+    masked = with_masked_source(dataset, task, 1.0, max_sentences=5)
     for i in range(5):
+        # every piece of every word becomes the <mask> MMA trains with, one per piece
         assert masked.src[i][0] == task.lang_tag_index("de")
-        text = dictionary.string(masked.src[i][1:], "sentencepiece")
-        # this corpus trained no [MASK] symbol, so it is the unknown word (a mask just the same)
+        assert masked.src[i][1:-1].tolist() == [mask] * (len(dataset.src[i]) - 2)
+        assert masked.src[i][-1] == dictionary.eos()
+    # half of the words: exactly the pieces of the words in the seeded order are masked
+    half = with_masked_source(dataset, task, 0.5, max_sentences=5)
+    for i in range(5):
+        pieces = [dictionary[t] for t in dataset.src[i][1:-1].tolist()]
+        words = []  # each word's piece positions (a word starts with "▁")
+        for position, piece in enumerate(pieces):
+            if piece.startswith("\u2581") or not words:
+                words.append([])
+            words[-1].append(position)
+        chosen = masked_word_order(len(words), 1, i)[:round(0.5 * len(words))]
+        expected = [dictionary.index(p) for p in pieces]
+        for word in chosen:
+            for position in words[word]:
+                expected[position] = mask
+        assert half.src[i][1:-1].tolist() == expected
+    assert (masked.image_rows == dataset.image_rows[:5]).all()
+    # a raw-text mask word instead: this corpus trained no [MASK] symbol, so it is <unk>
+    worded = with_masked_source(dataset, task, 1.0, mask_word="[MASK]", max_sentences=5)
+    for i in range(5):
+        text = dictionary.string(worded.src[i][1:], "sentencepiece")
         assert set(text.split()) == {"<unk>"}
         assert len(text.split()) == len(dictionary.string(dataset.src[i][1:], "sentencepiece").split())
-    assert (masked.image_rows == dataset.image_rows[:5]).all()
 
 
 def test_off_target_rate_on_a_hand_made_mix():

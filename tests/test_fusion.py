@@ -139,3 +139,13 @@ def test_the_feature_dimension_travels_with_the_model_config(data_dir, data_copy
     other_task, _ = setup_task(data_copy, "--fusion", "gated")
     assert other_task.image_feature_dim is None
     assert other_task.build_model(cfg.model).image_feature_dim == 16
+
+
+@pytest.mark.parametrize("fusion, option, heads", [("selective", [], 1), ("selective", ["--fusion-attention-heads", "2"], 2),
+                                                   ("cvlm", [], 4)])
+def test_selective_attention_is_single_head_by_default(data_dir, fusion, option, heads):
+    """Li et al. (2022) and the paper's baseline use one head; cvlm keeps the encoder's 4 (tiny)."""
+    task, cfg = setup_task(data_dir, "--fusion", fusion, *option)
+    model = task.build_model(cfg.model)
+    assert model.encoder.fusion.attention.num_heads == heads
+    assert model.encoder.fusion.attention.head_dim == 128 // heads

@@ -5,15 +5,7 @@ import pytest
 import torch
 from fairseq.dataclass.configs import GenerationConfig
 
-from helpers import as_if_trained, setup_task
-
-
-def generate(task, model, dataset, indices, beam=5):
-    generator = task.build_generator([model], GenerationConfig(beam=beam, max_len_b=12))
-    batch = dataset.collater([dataset[i] for i in indices])
-    with torch.no_grad():
-        outputs = task.inference_step(generator, [model], batch)
-    return {int(i): output[0]["tokens"].tolist() for i, output in zip(batch["id"], outputs)}
+from helpers import as_if_trained, generate, setup_task
 
 
 @pytest.mark.parametrize("fusion", ["cvlm", "concat", "gated", "selective"])

@@ -74,6 +74,22 @@ def test_every_tensor_lands_and_embedding_rows_match_by_piece(data_dir, tmp_path
     assert cfg.model.pretrained_llama_loaded  # saved with the config: generation needs no Llama files
 
 
+def test_the_prompt_starts_with_llamas_beginning_of_sequence_row(data_dir, tmp_path):
+    """A tokenizer with Llama's specials (<unk> 0, <s> 1, </s> 2): the prompt's first token is the
+    dictionary's <s>, and its embedding row is the checkpoint's row 1."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["a man rides a red bike", "Please translate the following sentence"] * 30))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "llama_sp"), vocab_size=60,
+                                   hard_vocab_limit=False)
+    tokenizer = tmp_path / "llama_sp.model"
+    assert spm.SentencePieceProcessor(model_file=str(tokenizer)).id_to_piece(1) == "<s>"
+    tensors = llama_tensors(60)
+    task, _, model = build(data_dir, write_checkpoint(tmp_path / "llama", tensors, tokenizer))
+    bos = task.source_dictionary.bos()
+    assert model.encoder.prompt.layout(task.lang_tag_index("en"), task.lang_tag_index("de"))[0].tolist() == [bos]
+    assert torch.equal(model.decoder.stack.embed_tokens.weight[bos], tensors["model.embed_tokens.weight"][1])
+
+
 def test_a_missing_or_misshaped_tensor_is_listed_with_shapes(data_dir, tmp_path):
     sp = spm.SentencePieceProcessor(model_file=str(data_dir / "spm.model"))
     tensors = llama_tensors(sp.get_piece_size())

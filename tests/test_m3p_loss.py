@@ -119,3 +119,15 @@ def test_text_only_model_with_mmcl_is_refused(data_dir):
     batch = dataset.collater([dataset[i] for i in range(2)])
     with pytest.raises(ValueError, match="--mmcl-weight 0.1 needs a model that reads images"):
         task.build_criterion(cfg.criterion)(model, batch)
+
+
+@pytest.mark.parametrize("smoothing, warns", [(None, True), ("0.1", False)])
+def test_no_label_smoothing_warns_that_the_paper_uses_0_1(data_dir, caplog, smoothing, warns):
+    options = [] if smoothing is None else ["--label-smoothing", smoothing]
+    task, cfg = setup_task(data_dir, "--criterion", "m3p_loss", *options)
+    with caplog.at_level("WARNING", logger="m3p_fairseq.criterions.m3p_loss"):
+        criterion = task.build_criterion(cfg.criterion)
+    assert criterion.eps == (0.0 if smoothing is None else 0.1)
+    messages = [r.getMessage() for r in caplog.records if r.name == "m3p_fairseq.criterions.m3p_loss"]
+    assert messages == (["--criterion m3p_loss without --label-smoothing: the paper trains with "
+                         "--label-smoothing 0.1 (Eq. 12's L_m is label-smoothed)"] if warns else [])

@@ -6,6 +6,7 @@ contrastive term is added as lambda * sample_size * (mean MMCL over the sentence
 that division the gradient is exactly that of  mean-per-token CE + lambda * mean-per-pair MMCL.
 """
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -21,6 +22,9 @@ from fairseq.distributed import utils as distributed_utils
 
 from ..data.batch_keys import (
     CONTRASTIVE,
+    MMCL_AUGMENTED_IMAGE,
+    MMCL_AUGMENTED_ROW,
+    MMCL_AUGMENTED_TEXT,
     MMCL_IMAGE,
     MMCL_IMAGE_NEGATIVES,
     MMCL_LOGIT_SCALE,
@@ -28,6 +32,9 @@ from ..data.batch_keys import (
     MMCL_USABLE,
 )
 from .mmcl import gather_across_workers, split_columns, symmetric_info_nce
+
+logger = logging.getLogger(__name__)
+PAPER_LABEL_SMOOTHING = 0.1  # Sec. 3.3
 
 
 @dataclass
@@ -48,6 +55,9 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if mmcl_weight < 0:
             raise ValueError(f"--mmcl-weight must be >= 0, got {mmcl_weight}")
+        if label_smoothing == 0:
+            logger.warning("--criterion m3p_loss without --label-smoothing: the paper trains with "
+                           "--label-smoothing %s (Eq. 12's L_m is label-smoothed)", PAPER_LABEL_SMOOTHING)
         self.mmcl_weight = mmcl_weight
 
     def forward(self, model, sample, reduce=True):
@@ -92,19 +102,25 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
                              f"not {type(model).__name__}; use --criterion label_smoothed_cross_entropy") from None
 
     def contrastive_loss(self, extra, sample_size):
-        """lambda * (total sample size / N) * sum of the N pair losses over all workers, and the
-        logging sums of this worker's pairs."""
+        """lambda * (total sample size / N) * sum of the N pair losses over all workers (MMA's
+        augmented pairs included), and the logging sums of this worker's own pairs."""
         parts = [extra[MMCL_TEXT], extra[MMCL_IMAGE]]
         if MMCL_IMAGE_NEGATIVES in extra:
             parts.append(extra[MMCL_IMAGE_NEGATIVES])
-        if MMCL_USABLE in extra:  # pairs whose image was missing at extraction have no image to match
-            parts = [part[extra[MMCL_USABLE]] for part in parts]
+        usable = extra.get(MMCL_USABLE)
+        if usable is not None:  # pairs whose image was missing at extraction have no image to match
+            parts = [part[usable] for part in parts]
         text = parts[0]
         group = distributed_utils.get_data_parallel_group() if dist.is_initialized() else None
         joined, offset = gather_across_workers(torch.cat(parts, dim=1), group)
         text_all, image_all, *negatives_all = split_columns(joined, [p.size(1) for p in parts])
+        identity = None
+        if MMCL_AUGMENTED_TEXT in extra:
+            augmented_text, augmented_image, identity = self.augmented_rows(extra, usable, offset, text_all.size(0),
+                                                                            group)
+            text_all, image_all = torch.cat([text_all, augmented_text]), torch.cat([image_all, augmented_image])
         pair_loss, text_correct, image_correct = symmetric_info_nce(
-            text_all, image_all, extra[MMCL_LOGIT_SCALE], negatives_all[0] if negatives_all else None)
+            text_all, image_all, extra[MMCL_LOGIT_SCALE], negatives_all[0] if negatives_all else None, identity)
 
         total_sample_size = torch.tensor(float(sample_size), device=text.device)
         if group is not None and dist.get_world_size(group) > 1:
@@ -121,6 +137,21 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
             "mmcl_temperature": utils.item(1.0 / extra[MMCL_LOGIT_SCALE].detach()) * text.size(0),
         }
         return term, logs
+
+    @staticmethod
+    def augmented_rows(extra, usable, offset: int, num_pairs: int, group):
+        """MMA's augmented pairs of all workers (text [A, d], image [A, d]) and the image identity of
+        every InfoNCE row [num_pairs + A]: the pairs' own positions, then, for each augmented
+        pair, the position of the pair it augments."""
+        text, image, rows = extra[MMCL_AUGMENTED_TEXT], extra[MMCL_AUGMENTED_IMAGE], extra[MMCL_AUGMENTED_ROW]
+        if usable is not None:  # drop those of unusable images; renumber the rest as the kept pairs
+            kept = usable[rows]
+            text, image, rows = text[kept], image[kept], (usable.long().cumsum(0) - 1)[rows[kept]]
+        joined, _ = gather_across_workers(torch.cat([text, image], dim=1), group)
+        rows_all, _ = gather_across_workers(rows + offset, group)
+        text_all, image_all = split_columns(joined, [text.size(1), image.size(1)])
+        identity = torch.cat([torch.arange(num_pairs, device=rows_all.device), rows_all])
+        return text_all, image_all, identity
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:

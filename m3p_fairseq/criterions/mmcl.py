@@ -32,7 +32,8 @@ def gather_across_workers(local: Tensor, group=None) -> Tuple[Tensor, int]:
 
 
 def symmetric_info_nce(text: Tensor, image: Tensor, logit_scale: Tensor,
-                       image_negatives: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                       image_negatives: Optional[Tensor] = None,
+                       identity: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Per pair k: f(x_k, z_k) + f(z_k, x_k) (Eq. 4), where f(x_k, z_k) is the softmax cross-entropy
     of image k against all texts (Eq. 5) and f(z_k, x_k) that of text k against all images (Eq. 6).
 
@@ -41,16 +42,23 @@ def symmetric_info_nce(text: Tensor, image: Tensor, logit_scale: Tensor,
     view j is one more negative for every text except text j, for which it is left out (it shows
     text j's own image, so it is neither a positive nor a fair negative).
 
+    identity [N]: the image each row shows (MMA's augmented pairs repeat their batch row's);
+    two different rows of the same image are left out of each other's sums, as a view is.
+
     Returns the per-pair loss [N] and whether text->image and image->text retrieval ranked the
     positive first ([N] bool each).
     """
     labels = torch.arange(text.size(0), device=text.device)
-    logits_per_text = logit_scale * text @ image.t()
+    if identity is None:
+        identity = labels
+    same_image = identity.unsqueeze(1) == identity.unsqueeze(0)
+    other_row_same_image = same_image & ~torch.eye(text.size(0), dtype=torch.bool, device=text.device)
+    logits_per_text = (logit_scale * text @ image.t()).masked_fill(other_row_same_image, float("-inf"))
     if image_negatives is not None:
         view_logits = logit_scale * text @ image_negatives.t()
-        own_view = torch.eye(text.size(0), dtype=torch.bool, device=text.device)
+        own_view = same_image[:, :image_negatives.size(0)]
         logits_per_text = torch.cat([logits_per_text, view_logits.masked_fill(own_view, float("-inf"))], dim=1)
-    logits_per_image = logit_scale * image @ text.t()
+    logits_per_image = (logit_scale * image @ text.t()).masked_fill(other_row_same_image, float("-inf"))
     loss = (F.cross_entropy(logits_per_text, labels, reduction="none")
             + F.cross_entropy(logits_per_image, labels, reduction="none"))
     return loss, logits_per_text.argmax(1) == labels, logits_per_image.argmax(1) == labels

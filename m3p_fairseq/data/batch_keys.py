@@ -14,23 +14,48 @@ IMAGE_PATCHES = "image_patches"  # (B, P, D) float: patch features of each sente
 IMAGE_GLOBAL = "image_global"  # (B, D) float: the image's global vector
 IMAGE_USABLE = "image_usable"  # (B,) bool: False where the image is missing or failed to decode
 IMAGE_NEGATIVE_GLOBAL = "image_negative_global"  # (B, D) float: MMA's augmented view, an MMCL negative
+# MMA's augmented pair {T(x_k), I(z_k)} of each training sentence, for MMCL (paper Sec. 2.5):
+MMA_SRC_TOKENS = "mma_src_tokens"  # (B, S) long: the masked source T(x_k), padded like src_tokens
+MMA_SRC_LENGTHS = "mma_src_lengths"  # (B,) long
+MMA_IMAGE_GLOBAL = "mma_image_global"  # (B, D) float: global vector of the augmented, masked image I(z_k)
 SOURCE_LANG = "source_lang"  # (B,) long: dictionary index of the source-language tag
 # (B,) long, optional: each sentence's MDropNet mode (models/mdropnet.py), fixed by a caller
 # (tests, analysis) instead of drawn in training
 MODALITIES = "modalities"
+# (B, T) long, optional: each image's object tags as text tokens, right-padded (Eq. 1's t;
+# data/object_tags.py); read by the VLP encoder (models/vlp_encoder.py)
+OBJECT_TAGS = "object_tags"
 
 # --- keyword of a model's forward (not in the batch): ask for the MMCL outputs below ---
 CONTRASTIVE = "contrastive"
+# --- keywords of the VLP-MMT model's forward: ask for the modality-loss outputs (Eqs. 2-5) ---
+MODALITY_LAYERS = "modality_layers"  # decoder layers (0-based) whose h_x, h_v to return
+MODALITY_TARGET = "modality_target"  # (B, T) target tokens y_j: also return the learned lambda_j
+
+# --- VLP pre-training batch (tasks/vlp_pretraining.py), besides net_input and "target" ---
+PAIRED_IMAGE_LABEL = "paired_image_label"  # (B,) long: 1 = the caption's own image, 0 = a random one
+MASKED_TOKENS = "masked_tokens"  # keyword of the VLP model's forward: (B, L) bool, predict only these
+PAIRED_IMAGE_LOGITS = "paired_image_logits"  # VLP model output: (B, 2) own-vs-random image logits
 
 # --- extras of a model's forward output (the dict beside the decoder's output) ---
 IMAGE_GLOBAL_STATE = "image_global_state"
 MMCL_TEXT = "mmcl_text"  # (B, E) normalised text vectors
 MMCL_IMAGE = "mmcl_image"  # (B, E) normalised image vectors
 MMCL_IMAGE_NEGATIVES = "mmcl_image_negatives"  # (B, E) normalised negative image vectors
+# MMA's augmented pairs, extra rows of the InfoNCE (A <= B of them); row a augments batch row
+# MMCL_AUGMENTED_ROW[a], so it shows that row's image (its image identity)
+MMCL_AUGMENTED_TEXT = "mmcl_augmented_text"  # (A, E) normalised
+MMCL_AUGMENTED_IMAGE = "mmcl_augmented_image"  # (A, E) normalised
+MMCL_AUGMENTED_ROW = "mmcl_augmented_row"  # (A,) long
 MMCL_USABLE = "mmcl_usable"  # (B,) bool: rows that take part in MMCL
 MMCL_LOGIT_SCALE = "mmcl_logit_scale"  # scalar tensor: 1 / temperature
+MODALITY_TEXT = "modality_text"  # list per selected layer of (B, T, C): h_x of Eq. 2
+MODALITY_VISUAL = "modality_visual"  # list per selected layer of (B, T, C): h_v of Eq. 2
+MODALITY_VALID = "modality_valid"  # (B,) bool: sentences with text and a usable image
+MODALITY_LAMBDA = "modality_lambda"  # list per selected layer of (B, T): learned lambda_j (Eq. 5)
+VISUAL_POSITIONS = "visual_positions"  # encoder output: (B, S) bool, True at image positions
 
-IMAGE_INPUTS = (IMAGE_PATCHES, IMAGE_GLOBAL, IMAGE_USABLE, IMAGE_NEGATIVE_GLOBAL)
+IMAGE_INPUTS = (IMAGE_PATCHES, IMAGE_GLOBAL, IMAGE_USABLE, IMAGE_NEGATIVE_GLOBAL, MMA_IMAGE_GLOBAL)
 
 
 class MultimodalModelInterface:

@@ -102,6 +102,7 @@ class MultimodalDataManager:
             text_mask_ratio=cfg.mma_text_mask_ratio, text_mask_span=cfg.mma_text_mask_span,
             mask_index=self.dictionary.index(MASK_SYMBOL), image_view_prob=cfg.mma_image_view_prob,
             patch_mask_ratio=cfg.mma_patch_mask_ratio, view_negatives=cfg.mma_view_negatives,
+            contrastive_pair=not getattr(cfg, "mma_translation_only", False),
             seed=cfg.seed, direction=direction)
 
     # ---- images ----

@@ -2,6 +2,14 @@
 span masking of the source text, a randomly chosen augmented view of the image (views are
 rendered once at feature extraction, ``--augmented-views``), and masking of patch tokens.
 
+The augmentations reach two places. The translation input is augmented as configured and, with
+``contrastive_pair``, every example also brings the augmented
+pair {T(x_k), I(z_k)} of the paper for MMCL: its source masked afresh (T) and its image as an
+augmented view with masked patches (I), whose global vector is then the mean of the kept patch
+features (the stored global vector was pooled from all patches, so it would not show the
+masking). :meth:`augmented_pair` draws it after the translation input's draws, so adding it
+changes none of them.
+
 Every draw comes from a generator seeded with (seed, direction, epoch, example index), so an
 example is augmented the same way in every run, in any data-loader worker and after a resume,
 and differently in every epoch. Validation and test splits are never augmented.
@@ -9,10 +17,12 @@ and differently in every epoch. Validation and test splits are never augmented.
 
 import zlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
+
+ImageFeatures = Tuple[torch.Tensor, torch.Tensor]  # (patches [P, D], global vector [D])
 
 
 @dataclass
@@ -23,6 +33,7 @@ class MultimodalAugmentation:
     image_view_prob: float = 0.0  # chance of an augmented view instead of the clean features
     patch_mask_ratio: float = 0.0  # share of patch tokens zeroed
     view_negatives: bool = False  # also supply another view's global vector (MMCL negatives)
+    contrastive_pair: bool = False  # also supply the augmented pair {T(x_k), I(z_k)} for MMCL
     seed: int = 1
     direction: str = ""
 
@@ -71,11 +82,38 @@ class MultimodalAugmentation:
         candidates = [v for v in range(num_views) if v != used_view]
         return candidates[int(rng.integers(len(candidates)))]
 
+    def masked_patch_indices(self, num_patches: int, rng: np.random.Generator) -> Optional[np.ndarray]:
+        """round(ratio * P) patch indices chosen uniformly (masked image modelling); None for none."""
+        to_mask = int(round(self.patch_mask_ratio * num_patches))
+        if to_mask == 0:
+            return None
+        return rng.choice(num_patches, to_mask, replace=False)
+
     def mask_patches(self, patches: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Zero round(ratio * P) patch tokens chosen uniformly (masked image modelling)."""
-        to_mask = int(round(self.patch_mask_ratio * patches.size(0)))
-        if to_mask == 0:
+        masked = self.masked_patch_indices(patches.size(0), rng)
+        if masked is None:
             return patches
         patches = patches.clone()
-        patches[torch.from_numpy(rng.choice(patches.size(0), to_mask, replace=False))] = 0
+        patches[torch.from_numpy(masked)] = 0
         return patches
+
+    def masked_image_global(self, patches: torch.Tensor, global_vector: torch.Tensor,
+                            rng: np.random.Generator) -> torch.Tensor:
+        """The global vector [D] of an image [P, D] after patch masking: the mean of the kept
+        patches' features; the image's own global vector when no patch is masked."""
+        masked = self.masked_patch_indices(patches.size(0), rng)
+        if masked is None:
+            return global_vector
+        keep = torch.ones(patches.size(0), dtype=torch.bool)
+        keep[torch.from_numpy(masked)] = False
+        return patches[keep].float().mean(dim=0).to(global_vector.dtype)
+
+    def augmented_pair(self, source: torch.Tensor, read_view: Callable[[Optional[int]], ImageFeatures],
+                         num_views: int, rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+        """MMA's augmented pair for MMCL: T(x_k), the clean ``source`` with spans masked, and the
+        global vector of I(z_k), a view chosen as for translation (``read_view(None)`` is the
+        clean image) with its patches masked."""
+        text = self.mask_source(source, rng)
+        patches, global_vector = read_view(self.choose_view(num_views, rng))
+        return text, self.masked_image_global(patches, global_vector, rng)

@@ -4,9 +4,18 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from fairseq.data import LanguagePairDataset
+from fairseq.data import LanguagePairDataset, data_utils
 
-from .batch_keys import IMAGE_GLOBAL, IMAGE_NEGATIVE_GLOBAL, IMAGE_PATCHES, IMAGE_USABLE, SOURCE_LANG
+from .batch_keys import (
+    IMAGE_GLOBAL,
+    IMAGE_NEGATIVE_GLOBAL,
+    IMAGE_PATCHES,
+    IMAGE_USABLE,
+    MMA_IMAGE_GLOBAL,
+    MMA_SRC_LENGTHS,
+    MMA_SRC_TOKENS,
+    SOURCE_LANG,
+)
 from .image_features import ImageFeatureError, ImageFeatureStore
 from .multimodal_augmentation import MultimodalAugmentation
 
@@ -46,7 +55,10 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
     * ``IMAGE_USABLE`` [B] bool when some image of the batch was flagged unusable at extraction
       (missing or undecodable file): those sentences are text-only;
     * ``IMAGE_NEGATIVE_GLOBAL`` [B, D] with an ``augmentation`` (training only) that has
-      ``view_negatives``.
+      ``view_negatives``;
+    * ``MMA_SRC_TOKENS`` [B, S], ``MMA_SRC_LENGTHS`` [B] and ``MMA_IMAGE_GLOBAL`` [B, D], MMA's
+      augmented pair of each sentence for MMCL, with an ``augmentation`` that has
+      ``contrastive_pair`` (and an image store).
 
     ``example_ids`` replaces the ``id`` of each example (fairseq-interactive's line numbers
     when some input lines were skipped). With an ``image_demand`` that does not want images
@@ -103,6 +115,7 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
             example[SOURCE_LANG] = self.source_lang_index
         augmentation = self.augmentation
         rng = augmentation.generator(self.epoch, index) if augmentation is not None else None
+        clean_source = example["source"]
         if augmentation is not None and augmentation.text_mask_ratio > 0:
             example["source"] = augmentation.mask_source(example["source"], rng)
         if self.image_store is None or (self.image_demand is not None and not self.image_demand.wanted):
@@ -118,6 +131,9 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         if augmentation.view_negatives:
             negative = augmentation.negative_view(self.image_store.num_views, view, rng)
             example[IMAGE_NEGATIVE_GLOBAL] = self.image_store.read(row, negative)[1]
+        if augmentation.contrastive_pair:  # drawn last: the draws above stay what they were
+            example[MMA_SRC_TOKENS], example[MMA_IMAGE_GLOBAL] = augmentation.augmented_pair(
+                clean_source, lambda v: self.image_store.read(row, v), self.image_store.num_views, rng)
         return example
 
     def collater(self, samples, pad_to_length=None):
@@ -149,7 +165,17 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
             net_input[IMAGE_USABLE] = usable
         if IMAGE_NEGATIVE_GLOBAL in ordered[0]:
             net_input[IMAGE_NEGATIVE_GLOBAL] = torch.stack([s[IMAGE_NEGATIVE_GLOBAL] for s in ordered]).float()
+        if MMA_SRC_TOKENS in ordered[0]:
+            self._collate_augmented_pairs(net_input, ordered)
         return batch
+
+    def _collate_augmented_pairs(self, net_input: dict, ordered: List[dict]) -> None:
+        """MMA's augmented pairs, in the batch's order, padded like the sources."""
+        sources = [s[MMA_SRC_TOKENS] for s in ordered]
+        net_input[MMA_SRC_TOKENS] = data_utils.collate_tokens(
+            sources, self.src_dict.pad(), self.eos, left_pad=self.left_pad_source)
+        net_input[MMA_SRC_LENGTHS] = torch.LongTensor([s.numel() for s in sources])
+        net_input[MMA_IMAGE_GLOBAL] = torch.stack([s[MMA_IMAGE_GLOBAL] for s in ordered]).float()
 
     def _check_order(self, batch: dict, ordered: List[dict]) -> None:
         """Each batch row must hold the sample whose image is put beside it; raise, never guess.

@@ -52,7 +52,7 @@ def write_points(path: Path, points: dict) -> None:
 
 def source_masking(args, parser) -> Path:
     """Fig. 7: every system translates the split with 0..100 % of each source's words replaced by
-    --mask-word; a higher ratio masks the words of a lower one and more (seeded per sentence)."""
+    <mask> (or --mask-word); a higher ratio masks the words of a lower one and more (seeded per sentence)."""
     ratios = [float(r) for r in args.ratios.split(",")]
     curves, per_direction = {}, {}
     for name, checkpoint in named_checkpoints(args.checkpoint, parser).items():
@@ -207,7 +207,10 @@ def main(argv=None):
     sub = command("source-masking", source_masking, "Fig. 7: BLEU vs masked source words", "fig7_source_masking.png")
     sub.add_argument("--checkpoint", action="append", required=True, help="NAME=PATH; repeat for each system")
     sub.add_argument("--ratios", default="0,0.2,0.4,0.6,0.8,1", help="shares of source words masked")
-    sub.add_argument("--mask-word", default=MASK_WORD, help="the word that replaces a masked source word")
+    sub.add_argument("--mask-word", default=None,
+                     help=f"a word (e.g. {MASK_WORD}) put into the raw text for each masked source word; "
+                          "default: each piece of a masked word becomes the dictionary's <mask>, the symbol "
+                          "MMA trains with")
     translating(sub)
     sub = command("low-resource", low_resource, "Fig. 5: BLEU vs share of training data", "fig5_low_resource.png")
     sub.add_argument("--run", nargs=3, action="append", required=True, metavar=("SYSTEM", "FRACTION", "CHECKPOINT"),

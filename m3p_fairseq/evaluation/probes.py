@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data.multimodal_pair_dataset import MultimodalLanguagePairDataset
-from ..data.vocabulary import MASK_WORD
+from ..data.vocabulary import MASK_SYMBOL, MASK_WORD
 
 
 def derangement(n: int, seed: int) -> np.ndarray:
@@ -71,16 +71,30 @@ def first_sentences(dataset: MultimodalLanguagePairDataset, count: Optional[int]
         image_rows=None if dataset.image_rows is None else np.asarray(dataset.image_rows)[:count])
 
 
+def masked_pieces(sp, sentence: str, masked_words: np.ndarray, mask_symbol: str = MASK_SYMBOL) -> List[str]:
+    """The SentencePiece pieces of ``sentence`` with every piece of the words at ``masked_words``
+    replaced by ``mask_symbol``: one symbol per piece, as MMA's span masking writes it in training
+    (multimodal_augmentation.py). Words are encoded one by one, which gives the pieces of the
+    whole sentence (SentencePiece never joins pieces across a space)."""
+    masked = set(int(i) for i in masked_words)
+    pieces: List[str] = []
+    for index, word in enumerate(sentence.split()):
+        word_pieces = sp.encode(word, out_type=str)
+        pieces.extend([mask_symbol] * len(word_pieces) if index in masked else word_pieces)
+    return pieces
+
+
 def with_masked_source(dataset: MultimodalLanguagePairDataset, task, ratio: float, seed: int = 1,
-                       mask_word: str = MASK_WORD, spm_model: Optional[Path] = None,
+                       mask_word: Optional[str] = None, spm_model: Optional[Path] = None,
                        max_sentences: Optional[int] = None):
     """A copy of ``dataset`` whose source sentences have ``ratio`` of their words masked.
 
     Each source is detokenized, masked word by word and encoded again with the data's
-    SentencePiece model (DATA/spm.model by default), exactly as preprocess.binarize encodes
-    text, so ``[MASK]`` becomes the same pieces it was at training when the corpus had it (the
-    quickstart's degraded sources); a mask word the dictionary lacks becomes <unk>, a mask just the
-    same. The target-language tag in front is kept. With
+    SentencePiece model (DATA/spm.model by default), exactly as preprocess.binarize encodes text.
+    By default every piece of a masked word becomes the dictionary's ``<mask>`` symbol, the one
+    MMA text masking trains the model with. With ``mask_word`` (e.g. ``[MASK]``, the quickstart's
+    degraded sources) the word is put into the raw text instead and encoded like any word (one the
+    dictionary lacks becomes <unk>). The target-language tag in front is kept. With
     ``max_sentences`` only the first ones are kept."""
     import sentencepiece as spm
 
@@ -90,8 +104,11 @@ def with_masked_source(dataset: MultimodalLanguagePairDataset, task, ratio: floa
         spm_model = task.data_directory.spm_model
     if not Path(spm_model).is_file():
         raise FileNotFoundError(f"{spm_model}: SentencePiece model not found (needed to encode masked sources)")
-    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
     dictionary = dataset.src_dict
+    if mask_word is None and dictionary.index(MASK_SYMBOL) == dictionary.unk():
+        raise ValueError(f"the dictionary has no {MASK_SYMBOL} symbol to mask with; give a mask word "
+                         f"(e.g. {MASK_WORD}) to put into the raw text instead")
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
     sources: List[torch.Tensor] = []
     count = len(dataset) if max_sentences is None else min(max_sentences, len(dataset))
     for index in range(count):
@@ -99,7 +116,10 @@ def with_masked_source(dataset: MultimodalLanguagePairDataset, task, ratio: floa
         tag, body = tokens[:1], tokens[1:]
         text = dictionary.string(body, "sentencepiece")
         order = masked_word_order(len(text.split()), seed, index)
-        pieces = sp.encode(mask_words(text, ratio, order, mask_word), out_type=str)
+        if mask_word is None:
+            pieces = masked_pieces(sp, text, order[:round(ratio * len(text.split()))])
+        else:
+            pieces = sp.encode(mask_words(text, ratio, order, mask_word), out_type=str)
         encoded = dictionary.encode_line(" ".join(pieces), add_if_not_exist=False, append_eos=True).long()
         sources.append(torch.cat([tag.long(), encoded]))
     return first_sentences(dataset, count, sources)

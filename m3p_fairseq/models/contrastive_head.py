@@ -12,7 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.batch_keys import MMCL_IMAGE, MMCL_IMAGE_NEGATIVES, MMCL_LOGIT_SCALE, MMCL_TEXT, MMCL_USABLE
+from ..data.batch_keys import (
+    MMCL_AUGMENTED_IMAGE,
+    MMCL_AUGMENTED_ROW,
+    MMCL_AUGMENTED_TEXT,
+    MMCL_IMAGE,
+    MMCL_IMAGE_NEGATIVES,
+    MMCL_LOGIT_SCALE,
+    MMCL_TEXT,
+    MMCL_USABLE,
+)
 
 
 class ContrastiveHead(nn.Module):
@@ -52,6 +61,13 @@ class ContrastiveHead(nn.Module):
         if usable is not None:
             result[MMCL_USABLE] = usable
         return result
+
+    def augmented_outputs(self, pooled_text: Tensor, image_state: Tensor, rows: Tensor) -> Dict[str, Tensor]:
+        """MMA's augmented pairs (paper Sec. 2.5) as extra MMCL rows: ``mmcl_augmented_text`` and
+        ``mmcl_augmented_image`` [A, d], and ``mmcl_augmented_row`` [A], the batch row each
+        augments (whose image it shows)."""
+        return {MMCL_AUGMENTED_TEXT: self.embed_text(pooled_text), MMCL_AUGMENTED_IMAGE: self.embed_image(image_state),
+                MMCL_AUGMENTED_ROW: rows}
 
 
 def mean_over_tokens(states: Tensor, keep: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ All take text states H [T, B, C] with padding mask [B, T], patch states [P, B, C
 image state [B, C] (both already projected to the model width by ImageFeatureEncoder).
 """
 
-from typing import Dict, Type
+from typing import Dict, Optional, Type
 
 import torch
 from fairseq.modules import FairseqDropout, LayerNorm, MultiheadAttention
@@ -61,7 +61,9 @@ class ConditionalVisionLanguageMemory(nn.Module):
 class SelectiveAttentionFusion(nn.Module):
     """Selective attention (Li et al., 2022): H_attn = softmax(Q K^T / sqrt(d)) V over the
     patches with the text as query, lambda = sigmoid(W [H_attn; H]),
-    H' = (1 - lambda) * H + lambda * H_attn."""
+    H' = (1 - lambda) * H + lambda * H_attn. Li et al. (and m3P's baseline) use a single head."""
+
+    default_num_heads = 1
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float, attention_dropout: float):
         super().__init__()
@@ -82,6 +84,14 @@ FUSIONS: Dict[str, Type[nn.Module]] = {
     "cvlm": ConditionalVisionLanguageMemory,
 }
 FUSION_CHOICES = ["none", *FUSIONS]
+
+
+def fusion_heads(name: str, requested: Optional[int], model_heads: int) -> int:
+    """--fusion-attention-heads when given, else the fusion's own default (selective: 1), else
+    the encoder's heads."""
+    if requested is not None:
+        return requested
+    return getattr(FUSIONS.get(name), "default_num_heads", None) or model_heads
 
 
 def build_fusion(name: str, embed_dim: int, num_heads: int, dropout: float,

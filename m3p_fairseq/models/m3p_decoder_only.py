@@ -1,9 +1,11 @@
 """Decoder-only m3P (paper Fig. 3a, Table 1's strongest system): one causal transformer LM over
 
-    [projected image patch tokens] [instruction prompt] [source] [separator] [target]
+    <s> Below is an instruction ... ### Instruction: Please translate the following sentence
+    from {source language} to {target language}: [image patch tokens] [source]
+    ### Response: [separator] [target]
 
-where the prompt is "Please translate the following sentence from {source language} to
-{target language}:" and the loss covers the target tokens only.
+(the template is ``--instruction-prompt``, instruction_prompt.py) and the loss covers the target
+tokens only.
 
 It is a FairseqEncoderDecoderModel so that the task, the criteria and fairseq-generate's beam
 search drive it unchanged: the "encoder" (:class:`PrefixEncoder`) builds the prefix and runs the
@@ -17,8 +19,8 @@ source language (``net_input["source_lang"]``, data/batch_keys.SOURCE_LANG) choo
 
 MDropNet (Sec. 2.7) hides, per training sentence, the image tokens (text only, Eq. 9) or the
 source tokens (image only, Eq. 10; the prompt stays); MMCL (Sec. 2.4) contrasts the source states
-pooled from a text-only pass over [prompt][source] (so they cannot simply copy the image, which
-comes first in the prefix) with the image's global vector.
+pooled from a text-only pass over the prompt (so they cannot simply copy the image, which
+is in the prefix) with the image's global vector.
 """
 
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from torch import Tensor
 
+from ..data.batch_keys import SOURCE_LANG
 from .causal_lm import CausalTransformer
 from .instruction_prompt import DEFAULT_TEMPLATE, InstructionPrompt
 from .multimodal_model import (
@@ -65,8 +68,10 @@ class M3PDecoderOnlyConfig(MultimodalModelConfig):
                                          "to the token embeddings"})
     instruction_prompt: str = field(
         default=DEFAULT_TEMPLATE,
-        metadata={"help": "the instruction between image and source; {src} and {tgt} become the languages' "
-                          "English names (m3p_fairseq/data/languages.py)"},
+        metadata={"help": "the prompt (paper Fig. 3a by default): {src} and {tgt} become the languages' "
+                          "English names (m3p_fairseq/data/languages.py), {image} the image tokens, {source} "
+                          "the source sentence, \\n a newline; the target follows. Without {image} and "
+                          "{source}: [image][prompt][source], the layout of earlier checkpoints"},
     )
     prompt_spm_model: Optional[str] = field(
         default=None, metadata={"help": "SentencePiece model that tokenises the prompt; default: DATA/spm.model "
@@ -126,6 +131,11 @@ class M3PDecoderOnlyModel(MultimodalModel, FairseqEncoderDecoderModel):
     def pooled_text(self, src_tokens: Tensor, encoder_out) -> Tensor:
         """s^k from a text-only pass over [prompt][source] (PrefixEncoder.source_states)."""
         return self.encoder.source_states(encoder_out)
+
+    def pooled_text_of(self, src_tokens: Tensor, src_lengths: Tensor, batch) -> Tensor:
+        """s^k of other source tokens (MMA's masked sources), from the same text-only pass."""
+        text_ids, is_source, _ = self.encoder.text_prefix(src_tokens, batch.get(SOURCE_LANG))
+        return self.encoder.source_states({"text_ids": [text_ids], "is_source": [is_source]})
 
 
 @register_model_architecture("m3p_decoder_only", "m3p_decoder_only")

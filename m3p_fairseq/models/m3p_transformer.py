@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..data.batch_keys import IMAGE_GLOBAL_STATE
 from .contrastive_head import mean_over_tokens
-from .fusion import FUSION_CHOICES, build_fusion
+from .fusion import FUSION_CHOICES, build_fusion, fusion_heads
 from .image_encoder import ImageFeatureEncoder
 from .mdropnet import per_sentence_memory
 from .multimodal_model import (
@@ -46,8 +46,8 @@ class M3PModelConfig(MultimodalModelConfig):
         default=0, metadata={"help": "transformer layers over the projected patches"},
     )
     fusion_attention_heads: Optional[int] = field(
-        default=None, metadata={"help": "heads of the cvlm/selective attention over patches; "
-                                         "default: --encoder-attention-heads"},
+        default=None, metadata={"help": "heads of the cvlm/selective attention over patches; default: "
+                                         "1 for selective (Li et al. 2022), --encoder-attention-heads for cvlm"},
     )
     pretrained_text_encoder: Optional[str] = field(
         default=None,
@@ -78,9 +78,8 @@ class M3PEncoder(MultimodalEncoderMixin, FairseqEncoder):
         self.init_image_side(args, None if cfg is None else ImageFeatureEncoder(
             cfg, args.image_feature_dim, args.max_image_patches, args.image_encoder_layers))
         if cfg is not None:
-            self.fusion = build_fusion(args.fusion, cfg.encoder.embed_dim,
-                                       args.fusion_attention_heads or cfg.encoder.attention_heads,
-                                       cfg.dropout, cfg.attention_dropout)
+            heads = fusion_heads(args.fusion, args.fusion_attention_heads, cfg.encoder.attention_heads)
+            self.fusion = build_fusion(args.fusion, cfg.encoder.embed_dim, heads, cfg.dropout, cfg.attention_dropout)
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
                 image_patches: Optional[Tensor] = None, image_global: Optional[Tensor] = None,
@@ -160,6 +159,11 @@ class M3PTransformerModel(MultimodalModel, TransformerModel):
     def pooled_text(self, src_tokens: Tensor, encoder_out: Dict[str, List[Tensor]]) -> Tensor:
         """s^k: the unfused text states averaged over the source tokens (tag and padding left out)."""
         states = encoder_out.get("text_states", encoder_out["encoder_out"])[0]
+        return mean_over_tokens(states, ~self._pooling_excluded[src_tokens])
+
+    def pooled_text_of(self, src_tokens: Tensor, src_lengths: Tensor, batch) -> Tensor:
+        """s^k of other source tokens (MMA's masked sources): the text encoder alone, pooled alike."""
+        states = self.encoder.text_encoder(src_tokens, src_lengths=src_lengths)["encoder_out"][0]
         return mean_over_tokens(states, ~self._pooling_excluded[src_tokens])
 
 

@@ -27,11 +27,20 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Tuple, Type
 
+import torch
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import OmegaConf, open_dict
 from torch import Tensor
 
-from ..data.batch_keys import IMAGE_GLOBAL_STATE, IMAGE_NEGATIVE_GLOBAL, IMAGE_USABLE, MultimodalModelInterface
+from ..data.batch_keys import (
+    IMAGE_GLOBAL_STATE,
+    IMAGE_NEGATIVE_GLOBAL,
+    IMAGE_USABLE,
+    MMA_IMAGE_GLOBAL,
+    MMA_SRC_LENGTHS,
+    MMA_SRC_TOKENS,
+    MultimodalModelInterface,
+)
 from .contrastive_head import ContrastiveHead
 from .image_encoder import ImageFeatureEncoder
 from .mdropnet import MDropNet
@@ -168,6 +177,8 @@ class MultimodalModel(MultimodalModelInterface):
         if contrastive:
             extra.update(self.mmcl_outputs(src_tokens, encoder_out, batch.get(IMAGE_NEGATIVE_GLOBAL),
                                            batch.get(IMAGE_USABLE)))
+            if MMA_SRC_TOKENS in batch:
+                extra.update(self.augmented_mmcl_outputs(batch))
         return logits, extra
 
     # ---- MMCL --------------------------------------------------------------------------------
@@ -189,6 +200,19 @@ class MultimodalModel(MultimodalModelInterface):
                      self.encoder.image_encoder.embed_global(image_negative_global.to(image_state.dtype)))
         return self.contrastive_head.outputs(self.pooled_text(src_tokens, encoder_out), image_state,
                                              negatives, image_usable)
+
+    def pooled_text_of(self, src_tokens: Tensor, src_lengths: Tensor, batch: Dict[str, Tensor]) -> Tensor:
+        """s^k [B, C] of other source tokens (MMA's masked sources): a text-only encoding, pooled
+        as :meth:`pooled_text` pools."""
+        raise NotImplementedError
+
+    def augmented_mmcl_outputs(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """MMA's augmented pairs {T(x_k), I(z_k)} of the batch (data/multimodal_augmentation.py)
+        as extra MMCL rows, one per batch row (ContrastiveHead.augmented_outputs)."""
+        tokens = batch[MMA_SRC_TOKENS]
+        text = self.pooled_text_of(tokens, batch[MMA_SRC_LENGTHS], batch)
+        image = self.encoder.image_encoder.embed_global(batch[MMA_IMAGE_GLOBAL].to(text.dtype))
+        return self.contrastive_head.augmented_outputs(text, image, torch.arange(tokens.size(0), device=tokens.device))
 
     # ---- building ----------------------------------------------------------------------------
     @staticmethod

@@ -1,5 +1,6 @@
 """The two halves of the decoder-only model behind fairseq's encoder-decoder interface
-(m3p_decoder_only.py): :class:`PrefixEncoder` builds [image][prompt][source] and runs the causal
+(m3p_decoder_only.py): :class:`PrefixEncoder` builds the prompt of Fig. 3a around the image and the
+source (instruction_prompt.py) and runs the causal
 stack over it once; :class:`PrefixDecoder` continues the same stack over the target, with a
 key/value cache for incremental decoding."""
 
@@ -14,13 +15,13 @@ from ..data.batch_keys import IMAGE_GLOBAL_STATE
 from .causal_lm import CausalTransformer
 from .contrastive_head import mean_over_tokens
 from .image_encoder import ImageFeatureEncoder
-from .instruction_prompt import InstructionPrompt
+from .instruction_prompt import IMAGE, SOURCE, InstructionPrompt
 from .mdropnet import IMAGE_ONLY, TEXT_ONLY
 from .multimodal_model import MultimodalEncoderMixin
 
 
 class PrefixEncoder(MultimodalEncoderMixin, FairseqEncoder):
-    """Builds [image tokens][prompt][source] and runs the causal stack over it once.
+    """Builds the prompt with the image tokens and the source in it and runs the causal stack once.
 
     Prefixes are right-aligned (left-padded) in the batch; padding and tokens hidden by MDropNet
     are masked as keys and skipped by the positions, so a sentence gets the same states alone
@@ -46,24 +47,35 @@ class PrefixEncoder(MultimodalEncoderMixin, FairseqEncoder):
     def stack(self) -> CausalTransformer:
         return self._stack[0]
 
-    def text_prefix(self, src_tokens: Tensor, source_lang: Optional[Tensor]):
-        """[prompt][source] per sentence, left-padded: token ids [B, L] and a source mask [B, L]."""
+    def text_prefix(self, src_tokens: Tensor, source_lang: Optional[Tensor], num_image_tokens: int = 0):
+        """The prompt of each sentence's direction with its source filled in and ``num_image_tokens``
+        slots for the image, left-padded: token ids [B, L] (padding in the image slots), and masks
+        [B, L] of the source tokens and of the image slots."""
         if source_lang is None:
             raise ValueError("the decoder-only model's prompt names the source language, but the batch has no "
                              "net_input['source_lang'] (use --task multimodal_translation, which adds it)")
         pad, eos = self.dictionary.pad(), self.dictionary.eos()
+        image_slots = torch.full((num_image_tokens,), pad, dtype=torch.long)
         rows = []
         for tokens, source in zip(src_tokens.cpu(), source_lang.tolist()):
             tokens = tokens[tokens != pad]
             text = tokens[1:-1] if len(tokens) > 1 and tokens[-1] == eos else tokens[1:]
-            rows.append((self.prompt.ids(source, int(tokens[0])), text))
-        length = max(len(p) + len(t) for p, t in rows)
+            parts = {SOURCE: text, IMAGE: image_slots}
+            rows.append([(parts.get(segment, segment), segment) for segment in self.prompt.layout(source, int(tokens[0]))
+                         if not isinstance(segment, str) or segment == SOURCE or num_image_tokens])
+        length = max(sum(len(ids) for ids, _ in row) for row in rows)
         ids = torch.full((len(rows), length), pad, dtype=torch.long)
         is_source = torch.zeros(len(rows), length, dtype=torch.bool)
-        for i, (prompt, text) in enumerate(rows):
-            ids[i, length - len(prompt) - len(text):] = torch.cat([prompt, text])
-            is_source[i, length - len(text):] = True
-        return ids.to(src_tokens.device), is_source.to(src_tokens.device)
+        is_image = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            position = length - sum(len(part) for part, _ in row)
+            for part, segment in row:
+                ids[i, position:position + len(part)] = part
+                if isinstance(segment, str):
+                    (is_source if segment == SOURCE else is_image)[i, position:position + len(part)] = True
+                position += len(part)
+        device = src_tokens.device
+        return ids.to(device), is_source.to(device), is_image.to(device)
 
     def run_stack(self, x: Tensor, keep: Tensor):
         """Causal pass over a prefix [B, L, C] whose keys ``keep`` [B, L] are visible."""
@@ -78,27 +90,29 @@ class PrefixEncoder(MultimodalEncoderMixin, FairseqEncoder):
                 source_lang: Optional[Tensor] = None, image_patches: Optional[Tensor] = None,
                 image_global: Optional[Tensor] = None, modalities: Optional[Tensor] = None,
                 image_usable: Optional[Tensor] = None, **unused):
-        text_ids, is_source = self.text_prefix(src_tokens, source_lang)
+        num_image_tokens = 0 if self.image_encoder is None or image_patches is None else image_patches.size(1)
+        text_ids, is_source, is_image = self.text_prefix(src_tokens, source_lang, num_image_tokens)
         x = self.stack.embed_tokens(text_ids)
         keep = text_ids != self.dictionary.pad()
         out = {"text_ids": [text_ids], "is_source": [is_source]}
         if self.image_encoder is not None:
             patches, global_state = self.encode_images(image_patches, image_global, x.dtype)
             out[IMAGE_GLOBAL_STATE] = [global_state]
-            patches = patches.transpose(0, 1)
-            image_keep = torch.ones(patches.shape[:2], dtype=torch.bool, device=x.device)
+            # every row has exactly P image slots, filled in row order with its P patch states
+            x = x.masked_scatter(is_image.unsqueeze(-1), patches.transpose(0, 1).to(x.dtype))
+            keep = keep | is_image
             modalities = self.modes(modalities, x.size(0), image_usable, x.device)
             if modalities is not None:
-                image_keep &= (modalities != TEXT_ONLY).unsqueeze(1)
+                keep = keep & ~(is_image & (modalities == TEXT_ONLY).unsqueeze(1))
                 keep = keep & ~(is_source & (modalities == IMAGE_ONLY).unsqueeze(1))
-            x, keep = torch.cat([patches, x], dim=1), torch.cat([image_keep, keep], dim=1)
         _, key_values = self.run_stack(x, keep)
         out.update({"prefix_key_values": [t for key_value in key_values for t in key_value],
                     "prefix_keep": [keep], "prefix_length": [keep.long().sum(dim=1)]})
         return out
 
     def source_states(self, encoder_out: Dict[str, List[Tensor]]) -> Tensor:
-        """s^k for MMCL: the source tokens' states from a pass over [prompt][source] alone, pooled."""
+        """s^k for MMCL: the source tokens' states from a pass over the prompt without the image
+        (the image slots hold padding), pooled."""
         text_ids, is_source = encoder_out["text_ids"][0], encoder_out["is_source"][0]
         keep = text_ids != self.dictionary.pad()
         states, _ = self.run_stack(self.stack.embed_tokens(text_ids), keep)

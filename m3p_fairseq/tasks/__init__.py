@@ -1,2 +1,3 @@
 from . import mla_acquisition  # noqa: F401  (registers --task mla_acquisition)
 from .multimodal_translation import MultimodalTranslationConfig, MultimodalTranslationTask  # noqa: F401
+from .vlp_pretraining import VLPPretrainingTask  # noqa: F401

@@ -87,6 +87,12 @@ class MultimodalTranslationConfig(TranslationConfig):
         default=False, metadata={"help": "MMA: every training example also brings another augmented view "
                                           "of its image, an extra MMCL negative for the other texts"},
     )
+    mma_translation_only: bool = field(
+        default=False, metadata={"help": "MMA augments only the translation input; by default each training "
+                                          "example also brings MMA's augmented pair {T(x_k), I(z_k)} (source "
+                                          "masked afresh, view with masked patches) as an extra positive pair "
+                                          "of MMCL (paper Sec. 2.5; README 'MMA inside MMCL')"},
+    )
     seed: int = II("common.seed")  # seeds the per-epoch draw of the pair mix and MMA
 
 
