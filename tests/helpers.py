@@ -93,24 +93,36 @@ def cross_entropy_by_hand(logits, target, pad, epsilon=0.1):
     return smoothed, nll
 
 
-def mmcl_by_hand(extra, with_views=False):
-    """Per pair: image k against every text plus text k against every image (and against every
-    other pair's augmented view), Eqs. 4-6; and how many of the 2N retrievals rank the partner first."""
+def mmcl_by_hand(extra, with_views=False, image_ids=None):
+    """Per pair, Eqs. 4-6 with the texts of one image as its positives (``image_ids``, default
+    all distinct): text k against one column per distinct image (the log of the mean exp of
+    that image's columns) and the augmented views of other images, plus image k against its own
+    text and the texts of other images; and how many of the 2N retrievals rank a positive first."""
     scale = float(extra["mmcl_logit_scale"])
     text, image = extra["mmcl_text"].double().tolist(), extra["mmcl_image"].double().tolist()
     views = extra["mmcl_image_negatives"].double().tolist() if with_views else []
     n = len(text)
+    ids = list(range(n)) if image_ids is None else [int(i) for i in image_ids]
+    distinct = list(dict.fromkeys(ids))
 
     def dot(a, b):
         return scale * sum(x * y for x, y in zip(a, b))
 
+    def log_sum_exp(scores):
+        return math.log(sum(math.exp(v) for v in scores))
+
     losses, correct = [], 0
     for k in range(n):
-        per_text = [dot(text[k], image[j]) for j in range(n)] + [dot(text[k], views[j]) for j in range(len(views)) if j != k]
-        per_image = [dot(image[k], text[j]) for j in range(n)]
-        losses.append(sum(math.log(sum(math.exp(v) for v in scores)) - scores[k] for scores in (per_text, per_image)))
-        correct += (max(range(len(per_text)), key=per_text.__getitem__) == k) + \
-            (max(range(n), key=per_image.__getitem__) == k)
+        per_image_id = [log_sum_exp([dot(text[k], image[j]) for j in range(n) if ids[j] == g])
+                        - math.log(ids.count(g)) for g in distinct]
+        per_text = per_image_id + [dot(text[k], views[j]) for j in range(len(views)) if ids[j] != ids[k]]
+        own = distinct.index(ids[k])
+        negatives_of_image = [dot(image[k], text[j]) for j in range(n) if ids[j] != ids[k]]
+        positive = dot(image[k], text[k])
+        losses.append(log_sum_exp(per_text) - per_text[own] + log_sum_exp([positive] + negatives_of_image) - positive)
+        all_texts = [dot(image[k], text[j]) for j in range(n)]
+        correct += (max(range(len(per_text)), key=per_text.__getitem__) == own) + \
+            (ids[max(range(n), key=all_texts.__getitem__)] == ids[k])
     return losses, correct
 
 
@@ -119,7 +131,9 @@ def by_hand(model, batch, mmcl_weight):
     with torch.no_grad():
         logits, extra = model(**batch["net_input"], contrastive=True)
     smoothed, nll = cross_entropy_by_hand(logits, batch["target"], model.decoder.dictionary.pad())
-    losses, correct = mmcl_by_hand(extra, with_views="mmcl_image_negatives" in extra)
+    image_rows = batch["net_input"].get("image_row")
+    losses, correct = mmcl_by_hand(extra, with_views="mmcl_image_negatives" in extra,
+                                   image_ids=None if image_rows is None else image_rows.tolist())
     mean_mmcl = sum(losses) / len(losses)
     return {"loss": smoothed + mmcl_weight * batch["ntokens"] * mean_mmcl, "smoothed": smoothed, "nll": nll,
             "mmcl_sum": sum(losses), "mmcl_mean": mean_mmcl, "correct": correct}

@@ -15,6 +15,7 @@ import torch
 
 from helpers import REPO, as_if_trained, setup_task, write_random_features
 from m3p_fairseq.data.image_features import ImageFeatureError
+from m3p_fairseq.data.multimodal_pair_dataset import images_per_row
 from preprocess.binarize import binarize
 
 # direction -> (first line, last line) of the multi-way raw corpus that direction gets, per split
@@ -68,7 +69,7 @@ def test_mixed_direction_training_batches_give_each_sentence_its_own_image(bilin
         for row in range(len(batch["id"])):
             direction, line, image_id = row_identity(task, batch, row, bilingual["expected"], "train")
             directions.add(direction)
-            np.testing.assert_array_equal(batch["net_input"]["image_global"][row].numpy(),
+            np.testing.assert_array_equal(images_per_row(batch["net_input"])[1][row].numpy(),
                                           bilingual["global_of"][image_id])
             checked += 1
         mixed += len(directions) == 2

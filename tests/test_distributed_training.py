@@ -93,3 +93,8 @@ def test_mmcl_negatives_are_gathered_from_both_workers(two_workers):
         for mine in (on_rank0, on_rank1):
             rows = mine["gathered"][mine["offset"]:mine["offset"] + mine["local_rows"]]
             assert rows == pytest.approx(mine["local"], rel=1e-6)
+    # the pairs' image identities travel with them (MMCL's positives across workers)
+    image_rows = [read_records(work / f"rank{rank}.jsonl", "mmcl_image_rows") for rank in (0, 1)]
+    assert [r["update"] for r in image_rows[0]] == [0, 1, 2]
+    for on_rank0, on_rank1 in zip(*image_rows):
+        assert on_rank0["gathered"] == on_rank1["gathered"] == on_rank0["local"] + on_rank1["local"]

@@ -13,6 +13,7 @@ from m3p_fairseq.data.image_features import (
     ImageFeatureWriter,
     read_image_ids,
 )
+from m3p_fairseq.data.multimodal_pair_dataset import images_per_row
 
 
 def features(n, p=3, d=5, seed=0):
@@ -142,7 +143,7 @@ def test_dataloader_with_two_workers_matches_main_process(data_dir):
     for position, example_id in enumerate(first["id"].tolist()):
         sub_dataset, local = _locate(dataset, example_id)
         expected, _ = store.read(int(sub_dataset.image_rows[local]))
-        assert torch.equal(first["net_input"]["image_patches"][position], expected.float())
+        assert torch.equal(images_per_row(first["net_input"])[0][position], expected.float())
 
 
 def _locate(concat, index):

@@ -105,6 +105,7 @@ def test_mean_pooling_ignores_excluded_positions():
 
 # ---- two workers ---------------------------------------------------------------------------
 SIZES = [3, 5]  # workers hold different numbers of sentences, as token-based batching gives
+IMAGE_IDS = torch.tensor([4, 9, 4, 9, 1, 2, 3, 2])  # image 9 on both workers
 
 
 def _all_data():
@@ -123,7 +124,11 @@ def _worker(rank, init_file, results):
     joined, offset = gather_across_workers(torch.cat([local_text, local_image], dim=1))
     loss, _, _ = symmetric_info_nce(joined[:, :6], joined[:, 6:], torch.tensor(5.0, dtype=torch.float64))
     loss.sum().backward()
-    results[rank] = (offset, loss.detach(), local_text.grad, local_image.grad)
+    # the same with image identities, repeated within and across the workers' rows
+    ids, _ = gather_across_workers(IMAGE_IDS[start:start + SIZES[rank]])
+    with_ids, _, _ = symmetric_info_nce(joined[:, :6], joined[:, 6:], torch.tensor(5.0, dtype=torch.float64),
+                                        image_ids=ids)
+    results[rank] = (offset, loss.detach(), local_text.grad, local_image.grad, ids, with_ids.detach())
     dist.destroy_process_group()
 
 
@@ -136,9 +141,13 @@ def test_negatives_gathered_across_two_workers_give_the_single_process_loss_and_
     loss, _, _ = symmetric_info_nce(text, image, torch.tensor(5.0, dtype=torch.float64))
     loss.sum().backward()
     for rank in range(2):
-        offset, worker_loss, text_grad, image_grad = results[rank]
+        offset, worker_loss, text_grad, image_grad, ids, with_ids = results[rank]
         assert offset == sum(SIZES[:rank])
         torch.testing.assert_close(worker_loss, loss.detach())
+        assert torch.equal(ids, IMAGE_IDS)
+        torch.testing.assert_close(with_ids, symmetric_info_nce(text.detach(), image.detach(),
+                                                                torch.tensor(5.0, dtype=torch.float64),
+                                                                image_ids=IMAGE_IDS)[0])
         local = slice(offset, offset + SIZES[rank])
         torch.testing.assert_close(text_grad, text.grad[local])
         torch.testing.assert_close(image_grad, image.grad[local])
@@ -173,3 +182,83 @@ def test_capabilities_of_each_model(data_dir, arch, fusion, reads_images):
                                              + ("gated\\|concat\\|selective\\|cvlm" if "transformer" in arch
                                                 else "prefix")):
             model(**batch["net_input"], contrastive=True)
+
+
+# ---- the same image in several pairs (issue 16) --------------------------------------------
+def _unit(degrees):
+    return [math.cos(math.radians(degrees)), math.sin(math.radians(degrees))]
+
+
+def test_repeated_image_by_hand_four_pairs():
+    # pairs 0 and 1 show image 7 (two translations of one caption); 2 and 3 other images
+    text_angles, image_angles, ids, s = [0, 30, 90, 180], [0, 0, 90, 200], [7, 7, 3, 9], 2.0
+    text = torch.tensor([_unit(a) for a in text_angles], dtype=torch.float64)
+    image = torch.tensor([_unit(a) for a in image_angles], dtype=torch.float64)
+    c = lambda k, j: s * math.cos(math.radians(text_angles[k] - image_angles[j]))  # noqa: E731
+    lse = lambda *values: math.log(sum(math.exp(v) for v in values))  # noqa: E731
+    # text -> image: one column per distinct image (7, 3, 9); image 7 merged, not counted twice
+    text_to_image = [-c(k, own) + lse(c(k, 0), c(k, 2), c(k, 3)) for k, own in enumerate([0, 0, 2, 3])]
+    # image -> text: image 7 against its own text and the texts of images 3 and 9 only
+    image_to_text = [-c(0, 0) + lse(c(0, 0), c(2, 0), c(3, 0)),
+                     -c(1, 1) + lse(c(1, 1), c(2, 1), c(3, 1)),
+                     -c(2, 2) + lse(c(0, 2), c(1, 2), c(2, 2), c(3, 2)),
+                     -c(3, 3) + lse(c(0, 3), c(1, 3), c(2, 3), c(3, 3))]
+    expected = [a + b for a, b in zip(text_to_image, image_to_text)]
+    # the first pair in plain numbers: text 0 vs images 7, 3, 9 at s cos = 2, 0, 2 cos 200 = -1.879;
+    # image 7 vs texts 0, 2, 3 at 2, 0, -2:  (-2 + log(e^2 + 1 + e^-1.879)) + (-2 + log(e^2 + 1 + e^-2))
+    assert expected[0] == pytest.approx(0.1450 + 0.1429, abs=1e-4)
+    loss, text_ok, image_ok = symmetric_info_nce(text, image, torch.tensor(s, dtype=torch.float64),
+                                                 image_ids=torch.tensor(ids))
+    torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float64))
+    # text 1 (30 deg) ranks image 7 first; image 7 (row 1) ranks text 0 first, a positive: both hits
+    assert text_ok.tolist() == [True, True, True, True]
+    assert image_ok.tolist() == [True, True, True, True]
+
+
+def test_aligned_pairs_with_a_repeated_image_cost_nothing_and_are_hits():
+    a, b = [1.0, 0.0], [0.0, 1.0]
+    vectors = torch.tensor([a, a, b])
+    # positions alone (the old labelling): the copy is its own negative, log 4 = 1.386 per pair
+    old, old_text_ok, _ = symmetric_info_nce(vectors, vectors, torch.tensor(10.0))
+    torch.testing.assert_close(old[:2], torch.full((2,), 2 * math.log(2 + math.exp(-10))), rtol=1e-4, atol=0)
+    assert old_text_ok.tolist() == [True, False, True]
+    for scale in (10.0, 30.0):
+        loss, text_ok, image_ok = symmetric_info_nce(vectors, vectors, torch.tensor(scale, dtype=torch.float64),
+                                                     image_ids=torch.tensor([4, 4, 1]))
+        # pairs of a: one negative (b) each way; pair b: image b has the two texts of a as negatives
+        one = math.log1p(math.exp(-scale))
+        expected = [2 * one, 2 * one, one + math.log1p(2 * math.exp(-scale))]
+        torch.testing.assert_close(loss.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-3, atol=1e-12)
+        assert text_ok.all() and image_ok.all()
+    assert float(loss.max()) < 1e-12  # zero in the limit, as without the repeat:
+    unrepeated, _, _ = symmetric_info_nce(torch.tensor([a, b]), torch.tensor([a, b]), torch.tensor(10.0))
+    torch.testing.assert_close(unrepeated, torch.full((2,), 2 * math.log1p(math.exp(-10.0))))
+
+
+def test_distinct_ids_give_the_plain_loss_exactly():
+    generator = torch.Generator().manual_seed(5)
+    text, image, views = (F.normalize(torch.randn(5, 4, generator=generator), dim=-1) for _ in range(3))
+    plain = symmetric_info_nce(text, image, torch.tensor(7.0), views)
+    with_ids = symmetric_info_nce(text, image, torch.tensor(7.0), views, image_ids=torch.tensor([9, 2, 5, 0, 7]))
+    for x, y in zip(plain, with_ids):
+        assert torch.equal(x, y)
+
+
+def test_a_view_of_an_image_is_no_negative_for_any_text_of_that_image():
+    generator = torch.Generator().manual_seed(6)
+    text, image, views = (F.normalize(torch.randn(4, 3, generator=generator), dim=-1) for _ in range(3))
+    ids, scale = torch.tensor([1, 1, 2, 3]), torch.tensor(4.0)
+    base, _, _ = symmetric_info_nce(text, image, scale, views, image_ids=ids)
+    moved = views.clone()
+    moved[0] = text[1]  # view of image 1, made to look exactly like text 1 (also image 1)
+    loss, _, _ = symmetric_info_nce(text, image, scale, moved, image_ids=ids)
+    torch.testing.assert_close(loss[:2], base[:2])  # left out for both texts of image 1
+    assert (loss[2:] != base[2:]).all()  # still a negative for the texts of images 2 and 3
+    # by hand for text 2: images {1 merged, 2, 3} and views of rows 0, 1, 3 (its own view 2 left out)
+    dot = lambda u, v: float(scale * (u * v).sum())  # noqa: E731
+    own = dot(text[2], image[2])
+    merged_1 = math.log((math.exp(dot(text[2], image[0])) + math.exp(dot(text[2], image[1]))) / 2)
+    candidates = [merged_1, own, dot(text[2], image[3])] + [dot(text[2], moved[j]) for j in (0, 1, 3)]
+    text_to_image = -own + math.log(sum(math.exp(v) for v in candidates))
+    image_to_text = -own + math.log(sum(math.exp(dot(image[2], text[j])) for j in range(4)))
+    assert float(loss[2]) == pytest.approx(text_to_image + image_to_text, rel=1e-5)

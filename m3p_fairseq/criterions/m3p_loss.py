@@ -22,6 +22,7 @@ from fairseq.distributed import utils as distributed_utils
 
 from ..data.batch_keys import (
     CONTRASTIVE,
+    IMAGE_ROW,
     MMCL_AUGMENTED_IMAGE,
     MMCL_AUGMENTED_ROW,
     MMCL_AUGMENTED_TEXT,
@@ -79,7 +80,8 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
         }
         logging_output["loss"] = loss.data
         if contrastive:
-            mmcl_term, mmcl_logs = self.contrastive_loss(net_output[1], sample_size)
+            mmcl_term, mmcl_logs = self.contrastive_loss(net_output[1], sample_size,
+                                                         sample["net_input"].get(IMAGE_ROW))
             loss = loss + mmcl_term
             logging_output.update(mmcl_logs)
             # this worker's share: its own pairs (the gradient term covers all workers' pairs)
@@ -101,26 +103,31 @@ class M3PLoss(LabelSmoothedCrossEntropyCriterion):
             raise ValueError(f"--criterion m3p_loss trains the plugin's multimodal models (--arch m3p_*), "
                              f"not {type(model).__name__}; use --criterion label_smoothed_cross_entropy") from None
 
-    def contrastive_loss(self, extra, sample_size):
+    def contrastive_loss(self, extra, sample_size, image_rows=None):
         """lambda * (total sample size / N) * sum of the N pair losses over all workers (MMA's
-        augmented pairs included), and the logging sums of this worker's own pairs."""
+        augmented pairs included), and the logging sums of this worker's own pairs. ``image_rows``
+        [B] (the batch's IMAGE_ROW) makes the texts of one image its positives
+        (mmcl.symmetric_info_nce), on every worker; an augmented pair shows its batch row's image."""
         parts = [extra[MMCL_TEXT], extra[MMCL_IMAGE]]
         if MMCL_IMAGE_NEGATIVES in extra:
             parts.append(extra[MMCL_IMAGE_NEGATIVES])
         usable = extra.get(MMCL_USABLE)
         if usable is not None:  # pairs whose image was missing at extraction have no image to match
             parts = [part[usable] for part in parts]
+            image_rows = None if image_rows is None else image_rows[usable]
         text = parts[0]
         group = distributed_utils.get_data_parallel_group() if dist.is_initialized() else None
         joined, offset = gather_across_workers(torch.cat(parts, dim=1), group)
         text_all, image_all, *negatives_all = split_columns(joined, [p.size(1) for p in parts])
-        identity = None
+        image_ids = None if image_rows is None else gather_across_workers(image_rows, group)[0]
         if MMCL_AUGMENTED_TEXT in extra:
             augmented_text, augmented_image, identity = self.augmented_rows(extra, usable, offset, text_all.size(0),
                                                                             group)
             text_all, image_all = torch.cat([text_all, augmented_text]), torch.cat([image_all, augmented_image])
+            # identity: positions, then each augmented pair's source position; as images:
+            image_ids = identity if image_ids is None else image_ids[identity]
         pair_loss, text_correct, image_correct = symmetric_info_nce(
-            text_all, image_all, extra[MMCL_LOGIT_SCALE], negatives_all[0] if negatives_all else None, identity)
+            text_all, image_all, extra[MMCL_LOGIT_SCALE], negatives_all[0] if negatives_all else None, image_ids)
 
         total_sample_size = torch.tensor(float(sample_size), device=text.device)
         if group is not None and dist.get_world_size(group) > 1:

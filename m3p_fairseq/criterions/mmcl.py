@@ -31,37 +31,70 @@ def gather_across_workers(local: Tensor, group=None) -> Tuple[Tensor, int]:
     return torch.cat(parts), sum(sizes[:rank])
 
 
+def log_mean_exp_by_identity(logits: Tensor, group: Tensor, num_groups: int) -> Tensor:
+    """logits [N, M], group [M] in 0..G-1 -> [N, G]: log of the mean of exp(logit) over the
+    columns of each group (-inf where all of a group's columns are -inf). Identical columns merge
+    into exactly their common logit."""
+    shift = logits.detach().max(dim=1, keepdim=True).values
+    summed = logits.new_zeros(logits.size(0), num_groups).index_add(1, group, (logits - shift).exp())
+    count = torch.bincount(group, minlength=num_groups).to(logits.dtype)
+    return (summed / count).log() + shift
+
+
 def symmetric_info_nce(text: Tensor, image: Tensor, logit_scale: Tensor,
                        image_negatives: Optional[Tensor] = None,
-                       identity: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                       image_ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Per pair k: f(x_k, z_k) + f(z_k, x_k) (Eq. 4), where f(x_k, z_k) is the softmax cross-entropy
-    of image k against all texts (Eq. 5) and f(z_k, x_k) that of text k against all images (Eq. 6).
+    of image k against the texts (Eq. 5) and f(z_k, x_k) that of text k against the images (Eq. 6).
 
-    text, image: [N, d], L2-normalised, row k of each forming a positive pair; every other row
-    is an in-batch negative. image_negatives [N, d]: augmented views of the same images (MMA);
-    view j is one more negative for every text except text j, for which it is left out (it shows
-    text j's own image, so it is neither a positive nor a fair negative).
+    text, image: [N, d], L2-normalised, row k of each forming a positive pair. ``image_ids`` [N]
+    (the image's row in the feature file; default: every row its own image) says which rows show
+    the same image: on multi-way data one image comes with several texts, its translations, and
+    Eq. 5 makes every "text clip overlapping with image z_k" a positive. The multi-positive form:
 
-    identity [N]: the image each row shows (MMA's augmented pairs repeat their batch row's);
-    two different rows of the same image are left out of each other's sums, as a view is.
+    * image -> text (Eq. 5): pair k's term is -log(e^{s(z_k,x_k)} / (e^{s(z_k,x_k)} + sum over
+      texts of other images)). The other texts of the same image are left out of the denominator,
+      not negatives; summed over an image's pairs this is the mean of -log p over all its positives
+      (SupCon's 'outside' form) times their number, each positive contrasted with the negatives
+      alone. Unlike a log-sum-exp over the positives (MIL-NCE), which is satisfied once one
+      translation matches, it pulls every translation to the image, the paper's image as the
+      central language; unlike SupCon's denominator with all positives, aligned pairs reach 0.
+    * text -> image (Eq. 6): the columns of one image merge into one (the log-mean-exp of their
+      logits, exactly their logit when they are copies), so each text has one positive image
+      and a repeated image counts once among the negatives.
+    * ``image_negatives`` [N, d]: augmented views (MMA); view j is one more negative for the texts
+      of other images and is left out for the texts of its own image (it shows that image, so it
+      is neither a positive nor a fair negative).
 
-    Returns the per-pair loss [N] and whether text->image and image->text retrieval ranked the
-    positive first ([N] bool each).
+    With distinct ids this is the plain symmetric InfoNCE. Returns the per-pair loss [N] and
+    whether text->image and image->text retrieval ranked a positive first ([N] bool each).
     """
-    labels = torch.arange(text.size(0), device=text.device)
-    if identity is None:
-        identity = labels
-    same_image = identity.unsqueeze(1) == identity.unsqueeze(0)
-    other_row_same_image = same_image & ~torch.eye(text.size(0), dtype=torch.bool, device=text.device)
-    logits_per_text = (logit_scale * text @ image.t()).masked_fill(other_row_same_image, float("-inf"))
+    n = text.size(0)
+    if image_ids is None:
+        image_ids = torch.arange(n, device=text.device)
+    distinct, group = torch.unique(image_ids, return_inverse=True)
+    similarity = logit_scale * text @ image.t()  # [text, image]
+    if distinct.numel() == n:  # no repeated image: the plain form, column k is image k
+        group = torch.arange(n, device=text.device)
+        per_image = similarity
+    else:
+        per_image = log_mean_exp_by_identity(similarity, group, distinct.numel())
+    same_image = group.unsqueeze(0) == group.unsqueeze(1)
+    columns = [per_image]
     if image_negatives is not None:
         view_logits = logit_scale * text @ image_negatives.t()
-        own_view = same_image[:, :image_negatives.size(0)]
-        logits_per_text = torch.cat([logits_per_text, view_logits.masked_fill(own_view, float("-inf"))], dim=1)
-    logits_per_image = (logit_scale * image @ text.t()).masked_fill(other_row_same_image, float("-inf"))
-    loss = (F.cross_entropy(logits_per_text, labels, reduction="none")
-            + F.cross_entropy(logits_per_image, labels, reduction="none"))
-    return loss, logits_per_text.argmax(1) == labels, logits_per_image.argmax(1) == labels
+        # views belong to the first rows (MMA's augmented pairs, appended after them, bring none)
+        columns.append(view_logits.masked_fill(same_image[:, :image_negatives.size(0)], float("-inf")))
+    logits_per_text = torch.cat(columns, dim=1)
+    text_to_image = F.cross_entropy(logits_per_text, group, reduction="none")
+
+    logits_per_image = similarity.t()  # [image, text]
+    own_pair = torch.eye(n, dtype=torch.bool, device=text.device)
+    image_to_text = F.cross_entropy(logits_per_image.masked_fill(same_image & ~own_pair, float("-inf")),
+                                    torch.arange(n, device=text.device), reduction="none")
+    text_hit = logits_per_text.argmax(1) == group
+    image_hit = same_image.gather(1, logits_per_image.argmax(1, keepdim=True)).squeeze(1)
+    return text_to_image + image_to_text, text_hit, image_hit
 
 
 def split_columns(joined: Tensor, widths: Sequence[int]) -> Tuple[Tensor, ...]:

@@ -10,7 +10,7 @@ it is used, nothing else.
 from typing import Optional
 
 # --- batch["net_input"] (besides fairseq's src_tokens, src_lengths, prev_output_tokens) ---
-IMAGE_PATCHES = "image_patches"  # (B, P, D) float: patch features of each sentence's image
+IMAGE_PATCHES = "image_patches"  # (B, P, D) float: patch features of each sentence's image (see IMAGE_INDEX)
 IMAGE_GLOBAL = "image_global"  # (B, D) float: the image's global vector
 IMAGE_USABLE = "image_usable"  # (B,) bool: False where the image is missing or failed to decode
 IMAGE_NEGATIVE_GLOBAL = "image_negative_global"  # (B, D) float: MMA's augmented view, an MMCL negative
@@ -18,6 +18,13 @@ IMAGE_NEGATIVE_GLOBAL = "image_negative_global"  # (B, D) float: MMA's augmented
 MMA_SRC_TOKENS = "mma_src_tokens"  # (B, S) long: the masked source T(x_k), padded like src_tokens
 MMA_SRC_LENGTHS = "mma_src_lengths"  # (B,) long
 MMA_IMAGE_GLOBAL = "mma_image_global"  # (B, D) float: global vector of the augmented, masked image I(z_k)
+# (B,) long: the image's identity, its row in the split's feature file. Sentences of one image
+# (its translations, one per direction) are MMCL positives of that image, never negatives
+IMAGE_ROW = "image_row"
+# (B,) long, optional: row b's image is IMAGE_PATCHES[IMAGE_INDEX[b]] / IMAGE_GLOBAL[IMAGE_INDEX[b]];
+# with it those two hold each distinct image of the batch once ([U, P, D], [U, D], U <= B), so
+# the model projects and encodes every distinct image once. Without it they are per row.
+IMAGE_INDEX = "image_index"
 SOURCE_LANG = "source_lang"  # (B,) long: dictionary index of the source-language tag
 # (B,) long, optional: each sentence's MDropNet mode (models/mdropnet.py), fixed by a caller
 # (tests, analysis) instead of drawn in training
@@ -55,7 +62,8 @@ MODALITY_VALID = "modality_valid"  # (B,) bool: sentences with text and a usable
 MODALITY_LAMBDA = "modality_lambda"  # list per selected layer of (B, T): learned lambda_j (Eq. 5)
 VISUAL_POSITIONS = "visual_positions"  # encoder output: (B, S) bool, True at image positions
 
-IMAGE_INPUTS = (IMAGE_PATCHES, IMAGE_GLOBAL, IMAGE_USABLE, IMAGE_NEGATIVE_GLOBAL, MMA_IMAGE_GLOBAL)
+IMAGE_INPUTS = (IMAGE_PATCHES, IMAGE_GLOBAL, IMAGE_USABLE, IMAGE_NEGATIVE_GLOBAL, IMAGE_ROW, IMAGE_INDEX,
+                MMA_IMAGE_GLOBAL)
 
 
 class MultimodalModelInterface:

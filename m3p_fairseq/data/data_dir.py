@@ -123,6 +123,16 @@ class DataDirectory:
             return Path(override)
         return next((p for p in self.feature_files(split) if p.is_file()), None)
 
+    def require_feature_dim(self, dim: Optional[int], split: str, reader: str) -> int:
+        """``dim`` (the data's image-feature width) when there are features; else a clear error
+        naming the files a ``reader`` (e.g. ``--fusion cvlm``) looked for."""
+        if dim is None:
+            from .image_features import ImageFeatureError
+            raise ImageFeatureError(
+                f"{reader} reads images, but no image features were found: put one of "
+                f"{', '.join(map(str, self.feature_files(split)))} in place, or pass --image-features")
+        return dim
+
     @staticmethod
     def bad_images_report(feature_file: Union[str, Path]) -> Path:
         return Path(f"{feature_file}{BAD_IMAGES_SUFFIX}")

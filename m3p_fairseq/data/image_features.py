@@ -28,6 +28,7 @@ an int64 row index per example (memory independent of how many images the file h
 """
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -37,6 +38,8 @@ import torch
 
 from .text_lines import read_lines
 
+#: reads each store keeps (a few batches' images, ~20 MB of ViT-B/32 float16 features)
+RECENT_READS = 256
 PATCHES = "patches"
 GLOBAL = "global"
 IMAGE_IDS = "image_ids"
@@ -100,6 +103,7 @@ class ImageFeatureStore:
         self._file: Optional[h5py.File] = None
         self._owner_pid: Optional[int] = None
         self._open_datasets = None
+        self._recent_reads: "OrderedDict[Tuple[int, Optional[int]], Tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
 
     def _check_complete(self, f: h5py.File) -> None:
         # files from the writer count their rows; files made otherwise have no count and are complete
@@ -149,17 +153,30 @@ class ImageFeatureStore:
         return rows
 
     def read(self, row: int, view: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(patches [P, D], global [D]) of one image, as stored (float16 or float32).
+        """(patches [P, D], global [D]) of one image, as stored (float16 or float32); callers must
+        not change them in place (a repeated read returns the same tensors).
 
         ``view`` None gives the clean image's features, 0 <= view < num_views an augmented view's.
+        The last RECENT_READS reads are kept, so that an image repeated within a batch (one caption
+        in several directions; fairseq reads a batch's examples in one process, then collates
+        them) is read from the file once.
         """
+        key = (int(row), view)
+        if key in self._recent_reads:
+            self._recent_reads.move_to_end(key)
+            return self._recent_reads[key]
         patches, global_vectors, view_patches, view_global = self._datasets()
         if view is None:
-            return torch.from_numpy(patches[row]), torch.from_numpy(global_vectors[row])
-        if not 0 <= view < self.num_views:
+            features = torch.from_numpy(patches[row]), torch.from_numpy(global_vectors[row])
+        elif not 0 <= view < self.num_views:
             valid = f"0..{self.num_views - 1}" if self.num_views else "none: extracted without --augmented-views"
             raise ImageFeatureError(f"{self.path}: no augmented view {view} (valid views: {valid})")
-        return torch.from_numpy(view_patches[row, view]), torch.from_numpy(view_global[row, view])
+        else:
+            features = torch.from_numpy(view_patches[row, view]), torch.from_numpy(view_global[row, view])
+        self._recent_reads[key] = features
+        if len(self._recent_reads) > RECENT_READS:
+            self._recent_reads.popitem(last=False)
+        return features
 
     def _datasets(self) -> Tuple[h5py.Dataset, h5py.Dataset, Optional[h5py.Dataset], Optional[h5py.Dataset]]:
         # Re-open after a fork: HDF5 handles must not be shared between processes. The dataset
@@ -173,7 +190,7 @@ class ImageFeatureStore:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.update(_file=None, _owner_pid=None, _open_datasets=None)
+        state.update(_file=None, _owner_pid=None, _open_datasets=None, _recent_reads=OrderedDict())
         return state
 
 

@@ -14,9 +14,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from fairseq import utils
 
-from .batch_keys import IMAGE_GLOBAL, IMAGE_PATCHES, IMAGE_USABLE
+from .batch_keys import IMAGE_PATCHES, IMAGE_ROW, IMAGE_USABLE
 from .image_features import ImageFeatureError, ImageFeatureStore
-from .multimodal_pair_dataset import stack_images
+from .multimodal_pair_dataset import stack_distinct_images
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,10 @@ class InteractiveInput:
         src_tokens = net_input["src_tokens"]
         store = self._feature_store(self.image_features)
         rows = [self._row_of_source[tuple(utils.strip_pad(tokens, pad).tolist())] for tokens in src_tokens.cpu()]
-        patches, global_vectors = stack_images([store.read(row) for row in rows])
-        net_input[IMAGE_PATCHES], net_input[IMAGE_GLOBAL] = patches.to(src_tokens.device), global_vectors.to(src_tokens.device)
+        read = {row: store.read(row) for row in dict.fromkeys(rows)}  # each distinct image once
+        images = stack_distinct_images(rows, [read[row] for row in rows])
+        net_input.update({key: value.to(src_tokens.device) for key, value in images.items()})
+        net_input[IMAGE_ROW] = torch.tensor(rows, device=src_tokens.device)
         usable = torch.from_numpy(store.usable[rows])
         if not usable.all():
             net_input[IMAGE_USABLE] = usable.to(src_tokens.device)

@@ -1,6 +1,6 @@
 """A fairseq LanguagePairDataset whose examples also carry their image's features."""
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -8,8 +8,10 @@ from fairseq.data import LanguagePairDataset, data_utils
 
 from .batch_keys import (
     IMAGE_GLOBAL,
+    IMAGE_INDEX,
     IMAGE_NEGATIVE_GLOBAL,
     IMAGE_PATCHES,
+    IMAGE_ROW,
     IMAGE_USABLE,
     MMA_IMAGE_GLOBAL,
     MMA_SRC_LENGTHS,
@@ -18,6 +20,10 @@ from .batch_keys import (
 )
 from .image_features import ImageFeatureError, ImageFeatureStore
 from .multimodal_augmentation import MultimodalAugmentation
+
+#: an example's key (not a batch key): equal keys mean equal image inputs (same row, same view,
+#: patches not masked), which the collater then stacks once
+IMAGE_INPUT = "image_input"
 
 
 def stack_images(images: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -45,13 +51,41 @@ class ImageDemand:
         return self._models_read_images is not False
 
 
+def stack_distinct_images(keys: Sequence[Hashable],
+                          images: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """IMAGE_PATCHES and IMAGE_GLOBAL of the rows' images, each distinct key stacked once with
+    IMAGE_INDEX [B] pointing every row to its image (batch_keys.py); per row when no key repeats."""
+    position: Dict[Hashable, int] = {}
+    index = [position.setdefault(key, len(position)) for key in keys]
+    if len(position) == len(keys):
+        patches, global_vectors = stack_images(list(images))
+        return {IMAGE_PATCHES: patches, IMAGE_GLOBAL: global_vectors}
+    first = {}
+    for row, k in enumerate(index):
+        first.setdefault(k, row)
+    patches, global_vectors = stack_images([images[first[k]] for k in range(len(position))])
+    return {IMAGE_PATCHES: patches, IMAGE_GLOBAL: global_vectors, IMAGE_INDEX: torch.tensor(index)}
+
+
+def images_per_row(net_input: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(patches [B, P, D], global [B, D]) of a batch, one per row, whether or not it holds each
+    distinct image once (IMAGE_INDEX); for analysis and tests, not for the model's forward."""
+    index = net_input.get(IMAGE_INDEX)
+    patches, global_vectors = net_input[IMAGE_PATCHES], net_input[IMAGE_GLOBAL]
+    if index is None:
+        return patches, global_vectors
+    return patches.index_select(0, index), global_vectors.index_select(0, index)
+
+
 class MultimodalLanguagePairDataset(LanguagePairDataset):
     """A batch's ``net_input`` carries, besides fairseq's keys (names in ``batch_keys``):
 
     * ``SOURCE_LANG`` [B]: the source language tag's index, whenever ``source_lang_index`` is
       known (always for loaded splits) - the decoder-only model's prompt names it, others ignore it;
-    * ``IMAGE_PATCHES`` [B, P, D] and ``IMAGE_GLOBAL`` [B, D] with an ``image_store``, where
-      ``image_rows[i]`` is example i's row (without a store the dataset is text-only);
+    * with an ``image_store``, where ``image_rows[i]`` is example i's row (without a store the
+      dataset is text-only): ``IMAGE_ROW`` [B], that row, the image's identity (MMCL's positives),
+      and ``IMAGE_PATCHES`` / ``IMAGE_GLOBAL``, each distinct image input once ([U, P, D], [U, D])
+      with ``IMAGE_INDEX`` [B] when some repeat (the directions of one caption), else per row;
     * ``IMAGE_USABLE`` [B] bool when some image of the batch was flagged unusable at extraction
       (missing or undecodable file): those sentences are text-only;
     * ``IMAGE_NEGATIVE_GLOBAL`` [B, D] with an ``augmentation`` (training only) that has
@@ -121,13 +155,17 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         if self.image_store is None or (self.image_demand is not None and not self.image_demand.wanted):
             return example
         row = int(self.image_rows[index])
+        example[IMAGE_ROW] = row
         example[IMAGE_USABLE] = bool(self.image_store.usable[row])
         if augmentation is None:
             example[IMAGE_PATCHES], example[IMAGE_GLOBAL] = self.image_store.read(row)
+            example[IMAGE_INPUT] = (row, None)
             return example
         view = augmentation.choose_view(self.image_store.num_views, rng)
         patches, example[IMAGE_GLOBAL] = self.image_store.read(row, view)
         example[IMAGE_PATCHES] = augmentation.mask_patches(patches, rng)
+        # masked patches are this example's own; unmasked ones equal every other read of the view
+        example[IMAGE_INPUT] = (row, view) if example[IMAGE_PATCHES] is patches else None
         if augmentation.view_negatives:
             negative = augmentation.negative_view(self.image_store.num_views, view, rng)
             example[IMAGE_NEGATIVE_GLOBAL] = self.image_store.read(row, negative)[1]
@@ -158,8 +196,11 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
             missing = [int(s["id"]) for s, has in zip(ordered, with_image) if not has]
             raise ImageFeatureError(f"a batch mixes examples with and without image features: example "
                                     f"id(s) {missing[:10]} have none (every direction needs its image-id list)")
-        net_input[IMAGE_PATCHES], net_input[IMAGE_GLOBAL] = stack_images(
-            [(s[IMAGE_PATCHES], s[IMAGE_GLOBAL]) for s in ordered])
+        if all(IMAGE_ROW in s for s in ordered):
+            net_input[IMAGE_ROW] = torch.tensor([s[IMAGE_ROW] for s in ordered])
+        # an example without a shareable input (masked patches) gets a key of its own
+        keys = [s.get(IMAGE_INPUT) or ("batch row", k) for k, s in enumerate(ordered)]
+        net_input.update(stack_distinct_images(keys, [(s[IMAGE_PATCHES], s[IMAGE_GLOBAL]) for s in ordered]))
         usable = torch.tensor([s[IMAGE_USABLE] for s in ordered])
         if not usable.all():
             net_input[IMAGE_USABLE] = usable

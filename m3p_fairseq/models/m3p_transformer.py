@@ -84,6 +84,7 @@ class M3PEncoder(MultimodalEncoderMixin, FairseqEncoder):
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
                 image_patches: Optional[Tensor] = None, image_global: Optional[Tensor] = None,
                 modalities: Optional[Tensor] = None, image_usable: Optional[Tensor] = None,
+                image_index: Optional[Tensor] = None,
                 return_all_hiddens: bool = False, token_embeddings: Optional[Tensor] = None, **unused):
         """``modalities`` [B] (mdropnet.TEXT_ONLY / IMAGE_ONLY / TEXT_AND_IMAGE) fixes what each
         sentence's decoder sees; by default MDropNet draws it in training, and inference uses both.
@@ -94,7 +95,7 @@ class M3PEncoder(MultimodalEncoderMixin, FairseqEncoder):
         if self.fusion is None:
             return out
         text, text_padding_mask = out["encoder_out"][0], out["encoder_padding_mask"][0]
-        patches, global_state = self.encode_images(image_patches, image_global, text.dtype)
+        patches, global_state = self.encode_images(image_patches, image_global, text.dtype, image_index)
         fused, padding_mask = self.fusion(text, text_padding_mask, patches, global_state)
         modalities = self.modes(modalities, src_tokens.size(0), image_usable, src_tokens.device)
         if modalities is not None:

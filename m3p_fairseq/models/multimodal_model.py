@@ -34,11 +34,13 @@ from torch import Tensor
 
 from ..data.batch_keys import (
     IMAGE_GLOBAL_STATE,
+    IMAGE_INDEX,
     IMAGE_NEGATIVE_GLOBAL,
     IMAGE_USABLE,
     MMA_IMAGE_GLOBAL,
     MMA_SRC_LENGTHS,
     MMA_SRC_TOKENS,
+    MMCL_IMAGE,
     MultimodalModelInterface,
 )
 from .contrastive_head import ContrastiveHead
@@ -116,17 +118,29 @@ class MultimodalEncoderMixin:
         self.image_encoder = image_encoder
 
     def encode_images(self, image_patches: Optional[Tensor], image_global: Optional[Tensor],
-                      dtype) -> Tuple[Tensor, Tensor]:
-        """(patch states [P, B, C], global state [B, C]); a clear error when the batch has no images."""
+                      dtype, image_index: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """(patch states [P, B, C], global state [B, C]); a clear error when the batch has no images.
+        With ``image_index`` [B] (batch_keys.IMAGE_INDEX) the features hold each distinct image
+        once: they are projected and encoded once and the states gathered to their rows."""
         if image_patches is None or image_global is None:
             raise ValueError(f"--fusion {self.fusion_name} needs image features, but the batch has none "
                              "(no image features for this split, or an input line without an image id)")
-        return self.image_encoder(image_patches.to(dtype), image_global.to(dtype))
+        patches, global_state = self.image_encoder(image_patches.to(dtype), image_global.to(dtype))
+        if image_index is None:
+            return patches, global_state
+        return patches.index_select(1, image_index), global_state.index_select(0, image_index)
 
     def modes(self, modalities: Optional[Tensor], batch_size: int, image_usable: Optional[Tensor],
               device) -> Optional[Tensor]:
         """Each sentence's MDropNet mode [B], or None when every sentence uses text and image."""
         return self.mdropnet.modes(modalities, batch_size, self.training, image_usable, device)
+
+
+def first_rows(image_index: Tensor) -> Tensor:
+    """[U]: the first batch row of each distinct image of IMAGE_INDEX [B] (values 0..U-1)."""
+    rows = torch.arange(image_index.numel(), device=image_index.device)
+    first = torch.full((int(image_index.max()) + 1,), image_index.numel(), device=image_index.device)
+    return first.scatter_reduce(0, image_index, rows, reduce="amin")
 
 
 class MultimodalModel(MultimodalModelInterface):
@@ -176,7 +190,7 @@ class MultimodalModel(MultimodalModelInterface):
                                      src_lengths=src_lengths, return_all_hiddens=return_all_hiddens)
         if contrastive:
             extra.update(self.mmcl_outputs(src_tokens, encoder_out, batch.get(IMAGE_NEGATIVE_GLOBAL),
-                                           batch.get(IMAGE_USABLE)))
+                                           batch.get(IMAGE_USABLE), batch.get(IMAGE_INDEX)))
             if MMA_SRC_TOKENS in batch:
                 extra.update(self.augmented_mmcl_outputs(batch))
         return logits, extra
@@ -188,18 +202,25 @@ class MultimodalModel(MultimodalModelInterface):
 
     def mmcl_outputs(self, src_tokens: Tensor, encoder_out: Dict[str, List[Tensor]],
                      image_negative_global: Optional[Tensor] = None,
-                     image_usable: Optional[Tensor] = None) -> Dict[str, Tensor]:
+                     image_usable: Optional[Tensor] = None,
+                     image_index: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """The MMCL_* entries of the forward's extra output (data/batch_keys.py) for the
         ``m3p_loss`` criterion; computing them inside forward keeps them under
-        DistributedDataParallel's gradient synchronisation."""
+        DistributedDataParallel's gradient synchronisation. With ``image_index`` (IMAGE_INDEX)
+        each distinct image's vector is projected once."""
         if self.contrastive_head is None:
             raise ValueError(f"MMCL needs a model that reads images: train with --fusion "
                              f"{'|'.join(self.image_fusions)}, or set --mmcl-weight 0")
         image_state = encoder_out[IMAGE_GLOBAL_STATE][0]
         negatives = (None if image_negative_global is None else
                      self.encoder.image_encoder.embed_global(image_negative_global.to(image_state.dtype)))
-        return self.contrastive_head.outputs(self.pooled_text(src_tokens, encoder_out), image_state,
-                                             negatives, image_usable)
+        outputs = self.contrastive_head.outputs(self.pooled_text(src_tokens, encoder_out),
+                                                image_state if image_index is None else
+                                                image_state[first_rows(image_index)],
+                                                negatives, image_usable)
+        if image_index is not None:
+            outputs[MMCL_IMAGE] = outputs[MMCL_IMAGE].index_select(0, image_index)
+        return outputs
 
     def pooled_text_of(self, src_tokens: Tensor, src_lengths: Tensor, batch: Dict[str, Tensor]) -> Tensor:
         """s^k [B, C] of other source tokens (MMA's masked sources): a text-only encoding, pooled

@@ -89,14 +89,14 @@ class PrefixEncoder(MultimodalEncoderMixin, FairseqEncoder):
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
                 source_lang: Optional[Tensor] = None, image_patches: Optional[Tensor] = None,
                 image_global: Optional[Tensor] = None, modalities: Optional[Tensor] = None,
-                image_usable: Optional[Tensor] = None, **unused):
+                image_usable: Optional[Tensor] = None, image_index: Optional[Tensor] = None, **unused):
         num_image_tokens = 0 if self.image_encoder is None or image_patches is None else image_patches.size(1)
         text_ids, is_source, is_image = self.text_prefix(src_tokens, source_lang, num_image_tokens)
         x = self.stack.embed_tokens(text_ids)
         keep = text_ids != self.dictionary.pad()
         out = {"text_ids": [text_ids], "is_source": [is_source]}
         if self.image_encoder is not None:
-            patches, global_state = self.encode_images(image_patches, image_global, x.dtype)
+            patches, global_state = self.encode_images(image_patches, image_global, x.dtype, image_index)
             out[IMAGE_GLOBAL_STATE] = [global_state]
             # every row has exactly P image slots, filled in row order with its P patch states
             x = x.masked_scatter(is_image.unsqueeze(-1), patches.transpose(0, 1).to(x.dtype))

@@ -171,15 +171,8 @@ class MultimodalTranslationTask(TranslationTask):
         return self.data_manager.image_feature_dim
 
     def require_image_feature_dim(self, fusion: str) -> int:
-        """The data's feature dimension for a model with ``--fusion fusion``; a clear error when
-        the data directory has no image features."""
-        dim = self.image_feature_dim
-        if dim is None:
-            raise ImageFeatureError(
-                f"--fusion {fusion} reads images, but no image features were found: put "
-                f"{self.cfg.train_subset}.{SHARED_FEATURE_FILE} or {SHARED_FEATURE_FILE} in the data "
-                "directory, or pass --image-features")
-        return dim
+        """The data's feature dimension for a model with ``--fusion fusion`` (an error without features)."""
+        return self.data_directory.require_feature_dim(self.image_feature_dim, self.cfg.train_subset, f"--fusion {fusion}")
 
     @property
     def sentencepiece_model(self) -> Optional[str]:

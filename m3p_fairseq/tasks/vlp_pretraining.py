@@ -29,7 +29,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from ..data.data_dir import DICTIONARY_FILE, SHARED_FEATURE_FILE
+from ..data.data_dir import DICTIONARY_FILE, SHARED_FEATURE_FILE, DataDirectory
 from ..data.image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
 from ..data.object_tags import ObjectTagTokens
 from ..data.vlp_caption_dataset import VLPCaptionDataset
@@ -99,6 +99,11 @@ class VLPPretrainingTask(FairseqTask):
             path = self._feature_file(utils.split_paths(self.cfg.data)[0], "train")
             return None if path is None else ImageFeatureStore(path).feature_dim
         return next(iter(self._feature_dims))
+
+    def require_image_feature_dim(self, fusion: str) -> int:
+        """The data's feature dimension for the encoder's image input (an error without features)."""
+        directory = DataDirectory.of_task_data(self.cfg.data)
+        return directory.require_feature_dim(self.image_feature_dim, "train", f"--fusion {fusion}")
 
     def _feature_file(self, data_path: str, split: str) -> Optional[str]:
         if self.cfg.image_features:

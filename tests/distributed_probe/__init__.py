@@ -35,7 +35,10 @@ def _write(record):
 
 def _recording_gather(local, group=None):
     joined, offset = _gather(local, group)
-    if _current_update is not None:
+    if _current_update is not None and local.dim() == 1:  # the pairs' image identities
+        _write({"update": _current_update, "kind": "mmcl_image_rows", "offset": offset,
+                "local": local.tolist(), "gathered": joined.tolist()})
+    elif _current_update is not None:
         _write({"update": _current_update, "kind": "mmcl", "local_rows": local.size(0), "offset": offset,
                 "local": local.detach().sum(1).tolist(), "gathered": joined.detach().sum(1).tolist()})
     return joined, offset
