@@ -12,6 +12,7 @@ from m3p_fairseq.models.mdropnet import (
     MDropNet,
     check_probabilities,
     draw_modalities,
+    per_sentence_memory,
 )
 
 
@@ -139,3 +140,22 @@ def test_modes_fixed_drawn_or_none_and_unusable_images_are_text_only():
     torch.manual_seed(3)
     assert torch.equal(drawn, draw_modalities(50, 0.25, 0.25))
     assert MDropNet(0.0, 0.0).modes(None, 4, training=True) is None  # MDropNet off
+
+
+@pytest.mark.parametrize("text_length, image_length", [(3, 6), (6, 3)])
+def test_each_sentence_sees_exactly_the_states_of_its_mode(text_length, image_length):
+    # the memory is max(T, I) long: image-only sentences' prompt takes their text states' place
+    batch, width = 4, 2
+    text = torch.randn(text_length, batch, width)
+    fused = torch.randn(text_length, batch, width)
+    image = torch.randn(image_length, batch, width)
+    text_padding = torch.zeros(batch, text_length, dtype=torch.bool)
+    text_padding[3, 0] = True  # sentence 3 is one token shorter (left padding)
+    memory, padding = per_sentence_memory(modes(TEXT_ONLY, IMAGE_ONLY, TEXT_AND_IMAGE, TEXT_AND_IMAGE), text,
+                                          text_padding, fused, text_padding.clone(), image)
+    assert memory.shape == (max(text_length, image_length), batch, width)
+    seen = [memory[~padding[b], b] for b in range(batch)]
+    torch.testing.assert_close(seen[0], text[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(seen[1], image[:, 1], rtol=0, atol=0)
+    torch.testing.assert_close(seen[2], fused[:, 2], rtol=0, atol=0)
+    torch.testing.assert_close(seen[3], fused[1:, 3], rtol=0, atol=0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import setup_task, write_random_features
-from m3p_fairseq.data.batch_keys import SOURCE_LANG
+from m3p_fairseq.data.batch_keys import IMAGE_INPUTS, SOURCE_LANG
 from m3p_fairseq.data.image_features import ImageFeatureError
 
 
@@ -61,6 +61,21 @@ def test_text_only_works_without_image_features(data_copy):
     assert "image_patches" not in batch["net_input"]
     out, _ = model(**batch["net_input"])
     assert out.shape[0] == 3
+
+
+def test_a_text_only_model_gets_batches_without_image_features(data_dir):
+    # the data has features; a text-only model ignores them, so the dataset does not read them
+    task, cfg = setup_task(data_dir, "--fusion", "none")
+    task.load_dataset("valid")  # fairseq-train loads the validation split before the model
+    dataset = task.dataset("valid")
+    assert "image_patches" in dataset.collater([dataset[0], dataset[1]])["net_input"]  # no model yet
+    text_only = task.build_model(cfg.model)
+    batch = dataset.collater([dataset[i] for i in range(3)])
+    assert not set(IMAGE_INPUTS) & set(batch["net_input"]) and SOURCE_LANG in batch["net_input"]
+    assert text_only(**batch["net_input"])[0].shape[0] == 3
+    # an ensemble with a model that reads images gets them again
+    task.build_model(setup_task(data_dir, "--fusion", "gated")[1].model)
+    assert {"image_patches", "image_global"} <= set(dataset.collater([dataset[0]])["net_input"])
 
 
 def test_unknown_language(data_dir):

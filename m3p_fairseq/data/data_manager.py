@@ -19,7 +19,7 @@ from fairseq.data import (
 from .data_dir import DataDirectory
 from .image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
 from .multimodal_augmentation import MultimodalAugmentation
-from .multimodal_pair_dataset import MultimodalLanguagePairDataset
+from .multimodal_pair_dataset import ImageDemand, MultimodalLanguagePairDataset
 from .temperature_sampling import TemperatureSampledDataset
 from .vocabulary import MASK_SYMBOL, lang_tag
 
@@ -28,12 +28,14 @@ logger = logging.getLogger(__name__)
 
 class MultimodalDataManager:
     """Loads splits for a task config ``cfg`` (the task's dataclass) and a shared ``dictionary``
-    holding a tag per language. Feature files are opened once and shared by every split."""
+    holding a tag per language. Feature files are opened once and shared by every split; whether
+    batches carry them is ``image_demand``'s to say (the task tells it which models it built)."""
 
     def __init__(self, cfg, dictionary: Dictionary):
         self.cfg = cfg
         self.dictionary = dictionary
         self._feature_stores: Dict[str, ImageFeatureStore] = {}
+        self.image_demand = ImageDemand()
 
     def data_directory(self, epoch: int = 1) -> DataDirectory:
         return DataDirectory.of_task_data(self.cfg.data, epoch)
@@ -89,7 +91,7 @@ class MultimodalDataManager:
             pad_to_multiple=cfg.required_seq_len_multiple,
             image_store=image_store, image_rows=image_rows,
             augmentation=self.augmentation(f"{src}-{tgt}") if training else None,
-            source_lang_index=self.tag_index(src))
+            source_lang_index=self.tag_index(src), image_demand=self.image_demand)
 
     def augmentation(self, direction: str) -> Optional[MultimodalAugmentation]:
         cfg = self.cfg

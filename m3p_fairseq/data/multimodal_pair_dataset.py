@@ -32,6 +32,25 @@ def stack_images(images: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch
             torch.stack([global_vector for _, global_vector in images]).float())
 
 
+class ImageDemand:
+    """Whether batches carry image features: until the task has built a model, yes; after that,
+    only when a model it built reads them. A text-only model (``--fusion none``, fairseq's
+    ``transformer``) trained on a data directory that has features would otherwise read and
+    collate every sentence's features for nothing. Shared by a task's datasets, as the
+    temperature schedule is: the task calls :meth:`model_built`, the datasets read ``wanted``."""
+
+    def __init__(self):
+        self._models_read_images: Optional[bool] = None  # None: no model built yet
+
+    def model_built(self, reads_images: bool) -> None:
+        # an ensemble needs the images when any of its models reads them
+        self._models_read_images = bool(self._models_read_images) or reads_images
+
+    @property
+    def wanted(self) -> bool:
+        return self._models_read_images is not False
+
+
 def stack_distinct_images(keys: Sequence[Hashable],
                           images: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     """IMAGE_PATCHES and IMAGE_GLOBAL of the rows' images, each distinct key stacked once with
@@ -76,14 +95,15 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
       ``contrastive_pair`` (and an image store).
 
     ``example_ids`` replaces the ``id`` of each example (fairseq-interactive's line numbers
-    when some input lines were skipped).
+    when some input lines were skipped). With an ``image_demand`` that does not want images
+    (the task built only text-only models) no image is read and the batches are text-only.
     """
 
     def __init__(self, *args, image_store: Optional[ImageFeatureStore] = None,
                  image_rows: Optional[np.ndarray] = None,
                  augmentation: Optional[MultimodalAugmentation] = None,
                  source_lang_index: Optional[int] = None, example_ids: Optional[Sequence[int]] = None,
-                 **kwargs):
+                 image_demand: Optional[ImageDemand] = None, **kwargs):
         super().__init__(*args, **kwargs)
         if (image_store is None) != (image_rows is None):
             raise ValueError("image_store and image_rows go together")
@@ -104,6 +124,7 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         self.augmentation = augmentation
         self.source_lang_index = source_lang_index
         self.example_ids = example_ids
+        self.image_demand = image_demand
         self.epoch = 1
 
     @property
@@ -131,7 +152,7 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         clean_source = example["source"]
         if augmentation is not None and augmentation.text_mask_ratio > 0:
             example["source"] = augmentation.mask_source(example["source"], rng)
-        if self.image_store is None:
+        if self.image_store is None or (self.image_demand is not None and not self.image_demand.wanted):
             return example
         row = int(self.image_rows[index])
         example[IMAGE_ROW] = row
@@ -198,10 +219,22 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         net_input[MMA_IMAGE_GLOBAL] = torch.stack([s[MMA_IMAGE_GLOBAL] for s in ordered]).float()
 
     def _check_order(self, batch: dict, ordered: List[dict]) -> None:
-        """Each batch row must hold the sample whose image is put beside it; raise, never guess."""
+        """Each batch row must hold the sample whose image is put beside it; raise, never guess.
+
+        Vectorised, as it runs for every batch: the rows' non-pad tokens, read row by row, must
+        be the samples' tokens one after the other, with the same count per row."""
         pad = self.src_dict.pad()
-        for row, sample in enumerate(ordered):
-            tokens = batch["net_input"]["src_tokens"][row]
+        src_tokens = batch["net_input"]["src_tokens"]
+        sources = [sample["source"] for sample in ordered]
+        joined = torch.cat(sources)
+        keep = joined != pad
+        sample_lengths = torch.zeros(len(sources), dtype=torch.long).index_add_(
+            0, torch.arange(len(sources)).repeat_interleave(torch.tensor([len(t) for t in sources])), keep.long())
+        row_tokens = src_tokens != pad
+        if torch.equal(row_tokens.sum(1), sample_lengths) and torch.equal(src_tokens[row_tokens], joined[keep]):
+            return
+        for row, sample in enumerate(ordered):  # name the first row that does not match
+            tokens = src_tokens[row]
             if not torch.equal(tokens[tokens != pad], sample["source"][sample["source"] != pad]):
                 raise RuntimeError(f"collated row {row} does not hold example id {int(sample['id'])} "
                                    f"(batch ids {batch['id'].tolist()}): its image would go to another sentence")

@@ -66,12 +66,22 @@ def per_sentence_memory(modes: Tensor, text: Tensor, text_padding_mask: Tensor, 
     text_only = (modes == TEXT_ONLY).unsqueeze(1)  # [B, 1], broadcast over positions
     image_only = (modes == IMAGE_ONLY).unsqueeze(1)
     both = (modes == TEXT_AND_IMAGE).unsqueeze(1)
-    image_padding_mask = (~image_only).expand(-1, image.size(0))
     if fused.shape == text.shape:
         # Fusions that keep one state per source token: text-only sentences take the unfused
-        # states at the same positions, so the memory is only I positions longer than at inference.
+        # states at the same positions, and image-only sentences the image prompt in their place,
+        # so the memory is max(T, I) long (not T + I: every decoder layer projects and attends
+        # over every position of it, masked or not).
         first = torch.where(text_only.t().unsqueeze(-1), text, fused)
-        return (torch.cat([first, image], dim=0),
-                torch.cat([text_padding_mask | image_only, image_padding_mask], dim=1))
+        length = max(text.size(0), image.size(0))
+        beyond_text = text_padding_mask.new_ones(text_padding_mask.size(0), length - text.size(0))
+        beyond_image = torch.arange(length, device=image.device) >= image.size(0)
+        return (torch.where(image_only.t().unsqueeze(-1), _pad_positions(image, length), _pad_positions(first, length)),
+                torch.where(image_only, beyond_image, torch.cat([text_padding_mask, beyond_text], dim=1)))
+    image_padding_mask = (~image_only).expand(-1, image.size(0))
     return (torch.cat([fused, text, image], dim=0),
             torch.cat([fused_padding_mask | ~both, text_padding_mask | ~text_only, image_padding_mask], dim=1))
+
+
+def _pad_positions(states: Tensor, length: int) -> Tensor:
+    """states [L, B, C] -> [length, B, C], zeros after (masked as padding by the caller)."""
+    return torch.cat([states, states.new_zeros(length - states.size(0), *states.shape[1:])], dim=0)

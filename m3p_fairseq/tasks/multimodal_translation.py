@@ -194,6 +194,8 @@ class MultimodalTranslationTask(TranslationTask):
         multimodal = isinstance(model, MultimodalModelInterface)  # any other model: text-only
         self.temperature.attach(model if multimodal else None)  # its update count drives the sampling warm-up
         self._model_image_dim = model.image_feature_dim if multimodal else None
+        # batches of a text-only model carry no image features (the files are not read)
+        self.data_manager.image_demand.model_built(self._model_image_dim is not None)
         self._reads_source_language = multimodal and model.reads_source_language
         for split, dataset in self.datasets.items():
             for part in getattr(dataset, "datasets", [dataset]):
@@ -237,13 +239,14 @@ class MultimodalTranslationTask(TranslationTask):
             src_tokens, src_lengths, self.source_dictionary, tgt_dict=self.target_dictionary,
             constraints=constraints, image_store=image_store, image_rows=image_rows,
             source_lang_index=self.lang_tag_index(self.cfg.source_lang) if self.cfg.source_lang else None,
-            example_ids=example_ids,
+            example_ids=example_ids, image_demand=self.data_manager.image_demand,
         )
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         # fairseq-interactive hands the models only src_tokens and src_lengths: add the rest
         net_input = sample["net_input"]
-        self.interactive_input.add_images(net_input, self.src_dict.pad())
+        if self.data_manager.image_demand.wanted:
+            self.interactive_input.add_images(net_input, self.src_dict.pad())
         if SOURCE_LANG not in net_input and self.cfg.source_lang:  # one direction per run
             net_input[SOURCE_LANG] = torch.full((net_input["src_tokens"].size(0),),
                                                 self.lang_tag_index(self.cfg.source_lang),
