@@ -76,6 +76,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from m3p_fairseq.atomic_io import atomic_write_text
+from m3p_fairseq.data.data_dir import BAD_IMAGES_SUFFIX, DataDirectory
 from m3p_fairseq.data.image_features import (
     FeatureFileExistsError,
     ImageFeatureError,
@@ -89,7 +90,6 @@ from preprocess.image_augmentation import AugmentedViews
 logger = logging.getLogger("preprocess.extract_image_features")
 
 MISSING = "missing"
-REPORT_SUFFIX = ".bad_images.tsv"
 REPORT_COLUMNS = ("image_id", "path", "reason")
 EXISTS_MESSAGE = "%s exists; delete it to extract again"
 FIRST_FEW = 5  # bad images and mismatched keys named in an error message
@@ -408,7 +408,7 @@ def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: 
     if output.exists():
         logger.info(EXISTS_MESSAGE, output)
         return 0
-    report = output.with_name(output.name + REPORT_SUFFIX)
+    report = DataDirectory.bad_images_report(output)
     image_ids = unique_image_ids(id_files)
     missing = missing_images(images_dir, image_ids)
     if missing:
@@ -490,7 +490,7 @@ def main(argv=None):
                         help="seed of the augmented views; view v of an image depends only on it, the image id and v")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="store missing or undecodable images flagged (zero features, usable=False) instead of "
-                             f"failing; either way they are listed in OUTPUT{REPORT_SUFFIX}")
+                             f"failing; either way they are listed in OUTPUT{BAD_IMAGES_SUFFIX}")
     args = parser.parse_args(argv)
     setup_logging()
     try:
