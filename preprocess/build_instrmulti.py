@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from m3p_fairseq.atomic_io import atomic_write_text
+from m3p_fairseq.atomic_io import write_if_changed
 from m3p_fairseq.data.data_dir import IMAGE_IDS_SUFFIX, DataDirectory
 from m3p_fairseq.data.languages import INSTRMULTI102_LANGUAGES, PIVOT_LANGUAGE, unknown_language_message
 from m3p_fairseq.data.text_lines import read_lines
@@ -45,10 +45,7 @@ class InstrMultiError(ValueError):
 
 def write_text_atomically(path: Path, text: str) -> bool:
     """Writes ``text`` unless ``path`` already holds it; returns whether it wrote."""
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return False
-    atomic_write_text(path, text)
-    return True
+    return write_if_changed(path, text.encode("utf-8"))
 
 
 def find_translations(translations_dir: Path, split: str) -> Dict[str, Path]:

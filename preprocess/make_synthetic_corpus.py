@@ -27,6 +27,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from m3p_fairseq.atomic_io import write_if_changed
+from m3p_fairseq.data.data_dir import DataDirectory
+from m3p_fairseq.data.text_lines import write_lines
 from m3p_fairseq.data.vocabulary import MASK_WORD as MASK_TOKEN
 
 SPLITS = ("train", "valid", "test")
@@ -303,37 +306,10 @@ def sample_scene(rng: np.random.Generator) -> list[SceneObject]:
     ]
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    # A hidden temporary name in the same directory keeps os.replace atomic and keeps
-    # half-written files out of globs such as images/*.png.
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp_path, "wb") as f:
-            f.write(data)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def _write_if_changed(path: Path, data: bytes) -> bool:
-    """Write unless the file already holds exactly `data`; returns whether it wrote."""
-    try:
-        if path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    _write_atomically(path, data)
-    return True
-
-
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _write_lines(path: Path, lines: Sequence[str]) -> None:
-    _write_atomically(path, "".join(line + "\n" for line in lines).encode("utf-8"))
 
 
 def _validate_arguments(counts: dict[str, int], langs: Sequence[str], image_size: int, seed: int) -> None:
@@ -381,15 +357,15 @@ def make_corpus(
             scene = sample_scene(rng)
             image_id = f"{split}_{index:06d}.png"
             image_ids.append(image_id)
-            images_written += _write_if_changed(image_dir / image_id, _png_bytes(render_image(scene, image_size)))
+            images_written += write_if_changed(image_dir / image_id, _png_bytes(render_image(scene, image_size)))
             for lang in langs:
                 captions[lang].append(render_caption(scene, lang))
                 degraded[lang].append(render_caption(scene, lang, masked=True))
 
-        _write_lines(output_dir / f"{split}.image_ids", image_ids)
+        write_lines(DataDirectory(output_dir).image_ids(split), image_ids)
         for lang in langs:
-            _write_lines(output_dir / f"{split}.{lang}", captions[lang])
-            _write_lines(output_dir / f"{split}.degraded.{lang}", degraded[lang])
+            write_lines(output_dir / f"{split}.{lang}", captions[lang])
+            write_lines(output_dir / f"{split}.degraded.{lang}", degraded[lang])
         print(
             f"{split}: {counts[split]} examples, langs {','.join(langs)}, "
             f"{images_written} images written, {counts[split] - images_written} already up to date "

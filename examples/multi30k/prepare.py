@@ -18,7 +18,6 @@ what is already complete, so re-running resumes; without --images-dir the data i
 """
 
 import argparse
-import gzip
 import logging
 import re
 import subprocess
@@ -27,6 +26,8 @@ import unicodedata
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from m3p_fairseq.data.data_dir import DataDirectory
+from m3p_fairseq.data.text_lines import read_lines, write_lines
 from m3p_fairseq.logging_setup import setup_logging
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,9 +54,7 @@ def read_text(folder: Path, name: str) -> List[str]:
     """``name`` or ``name.gz``, decoded as UTF-8, one entry per line."""
     for path in (folder / name, folder / f"{name}.gz"):
         if path.is_file():
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rt", encoding="utf-8") as f:
-                return [line.rstrip("\r\n") for line in f]
+            return read_lines(path)
     raise FileNotFoundError(f"{folder / name}(.gz) not found")
 
 
@@ -64,12 +63,6 @@ def normalise(line: str) -> str:
     line = unicodedata.normalize("NFC", line)
     line = "".join(" " if unicodedata.category(c)[0] in "CZ" else c for c in line)
     return _SPACES.sub(" ", line).strip()
-
-
-def write_lines(path: Path, lines: List[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
 
 
 def write_raw(multi30k: Path, raw_out: Path, max_lines: Optional[int] = None) -> Dict[str, int]:
@@ -95,7 +88,7 @@ def write_raw(multi30k: Path, raw_out: Path, max_lines: Optional[int] = None) ->
         for line_no, image_id in enumerate(image_ids, start=1):
             if not image_id.strip():
                 raise ValueError(f"{split_dir}/{theirs}.txt:{line_no}: empty image file name")
-        write_lines(raw_out / f"{ours}.image_ids", [i.strip() for i in image_ids])
+        write_lines(DataDirectory(raw_out).image_ids(ours), [i.strip() for i in image_ids])
         counts[ours] = len(image_ids)
     return counts
 
@@ -143,8 +136,8 @@ def main(argv=None):
 
     if args.images_dir is not None:
         extract = [sys.executable, "-m", "preprocess.extract_image_features", "--images-dir", args.images_dir,
-                   "--image-ids", *[raw / f"{split}.image_ids" for split in SPLITS.values()],
-                   "--output", data / "image_features.h5", "--backbone", args.backbone,
+                   "--image-ids", *[DataDirectory(raw).image_ids(split) for split in SPLITS.values()],
+                   "--output", DataDirectory(data).shared_features, "--backbone", args.backbone,
                    "--batch-size", args.batch_size, "--augmented-views", args.augmented_views]
         if args.checkpoint is not None:
             extract += ["--checkpoint", args.checkpoint]

@@ -9,8 +9,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from ..atomic_io import atomic_write_text
-from ..data.text_lines import read_lines
+from ..data.text_lines import read_lines, write_lines
 
 _FILE = re.compile(r"^(?P<split>.+)\.(?P<direction>[^.\-]+-[^.\-]+)\.txt$")
 
@@ -21,15 +20,6 @@ def hypothesis_path(out_dir: Path, system: str, split: str, direction: str) -> P
 
 def reference_path(out_dir: Path, split: str, direction: str) -> Path:
     return Path(out_dir) / "ref" / f"{split}.{direction}.txt"
-
-
-def write_lines(path: Path, lines: List[str]) -> None:
-    """Atomically (m3p_fairseq.atomic_io); a line break inside a sentence would misalign
-    every later line, so it is refused."""
-    for number, line in enumerate(lines, start=1):
-        if "\n" in line or "\r" in line:
-            raise ValueError(f"{path}: sentence {number} contains a line break")
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def save(out_dir: Path, system: str, split: str, direction: str, hypotheses: List[str],
