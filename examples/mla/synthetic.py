@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 from m3p_fairseq.atomic_io import atomic_write_text  # noqa: E402
 from m3p_fairseq.data.data_dir import DataDirectory  # noqa: E402
