@@ -206,3 +206,7 @@ def main(argv=None):
         write_reports(results, args.output_dir, metrics)
     if args.output:
         atomic_write_text(args.output, json.dumps(results, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":  # python -m m3p_fairseq.evaluation.cli, as the sweep job runs it
+    main()
