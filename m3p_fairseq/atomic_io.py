@@ -62,3 +62,15 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 def atomic_write_text(path: PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_if_changed(path: PathLike, data: bytes) -> bool:
+    """Atomically write ``data`` unless ``path`` already holds exactly it (a re-run leaves the
+    file and its mtime alone); returns whether it wrote."""
+    try:
+        if Path(path).read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    atomic_write_bytes(path, data)
+    return True

@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from m3p_fairseq.atomic_io import atomic_write_text
+from m3p_fairseq.atomic_io import write_if_changed
+from m3p_fairseq.data.data_dir import IMAGE_IDS_SUFFIX, DataDirectory
 from m3p_fairseq.data.languages import INSTRMULTI102_LANGUAGES, PIVOT_LANGUAGE, unknown_language_message
 from m3p_fairseq.data.text_lines import read_lines
 from m3p_fairseq.logging_setup import setup_logging
@@ -44,10 +45,7 @@ class InstrMultiError(ValueError):
 
 def write_text_atomically(path: Path, text: str) -> bool:
     """Writes ``text`` unless ``path`` already holds it; returns whether it wrote."""
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return False
-    atomic_write_text(path, text)
-    return True
+    return write_if_changed(path, text.encode("utf-8"))
 
 
 def find_translations(translations_dir: Path, split: str) -> Dict[str, Path]:
@@ -95,7 +93,7 @@ def build(english_dir: Path, translations_dir: Path, output_dir: Path, splits: S
     outputs: Dict[str, List[str]] = {}
     split_languages = {}
     for split in splits:
-        english_path, ids_path = english_dir / f"{split}.{PIVOT_LANGUAGE}", english_dir / f"{split}.image_ids"
+        english_path, ids_path = english_dir / f"{split}.{PIVOT_LANGUAGE}", DataDirectory(english_dir).image_ids(split)
         for path in (english_path, ids_path):
             if not path.is_file():
                 raise InstrMultiError(f"split {split!r}: {path} not found (--english-dir holds "
@@ -117,7 +115,7 @@ def build(english_dir: Path, translations_dir: Path, output_dir: Path, splits: S
             raise InstrMultiError(f"split {split!r}: no translations {translations_dir}/{split}.{{lang}}")
         split_languages[split] = sorted(found)
         outputs[f"{split}.{PIVOT_LANGUAGE}"] = english
-        outputs[f"{split}.image_ids"] = image_ids
+        outputs[f"{split}{IMAGE_IDS_SUFFIX}"] = image_ids
         for code, path in found.items():
             lines = read_lines(path)
             check_aligned(path, lines, len(english), english_path)

@@ -57,25 +57,19 @@ options is kept and the run fails, saying what differs (see ``m3p_fairseq/data/i
 """
 
 import argparse
-import dataclasses
-import io
 import json
 import logging
-import re
-import struct
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import default_collate
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from m3p_fairseq.atomic_io import atomic_write_text
+from m3p_fairseq.data.data_dir import BAD_IMAGES_SUFFIX, DataDirectory
 from m3p_fairseq.data.image_features import (
     FeatureFileExistsError,
     ImageFeatureError,
@@ -83,28 +77,24 @@ from m3p_fairseq.data.image_features import (
     read_image_ids,
 )
 from m3p_fairseq.logging_setup import setup_logging
-from m3p_fairseq.serialization import allow_fairseq_checkpoint_globals
 from preprocess.image_augmentation import AugmentedViews
+from preprocess.image_backbone import (  # noqa: F401 (CheckpointError, patch_and_global_features: the CLI's API)
+    FIRST_FEW,
+    CheckpointError,
+    backbone_features,
+    build_backbone,
+    patch_and_global_features,
+)
+from preprocess.image_folder import ImageFolder, UnreadableImage, collate_readable
 
 logger = logging.getLogger("preprocess.extract_image_features")
 
-MISSING = "missing"
-REPORT_SUFFIX = ".bad_images.tsv"
 REPORT_COLUMNS = ("image_id", "path", "reason")
 EXISTS_MESSAGE = "%s exists; delete it to extract again"
-FIRST_FEW = 5  # bad images and mismatched keys named in an error message
-# What PIL raises for bytes it cannot decode (UnidentifiedImageError and "image file is truncated"
-# are OSErrors; plugins also raise SyntaxError, ValueError, EOFError or struct.error on broken
-# headers). Anything else, e.g. a TypeError or AttributeError, is a bug and stops the run.
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 class BadImagesError(ImageFeatureError):
     """Some images are missing or undecodable and --skip-bad-images was not given."""
-
-
-class CheckpointError(ValueError):
-    """The checkpoint cannot be loaded into the backbone; the message names both and what differs."""
 
 
 def unique_image_ids(id_files: Sequence[Path]) -> List[str]:
@@ -121,206 +111,6 @@ def unique_image_ids(id_files: Sequence[Path]) -> List[str]:
 def missing_images(images_dir: Path, image_ids: Sequence[str]) -> List[str]:
     """Ids without an image file: one stat each, so they are known before the long part."""
     return [image_id for image_id in image_ids if not (images_dir / image_id).is_file()]
-
-
-# ---------------------------------------------------------------------------------------------
-# backbone
-
-def build_backbone(name: str, checkpoint: Optional[Path], random_init_seed: Optional[int],
-                   image_size: Optional[int], model_kwargs: Optional[dict] = None) -> torch.nn.Module:
-    """A timm model without classifier; ``model_kwargs`` go to ``timm.create_model`` (e.g. a
-    smaller ``embed_dim``/``depth`` in tests)."""
-    import timm
-
-    if (checkpoint is None) == (random_init_seed is None):
-        raise ValueError("give exactly one of --checkpoint (local weights) or --random-init-seed")
-    kwargs = {**(model_kwargs or {}), "num_classes": 0}
-    if image_size is not None:
-        kwargs["img_size"] = image_size  # vision transformers adapt their position table
-    if checkpoint is None:
-        torch.manual_seed(random_init_seed)
-        return timm.create_model(name, pretrained=False, **kwargs).eval()
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: file not found")
-    if name.startswith(("hf-hub:", "hf_hub:")):  # timm would fetch that model's config and weights
-        raise ValueError(f"--backbone {name}: give a timm model name, the weights come from --checkpoint")
-    # pretrained=False still gives the model the pretrained_cfg of the name's tag (timm's default
-    # tag without one), so timm.data.resolve_model_data_config finds that tag's mean, std and crop
-    model = timm.create_model(name, pretrained=False, **kwargs)
-    load_checkpoint(model, Path(checkpoint), name)
-    return model.eval()
-
-
-def load_checkpoint(model: torch.nn.Module, checkpoint: Path, backbone: str) -> None:
-    """Loads ``checkpoint`` as timm loads pretrained weights, but fails unless every backbone weight
-    comes from it and every weight in it has a place.
-
-    We load instead of timm (pretrained=True): once the classifier is dropped (our num_classes=0),
-    timm loads non-strictly and would leave backbone weights the checkpoint lacks at random.
-    """
-    import timm.models
-
-    try:
-        # .safetensors or torch.load; unwraps state_dict/model of training checkpoints
-        state = timm.models.load_state_dict(str(checkpoint))
-        filter_fn = timm_checkpoint_filter(model)
-        if filter_fn is not None:
-            state = filter_fn(state, model)
-        result = model.load_state_dict(without_classifier(state, model), strict=False)
-    except RuntimeError as error:  # an unreadable file; strict=False still raises on size mismatches
-        raise CheckpointError(describe_load_error(error, checkpoint, backbone)) from error
-    finally:
-        # timm loads inside torch.serialization.safe_globals([argparse.Namespace]), whose exit
-        # removes Namespace from the allow-list again, also our registration of it: fairseq
-        # checkpoints would no longer load in this process
-        allow_fairseq_checkpoint_globals()
-    # a BatchNorm's update counter is no weight
-    missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(describe_mismatch(checkpoint, backbone, [], missing, result.unexpected_keys))
-
-
-def timm_checkpoint_filter(model: torch.nn.Module):
-    """The checkpoint converter timm passes as ``pretrained_filter_fn`` when it builds ``model``,
-    or None if its family has none (ResNet).
-
-    timm keeps no reference to it on the model or its pretrained_cfg; by timm's convention each
-    model family's module defines it as ``checkpoint_filter_fn(state_dict, model)``, next to the
-    model class: vision_transformer's converts OpenAI/open_clip CLIP layouts and resamples the
-    position table, byobnet's converts CLIP ResNets. (Families that use another name, or ViT
-    variants that bind other resampling options to it, get no or the plain filter; whatever does
-    not fit then still fails the key check.)
-    """
-    return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-
-
-def without_classifier(state: dict, model: torch.nn.Module) -> dict:
-    """``state`` without the classifier weights the headless model has no place for, as timm drops
-    them for num_classes=0: those named by the pretrained_cfg's ``classifier`` (``head`` of ViTs,
-    where the CLIP filter puts ``visual.proj``; ``fc`` of ResNets; ``head.proj`` of CLIP ResNets)."""
-    classifiers = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
-    if isinstance(classifiers, str):
-        classifiers = (classifiers,)
-    in_model = model.state_dict().keys()
-    dropped = {f"{name}.{param}" for name in classifiers for param in ("weight", "bias")} - in_model
-    return {key: value for key, value in state.items() if key not in dropped}
-
-
-_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) "
-                            r"from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
-_KEY_LIST = re.compile(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)")
-
-
-def describe_load_error(error: RuntimeError, checkpoint: Path, backbone: str) -> str:
-    """torch's load_state_dict message, summarised; any other error as it is, with a hint."""
-    message = str(error)
-    sizes = [f"{key} (checkpoint {ours}, backbone {theirs})" for key, ours, theirs in _SIZE_MISMATCH.findall(message)]
-    keys = {kind: re.findall(r'"([^"]+)"', listed) for kind, listed in _KEY_LIST.findall(message)}
-    if sizes or keys:
-        return describe_mismatch(checkpoint, backbone, sizes, keys.get("Missing", []), keys.get("Unexpected", []))
-    reason = message.strip().splitlines()[0] if message.strip() else type(error).__name__
-    if is_torchscript(checkpoint):
-        reason = ("it is a TorchScript archive (like OpenAI's original CLIP .pt files); save its weights first: "
-                  f"torch.save(torch.jit.load('{checkpoint}', map_location='cpu').state_dict(), 'weights.pth')")
-    return f"cannot load checkpoint {checkpoint} into backbone {backbone}: {reason}"
-
-
-def is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") for name in archive.namelist())
-
-
-def describe_mismatch(checkpoint: Path, backbone: str, sizes: Sequence[str], missing: Sequence[str],
-                      unexpected: Sequence[str]) -> str:
-    parts = []
-    for items, what in ((sizes, "tensor(s) of another shape"),
-                        (missing, "backbone weight(s) missing from the checkpoint"),
-                        (unexpected, "checkpoint weight(s) the backbone has no place for")):
-        if items:
-            more = f", ... ({len(items) - FIRST_FEW} more)" if len(items) > FIRST_FEW else ""
-            parts.append(f"{len(items)} {what}: {', '.join(items[:FIRST_FEW])}{more}")
-    return (f"checkpoint {checkpoint} does not fit backbone {backbone}: {'; '.join(parts)}. Is --backbone the "
-            f"architecture the checkpoint was trained as?")
-
-
-def patch_and_global_features(model: torch.nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """[B, P, D] patch tokens and [B, D] pooled vector, for transformers and CNNs alike."""
-    features = model.forward_features(images)
-    global_vector = model.forward_head(features, pre_logits=True)
-    if features.dim() == 4:  # CNN feature map [B, D, H, W]
-        patches = features.flatten(2).transpose(1, 2)
-    else:  # token sequence [B, prefix + P, D]
-        patches = features[:, getattr(model, "num_prefix_tokens", 0):]
-    return patches, global_vector
-
-
-def backbone_features(model: torch.nn.Module, images: torch.Tensor, device: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``patch_and_global_features`` on ``device`` (float16 autocast on CUDA), as float32 on the CPU."""
-    with torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
-        patches, global_vector = patch_and_global_features(model, images.to(device))
-    return patches.float().cpu(), global_vector.float().cpu()
-
-
-# ---------------------------------------------------------------------------------------------
-# images
-
-@dataclasses.dataclass(frozen=True)
-class UnreadableImage:
-    """What :class:`ImageFolder` gives instead of an image that is missing or cannot be decoded."""
-
-    image_id: str
-    path: str
-    reason: str
-
-
-def decode_rgb(path: Path):
-    """The RGB image, or the reason why there is none (a one-line string): the file is missing,
-    empty, or its bytes do not decode. An error reading the file (permissions, I/O) is no bad
-    image and is raised, as is any error other than a decoding one."""
-    if not path.is_file():
-        return MISSING
-    data = path.read_bytes()  # read apart from decoding, so that only decoding errors are caught below
-    if not data:
-        return "empty file (0 bytes)"
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")  # decodes everything now, so truncation shows here
-    except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
-        return "undecodable: cannot identify image file (no format PIL reads)"
-    except DECODE_ERRORS as error:
-        return "undecodable: " + (" ".join(str(error).split()) or type(error).__name__)
-
-
-class ImageFolder(torch.utils.data.Dataset):
-    """The clean image tensor; with ``augment``, the pair (clean [3, H, W], views [K, 3, H, W]).
-    An image that cannot be read gives an :class:`UnreadableImage` (see :func:`collate_readable`)."""
-
-    def __init__(self, images_dir: Path, image_ids: Sequence[str], transform,
-                 augment: Optional[AugmentedViews] = None):
-        self.images_dir, self.image_ids, self.transform, self.augment = images_dir, image_ids, transform, augment
-
-    def __len__(self):
-        return len(self.image_ids)
-
-    def __getitem__(self, index):
-        image_id = self.image_ids[index]
-        path = self.images_dir / image_id
-        image = decode_rgb(path)
-        if isinstance(image, str):
-            return UnreadableImage(image_id, str(path), image)
-        if self.augment is None:
-            return self.transform(image)
-        return self.transform(image), self.augment(image, image_id)
-
-
-def collate_readable(items):
-    """(the readable items collated as usual, or None; usable [B] bool; the UnreadableImages)."""
-    usable = [not isinstance(item, UnreadableImage) for item in items]
-    readable = [item for item, ok in zip(items, usable) if ok]
-    unreadable = [item for item, ok in zip(items, usable) if not ok]
-    return default_collate(readable) if readable else None, torch.tensor(usable, dtype=torch.bool), unreadable
 
 
 def features_with_zero_rows(model: torch.nn.Module, batch, usable: torch.Tensor, device: str,
@@ -408,7 +198,7 @@ def extract(images_dir: Path, id_files: Sequence[Path], output: Path, backbone: 
     if output.exists():
         logger.info(EXISTS_MESSAGE, output)
         return 0
-    report = output.with_name(output.name + REPORT_SUFFIX)
+    report = DataDirectory.bad_images_report(output)
     image_ids = unique_image_ids(id_files)
     missing = missing_images(images_dir, image_ids)
     if missing:
@@ -490,7 +280,7 @@ def main(argv=None):
                         help="seed of the augmented views; view v of an image depends only on it, the image id and v")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="store missing or undecodable images flagged (zero features, usable=False) instead of "
-                             f"failing; either way they are listed in OUTPUT{REPORT_SUFFIX}")
+                             f"failing; either way they are listed in OUTPUT{BAD_IMAGES_SUFFIX}")
     args = parser.parse_args(argv)
     setup_logging()
     try:

@@ -27,158 +27,16 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from m3p_fairseq.atomic_io import write_if_changed
+from m3p_fairseq.data.data_dir import DataDirectory
+from m3p_fairseq.data.text_lines import write_lines
 from m3p_fairseq.data.vocabulary import MASK_WORD as MASK_TOKEN
+from preprocess.synthetic_lexicons import COLOURS, GRID_CELLS, LEXICONS, SHAPES, SIZES, SUPPORTED_LANGS  # noqa: F401
 
 SPLITS = ("train", "valid", "test")
 BACKGROUND_RGB = (200, 200, 200)
 MIN_IMAGE_SIZE = 32
 
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 160, 50),
-    "blue": (30, 70, 220),
-    "yellow": (245, 215, 20),
-    "black": (0, 0, 0),
-    "white": (255, 255, 255),
-    "orange": (255, 140, 0),
-    "purple": (140, 40, 170),
-}
-SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
-# Side of the object's bounding box as a fraction of the image side. Large stays below
-# the 1/3 grid cell so objects in different cells can never overlap.
-SIZES = {"small": 0.22, "large": 0.32}
-# Row-major, so sorting by index gives reading order.
-GRID_CELLS = (
-    "top left", "top", "top right",
-    "left", "centre", "right",
-    "bottom left", "bottom", "bottom right",
-)
-
-
-def _with_endings(stem: str, endings: dict[str, str]) -> dict[str, str]:
-    return {gender: stem + ending for gender, ending in endings.items()}
-
-
-_GERMAN_ENDINGS = {"m": "er", "n": "es", "f": "e"}  # strong endings after ein/eine
-_CZECH_ENDINGS = {"m": "ý", "f": "á", "n": "é"}
-
-# Per language: the order of words in one object phrase, the article, and the
-# vocabulary. Shapes map to (noun, grammatical gender); an adjective or article is either
-# an invariable string or a dict gender -> inflected form.
-LEXICONS = {
-    "en": {
-        "word_order": ("article", "size", "colour", "shape", "position"),
-        "article": "a",
-        "conjunction": "and",
-        "shapes": {
-            "circle": ("circle", None), "square": ("square", None),
-            "triangle": ("triangle", None), "star": ("star", None),
-            "cross": ("cross", None), "diamond": ("diamond", None),
-        },
-        "colours": {
-            "red": "red", "green": "green", "blue": "blue", "yellow": "yellow",
-            "black": "black", "white": "white", "orange": "orange", "purple": "purple",
-        },
-        "sizes": {"small": "small", "large": "large"},
-        "positions": {
-            "top left": "at the top left", "top": "at the top",
-            "top right": "at the top right", "left": "on the left",
-            "centre": "in the centre", "right": "on the right",
-            "bottom left": "at the bottom left", "bottom": "at the bottom",
-            "bottom right": "at the bottom right",
-        },
-    },
-    "de": {
-        "word_order": ("article", "size", "colour", "shape", "position"),
-        "article": {"m": "ein", "n": "ein", "f": "eine"},
-        "conjunction": "und",
-        "shapes": {
-            "circle": ("Kreis", "m"), "square": ("Quadrat", "n"),
-            "triangle": ("Dreieck", "n"), "star": ("Stern", "m"),
-            "cross": ("Kreuz", "n"), "diamond": ("Raute", "f"),
-        },
-        "colours": {
-            "red": _with_endings("rot", _GERMAN_ENDINGS),
-            "green": _with_endings("grün", _GERMAN_ENDINGS),
-            "blue": _with_endings("blau", _GERMAN_ENDINGS),
-            "yellow": _with_endings("gelb", _GERMAN_ENDINGS),
-            "black": _with_endings("schwarz", _GERMAN_ENDINGS),
-            "white": _with_endings("weiß", _GERMAN_ENDINGS),
-            "orange": _with_endings("orangefarben", _GERMAN_ENDINGS),
-            "purple": _with_endings("violett", _GERMAN_ENDINGS),
-        },
-        "sizes": {
-            "small": _with_endings("klein", _GERMAN_ENDINGS),
-            "large": _with_endings("groß", _GERMAN_ENDINGS),
-        },
-        "positions": {
-            "top left": "oben links", "top": "oben", "top right": "oben rechts",
-            "left": "links", "centre": "in der Mitte", "right": "rechts",
-            "bottom left": "unten links", "bottom": "unten", "bottom right": "unten rechts",
-        },
-    },
-    "fr": {
-        # Size adjectives precede the noun, colour adjectives follow it.
-        "word_order": ("article", "size", "shape", "colour", "position"),
-        "article": {"m": "un", "f": "une"},
-        "conjunction": "et",
-        "shapes": {
-            "circle": ("cercle", "m"), "square": ("carré", "m"),
-            "triangle": ("triangle", "m"), "star": ("étoile", "f"),
-            "cross": ("croix", "f"), "diamond": ("losange", "m"),
-        },
-        "colours": {
-            "red": "rouge",
-            "green": {"m": "vert", "f": "verte"},
-            "blue": {"m": "bleu", "f": "bleue"},
-            "yellow": "jaune",
-            "black": {"m": "noir", "f": "noire"},
-            "white": {"m": "blanc", "f": "blanche"},
-            "orange": "orange",
-            "purple": {"m": "violet", "f": "violette"},
-        },
-        "sizes": {
-            "small": {"m": "petit", "f": "petite"},
-            "large": {"m": "grand", "f": "grande"},
-        },
-        "positions": {
-            "top left": "en haut à gauche", "top": "en haut",
-            "top right": "en haut à droite", "left": "à gauche",
-            "centre": "au centre", "right": "à droite",
-            "bottom left": "en bas à gauche", "bottom": "en bas",
-            "bottom right": "en bas à droite",
-        },
-    },
-    "cs": {
-        "word_order": ("size", "colour", "shape", "position"),
-        "conjunction": "a",
-        "shapes": {
-            "circle": ("kruh", "m"), "square": ("čtverec", "m"),
-            "triangle": ("trojúhelník", "m"), "star": ("hvězda", "f"),
-            "cross": ("kříž", "m"), "diamond": ("kosočtverec", "m"),
-        },
-        "colours": {
-            "red": _with_endings("červen", _CZECH_ENDINGS),
-            "green": _with_endings("zelen", _CZECH_ENDINGS),
-            "blue": _with_endings("modr", _CZECH_ENDINGS),
-            "yellow": _with_endings("žlut", _CZECH_ENDINGS),
-            "black": _with_endings("čern", _CZECH_ENDINGS),
-            "white": _with_endings("bíl", _CZECH_ENDINGS),
-            "orange": _with_endings("oranžov", _CZECH_ENDINGS),
-            "purple": _with_endings("fialov", _CZECH_ENDINGS),
-        },
-        "sizes": {
-            "small": _with_endings("mal", _CZECH_ENDINGS),
-            "large": _with_endings("velk", _CZECH_ENDINGS),
-        },
-        "positions": {
-            "top left": "vlevo nahoře", "top": "nahoře", "top right": "vpravo nahoře",
-            "left": "vlevo", "centre": "uprostřed", "right": "vpravo",
-            "bottom left": "vlevo dole", "bottom": "dole", "bottom right": "vpravo dole",
-        },
-    },
-}
-SUPPORTED_LANGS = tuple(LEXICONS)
 # Only the image can tell these apart, so the degraded captions hide them.
 MASKED_SLOTS = frozenset({"colour", "shape"})
 
@@ -303,37 +161,10 @@ def sample_scene(rng: np.random.Generator) -> list[SceneObject]:
     ]
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    # A hidden temporary name in the same directory keeps os.replace atomic and keeps
-    # half-written files out of globs such as images/*.png.
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp_path, "wb") as f:
-            f.write(data)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def _write_if_changed(path: Path, data: bytes) -> bool:
-    """Write unless the file already holds exactly `data`; returns whether it wrote."""
-    try:
-        if path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    _write_atomically(path, data)
-    return True
-
-
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _write_lines(path: Path, lines: Sequence[str]) -> None:
-    _write_atomically(path, "".join(line + "\n" for line in lines).encode("utf-8"))
 
 
 def _validate_arguments(counts: dict[str, int], langs: Sequence[str], image_size: int, seed: int) -> None:
@@ -381,15 +212,15 @@ def make_corpus(
             scene = sample_scene(rng)
             image_id = f"{split}_{index:06d}.png"
             image_ids.append(image_id)
-            images_written += _write_if_changed(image_dir / image_id, _png_bytes(render_image(scene, image_size)))
+            images_written += write_if_changed(image_dir / image_id, _png_bytes(render_image(scene, image_size)))
             for lang in langs:
                 captions[lang].append(render_caption(scene, lang))
                 degraded[lang].append(render_caption(scene, lang, masked=True))
 
-        _write_lines(output_dir / f"{split}.image_ids", image_ids)
+        write_lines(DataDirectory(output_dir).image_ids(split), image_ids)
         for lang in langs:
-            _write_lines(output_dir / f"{split}.{lang}", captions[lang])
-            _write_lines(output_dir / f"{split}.degraded.{lang}", degraded[lang])
+            write_lines(output_dir / f"{split}.{lang}", captions[lang])
+            write_lines(output_dir / f"{split}.degraded.{lang}", degraded[lang])
         print(
             f"{split}: {counts[split]} examples, langs {','.join(langs)}, "
             f"{images_written} images written, {counts[split] - images_written} already up to date "

@@ -26,7 +26,7 @@ from typing import Dict, List
 import numpy as np
 from fairseq.data import Dictionary, indexed_dataset
 
-from m3p_fairseq.data.data_dir import DICTIONARY_FILE
+from m3p_fairseq.data.data_dir import DICTIONARY_FILE, DataDirectory
 from m3p_fairseq.data.image_features import read_image_ids
 from m3p_fairseq.logging_setup import setup_logging
 
@@ -110,14 +110,14 @@ def subsample(data: Path, output: Path, fraction: float, seed: int = 1, train_su
                 write_subset(prefix, tmp / prefix.name, keep, vocab_size)
                 written |= {prefix.name + ".bin", prefix.name + ".idx"}
             # the image ids of a direction: its own list, else the multi-way split's
-            ids_file = next((p for p in (data / f"{group}.image_ids", data / f"{train_subset}.image_ids")
-                             if p.is_file()), None)
+            ids_file = DataDirectory(data).image_id_list(group)
             if ids_file is not None:
                 image_ids = read_image_ids(ids_file)
                 if len(image_ids) != num_sentences:
                     raise ValueError(f"{ids_file} has {len(image_ids)} ids but {group} has {num_sentences} sentences")
-                (tmp / f"{group}.image_ids").write_text("".join(image_ids[i] + "\n" for i in keep), encoding="utf-8")
-                written.add(f"{group}.image_ids")
+                kept_ids = DataDirectory(tmp).image_ids(group)
+                kept_ids.write_text("".join(image_ids[i] + "\n" for i in keep), encoding="utf-8")
+                written.add(kept_ids.name)
             logger.info("%s: kept %d of %d sentences", group, len(keep), num_sentences)
         for path in sorted(data.iterdir()):
             if path.name not in written and not path.name.startswith(".") and not (tmp / path.name).exists():

@@ -13,10 +13,7 @@ Images are embedded with ``python -m preprocess.mla_image_embeddings``; the two 
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m3p_fairseq.atomic_io import atomic_write_text  # noqa: E402
 

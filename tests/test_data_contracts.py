@@ -32,6 +32,9 @@ def test_file_names(tmp_path):
     assert data.binarized_files("train.en-de", "de") == (tmp_path / "train.en-de.de.bin", tmp_path / "train.en-de.de.idx")
     assert DataDirectory.manifest(tmp_path / "train.de") == tmp_path / "train.de.manifest.json"
     assert DataDirectory.of_task_data(f"{tmp_path}/a:{tmp_path}/b", epoch=2).path == tmp_path / "b"
+    assert data.image_ids("test_degraded") == tmp_path / "test_degraded.image_ids"
+    assert data.shared_features == tmp_path / "image_features.h5"
+    assert DataDirectory.bad_images_report(tmp_path / "f.h5") == tmp_path / "f.h5.bad_images.tsv"
 
 
 def test_text_of_a_direction_comes_from_one_stem(tmp_path):
@@ -74,3 +77,35 @@ def test_line_reader(tmp_path, caplog):
     path.write_bytes(b"fine\nbad \xff byte\n")
     with pytest.raises(TextFileError, match=r"text:2: not UTF-8"):
         read_lines(path)
+
+
+def test_line_writer_round_trips_refuses_line_breaks_and_reads_gzip(tmp_path):
+    import gzip
+
+    from m3p_fairseq.data.text_lines import write_lines
+
+    path = tmp_path / "sub" / "test.de"
+    write_lines(path, ["Ein Hund.", "", "Zwei Katzen."])
+    assert path.read_bytes() == "Ein Hund.\n\nZwei Katzen.\n".encode()
+    assert read_lines(path) == ["Ein Hund.", "", "Zwei Katzen."]
+    for bad in ("a\nb", "a\rb"):
+        with pytest.raises(ValueError, match=r"test.de: sentence 2 contains a line break"):
+            write_lines(path, ["ok", bad])
+        assert read_lines(path) == ["Ein Hund.", "", "Zwei Katzen."]  # the old file is kept whole
+    assert [p.name for p in path.parent.iterdir()] == ["test.de"]  # no temporary left behind
+    (tmp_path / "ids.gz").write_bytes(gzip.compress(b"a.jpg\r\nb.jpg\n"))
+    assert read_lines(tmp_path / "ids.gz") == ["a.jpg", "b.jpg"]
+
+
+def test_write_if_changed_leaves_an_equal_file_alone(tmp_path):
+    import os
+
+    from m3p_fairseq.atomic_io import write_if_changed
+
+    path = tmp_path / "a.png"
+    assert write_if_changed(path, b"\x89PNG one") is True
+    os.utime(path, (1_000_000, 1_000_000))
+    assert write_if_changed(path, b"\x89PNG one") is False
+    assert path.stat().st_mtime == 1_000_000
+    assert write_if_changed(path, b"\x89PNG two") is True
+    assert path.read_bytes() == b"\x89PNG two" and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

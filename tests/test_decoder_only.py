@@ -178,3 +178,39 @@ def test_a_batch_mixing_directions_carries_each_sentences_source_language(data_d
     directions = [(task.source_dictionary[s][2:-2], task.source_dictionary[t][2:-2])
                   for s, t in zip(batch["net_input"]["source_lang"].tolist(), tags.tolist())]
     assert sorted(directions) == sorted([("en", "de"), ("de", "en"), ("en", "fr")] * 2)
+
+
+def test_fairseq_interactive_without_source_lang_says_pass_source_lang(data_dir, tmp_path):
+    """The prompt names the source language, which fairseq-interactive's input does not carry:
+    without -s the command stops with that message (exit status 1, no traceback)."""
+    import subprocess
+
+    from omegaconf import OmegaConf
+
+    from helpers import REPO
+
+    torch.manual_seed(0)
+    task, cfg = setup_task(data_dir, *TINY, lang_pairs="en-de", arch="m3p_decoder_only_tiny")
+    model = task.build_model(cfg.model)
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"cfg": OmegaConf.to_container(cfg), "model": model.state_dict(), "extra_state": {},
+                "optimizer_history": [{"criterion_name": "M3PLoss", "optimizer_name": "Adam",
+                                       "lr_scheduler_state": {"best": None}, "num_updates": 0}]}, checkpoint)
+    image_id = (data_dir / "test.image_ids").read_text().split("\n")[0]
+
+    def interactive(*languages):
+        return subprocess.run(
+            ["fairseq-interactive", str(data_dir), "--user-dir", str(REPO / "m3p_fairseq"),
+             "--task", "multimodal_translation", "--lang-pairs", "en-de", *languages,
+             "--image-features", str(data_dir / "image_features.h5"), "--path", str(checkpoint),
+             "--bpe", "sentencepiece", "--sentencepiece-model", str(data_dir / "spm.model"), "--max-len-b", "5"],
+            cwd=REPO, input=f"{image_id}\tA small red circle.\n", capture_output=True, text=True)
+
+    without = interactive("-t", "de")
+    assert without.returncode == 1
+    assert without.stderr.rstrip().endswith("fairseq-interactive: the model's instruction prompt names the "
+                                            "source language: pass --source-lang (-s), e.g. -s en -t de")
+    assert "Traceback" not in without.stderr
+    with_source = interactive("-s", "en", "-t", "de")
+    assert with_source.returncode == 0, with_source.stderr[-2000:]
+    assert "H-0\t" in with_source.stdout

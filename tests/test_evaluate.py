@@ -3,7 +3,8 @@
 
 import pytest
 
-from m3p_fairseq.evaluation.cli import markdown_table, raw_references
+from m3p_fairseq.evaluation.cli import raw_references
+from m3p_fairseq.evaluation.tables import directions_table
 
 
 def test_table_marks_directions_a_model_was_not_trained_on():
@@ -11,7 +12,7 @@ def test_table_marks_directions_a_model_was_not_trained_on():
         "multi": {"test": {"en-de": {"bleu": 40.0}, "de-en": {"bleu": 44.0}}},
         "bilingual": {"test": {"de-en": {"bleu": 41.5}}},
     }
-    lines = markdown_table(results).splitlines()
+    lines = directions_table(results).splitlines()
     assert lines[0] == "| direction | multi test | bilingual test |"
     assert lines[2] == "| en-de | 40.0 | - |"
     assert lines[3] == "| de-en | 44.0 | 41.5 |"
@@ -21,7 +22,7 @@ def test_table_marks_directions_a_model_was_not_trained_on():
 
 def test_the_average_covers_every_one_of_many_directions():
     bleu = {f"l{i:03d}-en": {"bleu": float(i % 7)} for i in range(101)}
-    lines = markdown_table({"m": {"test": bleu}}).splitlines()
+    lines = directions_table({"m": {"test": bleu}}).splitlines()
     assert len(lines) == 2 + 101 + 2
     assert lines[-2] == f"| average | {sum(i % 7 for i in range(101)) / 101:.1f} |"
     assert lines[-1] == "| directions averaged | 101 |"

@@ -25,9 +25,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 from m3p_fairseq.atomic_io import atomic_write_text  # noqa: E402
+from m3p_fairseq.data.data_dir import DataDirectory  # noqa: E402
 
 PYTHON = sys.executable
 
@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
              "--steps", args.native_steps], native_log)
     if not (work / "emb.h5").is_file():
         run([PYTHON, "-m", "preprocess.mla_image_embeddings", "--native", work / "native.pt", "--images-dir",
-             corpus / "images", "--image-ids", *(corpus / f"{s}.image_ids" for s in ("train", "valid", "test")),
+             corpus / "images", "--image-ids", *(DataDirectory(corpus).image_ids(s) for s in ("train", "valid", "test")),
              "--output", work / "emb.h5"])
     defr, defrcs = work / "dict.defr.txt", work / "dict.defrcs.txt"
     if not defrcs.is_file():

@@ -20,7 +20,6 @@ what is already complete, so re-running resumes; without --images-dir the data i
 """
 
 import argparse
-import gzip
 import logging
 import re
 import subprocess
@@ -29,7 +28,8 @@ import unicodedata
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from m3p_fairseq.data.data_dir import DICTIONARY_FILE, SPM_MODEL_FILE
+from m3p_fairseq.data.data_dir import DICTIONARY_FILE, SPM_MODEL_FILE, DataDirectory
+from m3p_fairseq.data.text_lines import read_lines, write_lines
 from m3p_fairseq.logging_setup import setup_logging
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,9 +61,7 @@ def read_text(folder: Path, name: str) -> List[str]:
     """``name`` or ``name.gz``, decoded as UTF-8, one entry per line."""
     for path in (folder / name, folder / f"{name}.gz"):
         if path.is_file():
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rt", encoding="utf-8") as f:
-                return [line.rstrip("\r\n") for line in f]
+            return read_lines(path)
     raise FileNotFoundError(f"{folder / name}(.gz) not found")
 
 
@@ -72,12 +70,6 @@ def normalise(line: str) -> str:
     line = unicodedata.normalize("NFC", line)
     line = "".join(" " if unicodedata.category(c)[0] in "CZ" else c for c in line)
     return _SPACES.sub(" ", line).strip()
-
-
-def write_lines(path: Path, lines: List[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
 
 
 def split_languages(multi30k: Path) -> Dict[str, List[str]]:
@@ -126,7 +118,7 @@ def write_raw(multi30k: Path, raw_out: Path, max_lines: Optional[int] = None) ->
         for line_no, image_id in enumerate(image_ids, start=1):
             if not image_id.strip():
                 raise ValueError(f"{split_dir}/{theirs}.txt:{line_no}: empty image file name")
-        write_lines(raw_out / f"{ours}.image_ids", [i.strip() for i in image_ids])
+        write_lines(DataDirectory(raw_out).image_ids(ours), [i.strip() for i in image_ids])
         counts[ours] = len(image_ids)
     return counts
 
@@ -190,8 +182,8 @@ def main(argv=None):
         run(binarize)
     if args.images_dir is not None:
         extract = [sys.executable, "-m", "preprocess.extract_image_features", "--images-dir", args.images_dir,
-                   "--image-ids", *[raw / f"{split}.image_ids" for split in counts],
-                   "--output", data / "image_features.h5", "--backbone", args.backbone,
+                   "--image-ids", *[DataDirectory(raw).image_ids(split) for split in counts],
+                   "--output", DataDirectory(data).shared_features, "--backbone", args.backbone,
                    "--batch-size", args.batch_size, "--augmented-views", args.augmented_views]
         if args.checkpoint is not None:
             extract += ["--checkpoint", args.checkpoint]

@@ -21,6 +21,8 @@ from pathlib import Path
 from ablation import without  # noqa: E402
 from run import LANG_PAIRS, M3P, add_options, prepare_data, run, train  # noqa: E402
 
+from m3p_fairseq.data.data_dir import DataDirectory  # noqa: E402
+
 DECODER_ONLY = ["--arch", "m3p_decoder_only_tiny", "--fusion", "prefix"] + without(M3P, "--fusion")
 MODELS = {"m3p": M3P, "decoder-only-m3p": DECODER_ONLY}
 SPLITS = [("test", "clean"), ("test_degraded", "degraded")]
@@ -62,7 +64,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     work = args.work_dir.resolve()
     data = work / "data-bin"
-    if not (data / "test_degraded.image_ids").exists():  # the quickstart's data, made once
+    if not DataDirectory(data).image_ids("test_degraded").exists():  # the quickstart's data, made once
         data = prepare_data(work, args)
     checkpoints = train(work, data, {name: (options, LANG_PAIRS) for name, options in MODELS.items()}, args)
     output = work / "decoder_only.json"

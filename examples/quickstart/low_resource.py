@@ -20,6 +20,8 @@ from pathlib import Path
 
 from run import MODELS, REPO, _finished, run, run_side_by_side, train_command  # noqa: E402
 
+from m3p_fairseq.data.data_dir import DataDirectory  # noqa: E402
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,7 +42,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     began = time.time()
     source = args.quickstart_dir.resolve() / "data-bin"
-    if not (source / "dict.txt").is_file():
+    if not DataDirectory(source).dictionary.is_file():
         parser.error(f"{source}: no quickstart data; run examples/quickstart/run.py first")
     work = args.work_dir.resolve()
     pairs = args.lang_pairs.split(",")

@@ -29,6 +29,10 @@ import sys
 import time
 from pathlib import Path
 
+from m3p_fairseq.data.data_dir import DataDirectory
+from m3p_fairseq.data.text_lines import read_lines, write_lines
+from m3p_fairseq.data.vocabulary import MASK_WORD
+
 REPO = Path(__file__).resolve().parents[2]
 LANG_PAIRS = ["en-de", "de-en", "en-fr", "fr-en"]
 AUGMENTED_VIEWS = 2
@@ -80,16 +84,6 @@ def run_side_by_side(commands_and_logs):
     print(f"  ({time.time() - began:.0f} s)", flush=True)
 
 
-def write_lines(path: Path, lines):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
-
-
-def read_lines(path: Path):
-    return path.read_text(encoding="utf-8").splitlines()
-
-
 def write_directions(raw: Path, degraded_fraction: float, seed: int):
     """Per-direction raw text: train/valid sources degraded with probability
     ``degraded_fraction``; test_degraded has every source degraded. Targets stay clean."""
@@ -105,7 +99,7 @@ def write_directions(raw: Path, degraded_fraction: float, seed: int):
         src, tgt = pair.split("-")
         write_lines(raw / f"test_degraded.{pair}.{src}", read_lines(raw / f"test.degraded.{src}"))
         write_lines(raw / f"test_degraded.{pair}.{tgt}", read_lines(raw / f"test.{tgt}"))
-    shutil.copyfile(raw / "test.image_ids", raw / "test_degraded.image_ids")
+    shutil.copyfile(DataDirectory(raw).image_ids("test"), DataDirectory(raw).image_ids("test_degraded"))
 
 
 def train_command(data: Path, save_dir: Path, model_options: list, args, lang_pairs=LANG_PAIRS) -> list:
@@ -137,10 +131,11 @@ def add_options(parser):
 def prepare_data(work: Path, args) -> Path:
     """Steps 1-3; returns the binarized data directory."""
     raw, data = work / "raw", work / "data-bin"
+    raw_files, data_files = DataDirectory(raw), DataDirectory(data)
     work.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     print("== 1/5 synthetic corpus", flush=True)
-    if not (raw / "test_degraded.image_ids").exists():
+    if not raw_files.image_ids("test_degraded").exists():
         run([python, "-m", "preprocess.make_synthetic_corpus", "--output-dir", raw,
              "--num-train", args.num_train, "--num-valid", 200, "--num-test", args.num_test,
              "--image-size", 96, "--seed", args.seed])
@@ -148,15 +143,15 @@ def prepare_data(work: Path, args) -> Path:
 
     print("== 2/5 image features", flush=True)
     run([python, "-m", "preprocess.extract_image_features", "--images-dir", raw / "images",
-         "--image-ids", raw / "train.image_ids", raw / "valid.image_ids", raw / "test.image_ids",
-         "--output", data / "image_features.h5", "--backbone", "vit_tiny_patch16_224",
+         "--image-ids", *(raw_files.image_ids(split) for split in ("train", "valid", "test")),
+         "--output", data_files.shared_features, "--backbone", "vit_tiny_patch16_224",
          "--random-init-seed", 0, "--image-size", 96, "--batch-size", 100,
          "--augmented-views", AUGMENTED_VIEWS, "--augmentation-seed", args.seed], log_file=work / "extract.log")
 
     print("== 3/5 SentencePiece + binarize", flush=True)
     run([python, "-m", "preprocess.binarize", "--raw-dir", raw, "--dest-dir", data,
          "--lang-pairs", ",".join(LANG_PAIRS), "--splits", "train,valid,test,test_degraded",
-         "--spm-vocab-size", 1000, "--spm-user-defined-symbols", "[MASK]"], log_file=work / "binarize.log")
+         "--spm-vocab-size", 1000, "--spm-user-defined-symbols", MASK_WORD], log_file=work / "binarize.log")
     return data
 
 

@@ -14,6 +14,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from ..data.data_dir import DICTIONARY_FILE, DataDirectory
 from ..data.image_features import read_image_ids
 from ..data.random_features import write_random_features
 from .configs import BASELINE, KEY_CONFIGS, LANGS, SWEEP_CONFIGS, Settings
@@ -42,15 +43,15 @@ def prepare_data(work: Path, s: Settings) -> Dict[str, Path]:
     from preprocess.make_synthetic_corpus import make_corpus
 
     raw, data, baseline = work / "raw", work / "data-bin", work / "data-bin-translation"
-    if not (data / "image_features.h5").exists():
+    if not DataDirectory(data).shared_features.exists():
         make_corpus(raw, num_train=s.train_sentences, num_valid=1, num_test=s.test_sentences,
                     langs=list(LANGS), image_size=32, seed=1)
         binarize(raw, data, [LANGS], ["train", "test"], spm_vocab_size=1000)
-        ids = [i for split in ("train", "test") for i in read_image_ids(raw / f"{split}.image_ids")]
-        write_random_features(data / "image_features.h5", ids, s.num_patches, s.feature_dim, seed=0,
+        ids = [i for split in ("train", "test") for i in read_image_ids(DataDirectory(raw).image_ids(split))]
+        write_random_features(DataDirectory(data).shared_features, ids, s.num_patches, s.feature_dim, seed=0,
                               dtype="float16")
     baseline.mkdir(exist_ok=True)
-    links = {f"dict.{lang}.txt": "dict.txt" for lang in LANGS}
+    links = {f"dict.{lang}.txt": DICTIONARY_FILE for lang in LANGS}
     for split in ("train", "test"):
         for lang in LANGS:
             for ext in ("bin", "idx"):

@@ -102,16 +102,25 @@ class DataDirectory:
         return stem
 
     # ---- images ----
+    def image_ids(self, stem: str) -> Path:
+        """The id list of the text ``stem`` (or of a whole split): ``{stem}.image_ids``."""
+        return self.path / f"{stem}{IMAGE_IDS_SUFFIX}"
+
     def image_id_lists(self, stem: str) -> List[Path]:
         """Candidate id lists of the text ``stem``: its own, then its split's multi-way one."""
         split = stem.split(".", 1)[0]
-        return list(dict.fromkeys([self.path / f"{stem}{IMAGE_IDS_SUFFIX}", self.path / f"{split}{IMAGE_IDS_SUFFIX}"]))
+        return list(dict.fromkeys([self.image_ids(stem), self.image_ids(split)]))
 
     def image_id_list(self, stem: str) -> Optional[Path]:
         return next((p for p in self.image_id_lists(stem) if p.is_file()), None)
 
+    @property
+    def shared_features(self) -> Path:
+        """The feature file every split reads unless it has its own."""
+        return self.path / SHARED_FEATURE_FILE
+
     def feature_files(self, split: str) -> List[Path]:
-        return [self.path / f"{split}.{SHARED_FEATURE_FILE}", self.path / SHARED_FEATURE_FILE]
+        return [self.path / f"{split}.{SHARED_FEATURE_FILE}", self.shared_features]
 
     def feature_file(self, split: str, override: Optional[str] = None) -> Optional[Path]:
         """``--image-features`` when given (it must exist), else the split's or the shared file;

@@ -26,6 +26,7 @@ from fairseq.data import Dictionary, FairseqDataset, data_utils
 
 from ..atomic_io import atomic_path
 from .batch_keys import IMAGE_GLOBAL
+from .data_dir import DataDirectory
 from .image_features import ImageFeatureStore
 
 NATIVE_TOKENS = "native_tokens"  # (B, T) long: the native-language translation of each caption (NLT)
@@ -164,7 +165,7 @@ def load_caption_dataset(data: Path, split: str, lang: str, dictionary: Dictiona
         native_tokens = [row[row.ne(native.pad_id)] for row in native.tokenize(native_lines)]
     rows = None
     if images is not None:
-        ids_path = data / f"{split}.image_ids"
+        ids_path = DataDirectory(data).image_ids(split)
         image_ids = read_lines(ids_path)
         if len(image_ids) != len(captions):
             raise MlaDataError(f"{ids_path}: {len(image_ids)} image ids but {source} has {len(captions)} captions")

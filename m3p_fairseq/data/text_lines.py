@@ -7,9 +7,12 @@ inside a line is not a line end (Python's text mode would split there and shift 
 sentence against its image and translation): it is read as a space, and reported.
 """
 
+import gzip
 import logging
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import Iterable, List, Tuple, Union
+
+from ..atomic_io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +22,12 @@ class TextFileError(ValueError):
 
 
 def read_lines(path: Union[str, Path]) -> List[str]:
-    """The lines of ``path`` without their line ends (see the module docstring)."""
+    """The lines of ``path`` without their line ends (see the module docstring); a ``.gz``
+    file is decompressed first."""
     path = Path(path)
     data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -41,6 +47,16 @@ def read_lines(path: Union[str, Path]) -> List[str]:
         logger.warning("%s: a carriage return (\\r) inside line(s) %s, read as a space (lines end at \\n "
                        "only)", path, ", ".join(map(str, lone[:10])) + (" ..." if len(lone) > 10 else ""))
     return lines
+
+
+def write_lines(path: Union[str, Path], lines: Iterable[str]) -> None:
+    """Atomically (m3p_fairseq.atomic_io), one line per item, each ended by ``\n``. A line break
+    inside an item would shift every later line against its image and translation: refused."""
+    lines = list(lines)
+    for number, line in enumerate(lines, start=1):
+        if "\n" in line or "\r" in line:
+            raise ValueError(f"{path}: sentence {number} contains a line break")
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def empty_lines(path: Union[str, Path], lines: List[str]) -> List[Tuple[str, int]]:

@@ -34,12 +34,22 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from m3p_fairseq.atomic_io import atomic_write_text
+from m3p_fairseq.data.batch_keys import MultimodalModelInterface
+from m3p_fairseq.data.data_dir import DataDirectory
+from m3p_fairseq.data.text_lines import read_lines
 from m3p_fairseq.evaluation import hypotheses as saved_hypotheses
 from m3p_fairseq.evaluation.language_id import off_target_rate
 from m3p_fairseq.evaluation.probes import with_incongruent_images
-from m3p_fairseq.evaluation.scoring import average, corpus_scores
+from m3p_fairseq.evaluation.scoring import corpus_scores
 from m3p_fairseq.evaluation.selection import UnknownDirectionError, named_checkpoints, select_directions
-from m3p_fairseq.evaluation.tables import csv_table, image_awareness_table, markdown_tables, multi30k_tables
+from m3p_fairseq.evaluation.tables import (
+    csv_table,
+    directions_table,
+    image_awareness_table,
+    markdown_tables,
+    multi30k_tables,
+)
 from m3p_fairseq.evaluation.translation import direction_dataset, load, translate_dataset
 from m3p_fairseq.logging_setup import setup_logging
 from m3p_fairseq.tasks.multimodal_translation import parse_lang_pairs
@@ -50,13 +60,17 @@ INCONGRUENT = "-incongruent"  # suffix of the pseudo-split translated with shuff
 def raw_references(references_dir: Path, split: str, src: str, tgt: str, expected: int) -> List[str]:
     """The original target sentences (as given to preprocess.binarize), not the ones decoded
     back from SentencePiece pieces, whose normalisation (NFKC) may differ."""
-    from preprocess.binarize import raw_text_path, read_lines
-
-    path, _ = raw_text_path(Path(references_dir), split, src, tgt, tgt)
+    raw = DataDirectory(references_dir)
+    path = raw.text(raw.raw_stem(split, src, tgt, langs=(tgt,)), tgt)
     lines = read_lines(path)
     if len(lines) != expected:
         raise ValueError(f"{path} has {len(lines)} lines but split {split!r} has {expected} sentences")
     return lines
+
+
+def reads_images(model) -> bool:
+    """A plain fairseq model trained on the same data is text-only (batch_keys contract)."""
+    return isinstance(model, MultimodalModelInterface) and model.image_feature_dim is not None
 
 
 def score(hypotheses: List[str], references: List[str], tgt: str, off_target_candidates=None) -> dict:
@@ -87,7 +101,7 @@ def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pai
             for src, tgt in pairs:
                 dataset = direction_dataset(task, split, src, tgt)
                 variants = [(split, dataset)]
-                if incongruent_seed is not None and getattr(models[0], "image_feature_dim", None):
+                if incongruent_seed is not None and reads_images(models[0]):
                     shuffled, unchanged = with_incongruent_images(dataset, incongruent_seed)
                     if unchanged:
                         print(f"{name} {split} {src}-{tgt}: {unchanged} sentences keep their own image "
@@ -126,28 +140,6 @@ def rescore(out_dir: Path, references_dir: Optional[Path] = None, off_target: bo
     return results
 
 
-def markdown_table(results: dict) -> str:
-    """Directions as rows, (model, split) as columns; "-" where a model lacks the direction. The
-    average row is the unweighted mean over the directions the column has (the paper's Avg101)."""
-    columns = [(name, split) for name, by_split in results.items() for split in by_split]
-    directions = list(dict.fromkeys(d for by_split in results.values() for scores in by_split.values() for d in scores))
-    lines = ["| direction | " + " | ".join(f"{name} {split}" for name, split in columns) + " |",
-             "|---|" + "---:|" * len(columns)]
-    for direction in directions + ["average"]:
-        cells = []
-        for name, split in columns:
-            scores = results[name][split]
-            if direction == "average":
-                cells.append(f"{average([s['bleu'] for s in scores.values()]):.1f}")
-            else:
-                cells.append(f"{scores[direction]['bleu']:.1f}" if direction in scores else "-")
-        lines.append(f"| {direction} | " + " | ".join(cells) + " |")
-    # how many directions each average covers (e.g. 101 on InstrMulti102; columns may differ)
-    counts = [str(len(results[name][split])) for name, split in columns]
-    lines.append("| directions averaged | " + " | ".join(counts) + " |")
-    return "\n".join(lines)
-
-
 def source_commit() -> str:
     """The commit of the code that scores (``+dirty`` with uncommitted changes), or "unknown"
     outside a git checkout, so that a table says what produced it."""
@@ -167,19 +159,19 @@ def write_reports(results: dict, out_dir: Path, metrics: List[str], ratio=None) 
     were scored (``ratio`` = (system A, system B) adds the row A / B) and, with
     incongruent-image runs, OUT/image_awareness.md."""
     commit = source_commit()
-    saved_hypotheses.write_text(out_dir / "table.md", markdown_tables(results, metrics)
+    atomic_write_text(out_dir / "table.md", markdown_tables(results, metrics)
                                 + f"\n{signatures(results)}; commit `{commit}`\n")
-    saved_hypotheses.write_text(out_dir / "table.csv", csv_table(results, metrics))
-    saved_hypotheses.write_text(out_dir / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
+    atomic_write_text(out_dir / "table.csv", csv_table(results, metrics))
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
     written = ["table.md", "table.csv", "results.json"]
     paper_layouts = multi30k_tables(results, [m for m in metrics if m in ("bleu", "chrf")], commit, ratio)
     if paper_layouts:
-        saved_hypotheses.write_text(out_dir / "multi30k.md", paper_layouts)
+        atomic_write_text(out_dir / "multi30k.md", paper_layouts)
         written.append("multi30k.md")
     shuffled = {label.removesuffix(INCONGRUENT): label for by_split in results.values()
                 for label in by_split if label.endswith(INCONGRUENT)}
     if shuffled:
-        saved_hypotheses.write_text(out_dir / "image_awareness.md", image_awareness_table(results, shuffled))
+        atomic_write_text(out_dir / "image_awareness.md", image_awareness_table(results, shuffled))
         written.append("image_awareness.md")
     print(f"wrote {', '.join(str(out_dir / name) for name in written)}", file=sys.stderr)
 
@@ -241,9 +233,13 @@ def main(argv=None):
                                args.off_target, args.langid_all_languages)
         except UnknownDirectionError as error:
             parser.error(str(error))
-    print(markdown_table(results))
+    print(directions_table(results))
     print(signatures(results))
     if args.output_dir:
         write_reports(results, args.output_dir, metrics)
     if args.output:
-        saved_hypotheses.write_text(args.output, json.dumps(results, indent=1, ensure_ascii=False))
+        atomic_write_text(args.output, json.dumps(results, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":  # python -m m3p_fairseq.evaluation.cli, as the sweep job runs it
+    main()

@@ -1,6 +1,5 @@
 """The paper's figures as PNG files (matplotlib, Agg backend: no display needed)."""
 
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -10,17 +9,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..atomic_io import atomic_path  # noqa: E402
+
 MARKERS = "os^Dvx*P"
 
 
 def save_figure(figure, path: Path) -> Path:
     """Written to a temporary name and renamed, so a reader never sees half a PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    figure.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(figure)
     return path
 
 

@@ -5,10 +5,11 @@ metric, raw references, a new table layout) without translating again:
     OUT/ref/{split}.{src}-{tgt}.txt             the references they were scored against
 """
 
-import os
 import re
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+from ..data.text_lines import read_lines, write_lines
 
 _FILE = re.compile(r"^(?P<split>.+)\.(?P<direction>[^.\-]+-[^.\-]+)\.txt$")
 
@@ -19,28 +20,6 @@ def hypothesis_path(out_dir: Path, system: str, split: str, direction: str) -> P
 
 def reference_path(out_dir: Path, split: str, direction: str) -> Path:
     return Path(out_dir) / "ref" / f"{split}.{direction}.txt"
-
-
-def write_lines(path: Path, lines: List[str]) -> None:
-    """Atomically (temporary file + rename); a line break inside a sentence would misalign
-    every later line, so it is refused."""
-    for number, line in enumerate(lines, start=1):
-        if "\n" in line or "\r" in line:
-            raise ValueError(f"{path}: sentence {number} contains a line break")
-    write_text(path, "".join(line + "\n" for line in lines))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomically: a temporary file beside ``path``, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_lines(path: Path) -> List[str]:
-    with open(path, encoding="utf-8", newline="\n") as f:
-        return [line.rstrip("\n") for line in f]
 
 
 def save(out_dir: Path, system: str, split: str, direction: str, hypotheses: List[str],

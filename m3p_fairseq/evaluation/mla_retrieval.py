@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ..data.data_dir import DataDirectory
 from ..data.image_features import ImageFeatureStore
 from ..data.mla_dataset import encode_words, pad_token_rows, read_lines
 from .retrieval import caption_image_index, check_disjoint_images, embedding_retrieval_scores
@@ -37,10 +38,10 @@ def evaluate_languages(data: Path, split: str, langs: Sequence[str], native, ima
                        batch_size: int = 128) -> Dict[str, Dict[str, float]]:
     """``{lang: scores}`` for ``native_lang`` and every language of ``langs`` whose captions exist."""
     data = Path(data)
-    ids_path = data / f"{split}.image_ids"
+    ids_path = DataDirectory(data).image_ids(split)
     caption_image_ids = read_lines(ids_path)
     unique_images: List[str] = list(dict.fromkeys(caption_image_ids))
-    train_ids = data / "train.image_ids"
+    train_ids = DataDirectory(data).image_ids("train")
     if split != "train" and train_ids.is_file():
         check_disjoint_images(unique_images, read_lines(train_ids))
     caption_image = caption_image_index(caption_image_ids, unique_images, str(ids_path))

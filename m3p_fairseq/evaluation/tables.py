@@ -69,6 +69,20 @@ def markdown_tables(results: dict, metrics: Sequence[str] = ("bleu", "chrf")) ->
     return "\n\n".join(sections) + "\n"
 
 
+def directions_table(results: dict) -> str:
+    """m3p-evaluate's printed table: directions as rows, (model, split) as columns, BLEU; "-"
+    where a model lacks the direction. The average row is the unweighted mean over the
+    directions the column has (the paper's Avg101), and the last row says how many that is."""
+    columns = [(name, split) for name, by_split in results.items() for split in by_split]
+    directions = list(dict.fromkeys(d for by_split in results.values() for scores in by_split.values() for d in scores))
+    body = [[direction] + [f"{results[name][split][direction]['bleu']:.1f}" if direction in results[name][split]
+                           else "-" for name, split in columns] for direction in directions]
+    body.append(["average"] + [f"{average([s['bleu'] for s in results[name][split].values()]):.1f}"
+                               for name, split in columns])
+    body.append(["directions averaged"] + [str(len(results[name][split])) for name, split in columns])
+    return markdown_table(["direction", *(f"{name} {split}" for name, split in columns)], body)
+
+
 def csv_table(results: dict, metrics: Sequence[str] = ("bleu", "chrf")) -> str:
     """One row per (split, metric, system); columns: every direction, the average and how many
     directions it is over. Missing directions are empty cells; numbers keep two decimals."""

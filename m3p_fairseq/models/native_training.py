@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from ..criterions.mmcl import symmetric_info_nce
+from ..data.data_dir import DataDirectory
 from ..data.image_features import ImageFeatureError
 from ..data.mla_dataset import encode_words, pad_token_rows, read_lines, word_dictionary
 from .native_dual_encoder import build_clip, save_native, small_clip_config
@@ -42,9 +43,10 @@ def train_native(corpus: Path, output: Path, lang: str = "en", steps: int = 600,
     corpus = Path(corpus)
     torch.manual_seed(seed)
     captions = read_lines(corpus / f"train.{lang}")
-    image_ids = read_lines(corpus / "train.image_ids")
+    ids_path = DataDirectory(corpus).image_ids("train")
+    image_ids = read_lines(ids_path)
     if len(image_ids) != len(captions):
-        raise ValueError(f"{corpus / 'train.image_ids'}: {len(image_ids)} ids but train.{lang} has {len(captions)} lines")
+        raise ValueError(f"{ids_path}: {len(image_ids)} ids but train.{lang} has {len(captions)} lines")
     dictionary = word_dictionary(captions)
     cfg = small_clip_config(len(dictionary), embed_dim=embed_dim, width=width, layers=layers,
                             image_size=image_size, pad=dictionary.pad(), eos=dictionary.eos())
@@ -53,7 +55,7 @@ def train_native(corpus: Path, output: Path, lang: str = "en", steps: int = 600,
     # open_clip's encode_text adds all context_length positions: pad to it
     tokens = pad_token_rows([encode_words(dictionary, c, context) for c in captions], dictionary.pad(), context)
     pixels = load_pixels(corpus / "images", image_ids, open_clip.image_transform(image_size, is_train=False),
-                         str(corpus / "train.image_ids"))
+                         str(ids_path))
     optimizer = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)

@@ -39,6 +39,8 @@ from ..data.temperature_sampling import TemperatureSchedule
 from ..data.vocabulary import MASK_SYMBOL, lang_tag, tagged_languages  # noqa: F401 (lang_tag re-exported)
 
 logger = logging.getLogger(__name__)
+SOURCE_LANG_NEEDED = ("the model's instruction prompt names the source language: pass --source-lang "
+                      "(-s), e.g. -s en -t de")
 
 
 @dataclass
@@ -219,6 +221,9 @@ class MultimodalTranslationTask(TranslationTask):
     # ---- inference --------------------------------------------------------------------------
     def get_interactive_tokens_and_lengths(self, lines, encode_fn):
         """fairseq-interactive input, see :class:`InteractiveInput` (bad lines are skipped)."""
+        if self._reads_source_language and not self.cfg.source_lang:
+            # only fairseq-interactive calls this: a message and exit status 1, not a traceback
+            raise SystemExit(f"fairseq-interactive: {SOURCE_LANG_NEEDED}")
         return super().get_interactive_tokens_and_lengths(self.interactive_input.read(lines), encode_fn)
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
@@ -234,7 +239,7 @@ class MultimodalTranslationTask(TranslationTask):
             raise ImageFeatureError("the model fuses images: pass --image-features FILE.h5 and "
                                     "give each input line as IMAGE_ID<TAB>sentence")
         if self._reads_source_language and not self.cfg.source_lang:
-            raise ValueError("the model's instruction prompt names the source language: pass --source-lang")
+            raise ValueError(SOURCE_LANG_NEEDED)
         return MultimodalLanguagePairDataset(
             src_tokens, src_lengths, self.source_dictionary, tgt_dict=self.target_dictionary,
             constraints=constraints, image_store=image_store, image_rows=image_rows,

@@ -15,6 +15,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[3]
 
+from m3p_fairseq.data.data_dir import DataDirectory  # noqa: E402
+from m3p_fairseq.data.text_lines import read_lines  # noqa: E402
 from preprocess.make_synthetic_corpus import COLOURS, SPLITS, render_caption, sample_scene  # noqa: E402
 
 
@@ -22,8 +24,8 @@ def train_scenes(raw: Path, seed: int):
     """The training split's scenes, replayed from the generator's seed and checked against the
     English captions (a corpus made with another seed or version is an error, not wrong labels)."""
     rng = np.random.default_rng([seed, SPLITS.index("train")])
-    image_ids = (raw / "train.image_ids").read_text(encoding="utf-8").splitlines()
-    captions = (raw / "train.en").read_text(encoding="utf-8").splitlines()
+    image_ids = read_lines(DataDirectory(raw).image_ids("train"))
+    captions = read_lines(raw / "train.en")
     scenes = []
     for line, (image_id, caption) in enumerate(zip(image_ids, captions), start=1):
         scene = sample_scene(rng)
@@ -61,7 +63,7 @@ def main(argv=None):
     if len(one_object) < args.train + args.test:
         raise SystemExit(f"only {len(one_object)} one-object training images; lower --train/--test")
     one_object = one_object[:args.train + args.test]
-    features = mean_patch_features(args.work_dir / "data-bin" / "image_features.h5", [i for i, _ in one_object])
+    features = mean_patch_features(DataDirectory(args.work_dir / "data-bin").shared_features, [i for i, _ in one_object])
     colours = np.array([colour for _, colour in one_object])
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     probe.fit(features[:args.train], colours[:args.train])

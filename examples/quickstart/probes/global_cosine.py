@@ -30,9 +30,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import h5py
 
+    from m3p_fairseq.data.data_dir import DataDirectory
     from m3p_fairseq.data.image_features import GLOBAL, PATCHES
 
-    with h5py.File(args.work_dir / "data-bin" / "image_features.h5", "r") as f:
+    with h5py.File(DataDirectory(args.work_dir / "data-bin").shared_features, "r") as f:
         global_vectors = f[GLOBAL][:args.images].astype(np.float64)
         mean_patches = f[PATCHES][:args.images].astype(np.float64).mean(axis=1)
     results = {"global": mean_pairwise_cosine(global_vectors), "mean patch": mean_pairwise_cosine(mean_patches)}
