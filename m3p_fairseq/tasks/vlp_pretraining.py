@@ -19,7 +19,6 @@ translation data directory itself, with --caption-lang the source language.
 import glob
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -33,7 +32,7 @@ from ..data.data_dir import DICTIONARY_FILE, SHARED_FEATURE_FILE, DataDirectory
 from ..data.image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
 from ..data.object_tags import ObjectTagTokens
 from ..data.vlp_caption_dataset import VLPCaptionDataset
-from ..data.vocabulary import MASK_SYMBOL, lang_tag
+from ..data.vocabulary import MASK_SYMBOL, lang_tag, tagged_languages
 
 logger = logging.getLogger(__name__)
 SENTENCEPIECE_FILE = "spm.model"
@@ -65,9 +64,7 @@ class VLPPretrainingTask(FairseqTask):
     def __init__(self, cfg: VLPPretrainingConfig, dictionary: Dictionary):
         super().__init__(cfg)
         self.dictionary = dictionary
-        # the language tags, never masked: lang_tag(xx) == "__xx__"
-        self.languages = sorted(m.group(1) for m in map(re.compile(r"^__([A-Za-z0-9_-]+?)__$").match,
-                                                        dictionary.symbols) if m and lang_tag(m.group(1)) == m.group(0))
+        self.languages = tagged_languages(dictionary.symbols)  # the language tags, never masked
         self._feature_dims = set()
 
     @classmethod
