@@ -15,7 +15,6 @@ Image embeddings come from an HDF5 file of the project's format whose ``global``
 projected embeddings v of Eq. 6 and whose attributes name the native model (``embed_images``).
 """
 
-import gzip
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -25,6 +24,7 @@ import torch
 from fairseq.data import Dictionary, FairseqDataset, data_utils
 
 from ..atomic_io import atomic_path
+from . import text_lines
 from .batch_keys import IMAGE_GLOBAL
 from .data_dir import DataDirectory
 from .image_features import ImageFeatureStore
@@ -39,13 +39,13 @@ class MlaDataError(ValueError):
 
 
 def read_lines(path: Path) -> List[str]:
+    """The non-empty lines of a caption or id file (``PATH`` or ``PATH.gz``), read by the one line
+    reader (data/text_lines.py); an empty line is an error naming the file and line."""
     if not path.is_file() and Path(str(path) + ".gz").is_file():
         path = Path(str(path) + ".gz")
     if not path.is_file():
         raise MlaDataError(f"file not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        lines = [line.rstrip("\r\n") for line in f]
+    lines = text_lines.read_lines(path)
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             raise MlaDataError(f"{path}:{line_no}: empty line (expected one caption or id per line)")
