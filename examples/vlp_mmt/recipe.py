@@ -22,15 +22,26 @@ checkpoint_last.pt).
 """
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quickstart"))
-from run import M3P, REPO, _finished, evaluate, run, write_directions  # noqa: E402
+from m3p_fairseq.atomic_io import atomic_write_text
 
-sys.path.insert(0, str(REPO))
-from m3p_fairseq.atomic_io import atomic_write_text  # noqa: E402
+
+def _quickstart():
+    """examples/quickstart/run.py, whose data preparation, training and scoring this recipe reuses."""
+    path = Path(__file__).resolve().parents[1] / "quickstart" / "run.py"
+    spec = importlib.util.spec_from_file_location("quickstart_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_qs = _quickstart()
+M3P, REPO, _finished, evaluate, run, write_directions = (_qs.M3P, _qs.REPO, _qs._finished, _qs.evaluate, _qs.run,
+                                                         _qs.write_directions)
 
 PAIR = "en-de"
 PYTHON = sys.executable
