@@ -25,8 +25,8 @@ import torch
 
 from m3p_fairseq.data.image_features import ImageFeatureWriter
 from m3p_fairseq.data.mla_dataset import NATIVE_IDENTITY_ATTR, read_lines
+from m3p_fairseq.mla.native_training import load_pixels
 from m3p_fairseq.models.native_dual_encoder import NativeDualEncoder, load_native
-from m3p_fairseq.models.native_training import load_pixels
 
 
 def unique_ids(id_files: Sequence[Path]) -> List[str]:

@@ -72,3 +72,27 @@ def test_translation_pairs_must_align(tmp_path):
     dataset = load_caption_dataset(tmp_path, "train", "de", native.dictionary, native, "en", None, 12)
     batch = dataset.collater([dataset[0], dataset[1]])
     assert batch["net_input"]["native_tokens"].tolist()[1][:4] == native.tokenize(["small square"])[0].tolist()
+
+
+def test_task_takes_the_native_model_from_the_built_model(tmp_path):
+    """The task imports no model: fairseq builds the model (which loads --native-checkpoint) before
+    any split, and the task tokenizes native captions with the model's native encoder."""
+    from omegaconf import OmegaConf
+
+    import m3p_fairseq.models.mla_model  # noqa: F401 (registers --arch mla_acquisition)
+    from m3p_fairseq.tasks.mla_acquisition import MlaAcquisitionConfig, MlaAcquisitionTask
+
+    native = make_native(tmp_path)
+    (tmp_path / "train.de").write_text("ein roter kreis\nein blauer kreis\n")
+    (tmp_path / "train.en").write_text("a red circle\na blue circle\n")
+    (tmp_path / "train.image_ids").write_text("1.png\n2.png\n")
+    build_nonnative_dictionary([tmp_path / "train.de"], tmp_path / "dict.nonnative.txt")
+    task = MlaAcquisitionTask.setup_task(MlaAcquisitionConfig(data=str(tmp_path), langs="de",
+                                                              native_checkpoint=str(tmp_path / "tiny-en-0.pt")))
+    with pytest.raises(RuntimeError, match="no native model yet: build the model"):
+        task.load_dataset("train")
+    model = task.build_model(OmegaConf.create({"_name": "mla_acquisition"}))  # fairseq fills in the defaults
+    assert task.native is model.native
+    assert task.native.identity == native.identity  # the very checkpoint --native-checkpoint names
+    task.load_dataset("train")
+    assert len(task.dataset("train")) == 2

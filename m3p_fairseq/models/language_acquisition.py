@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .native_dual_encoder import NativeDualEncoder, NativeIdentity, NativeModelMismatch
+from ..data.native_identity import NativeIdentity, NativeModelMismatch
+from .native_dual_encoder import NativeDualEncoder
 
 DEFAULT_BOTTLENECK = 256
 NATIVE_NAME_KEY = "native_name"

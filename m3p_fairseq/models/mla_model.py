@@ -1,8 +1,9 @@
 """``--arch mla_acquisition``: the language acquisition encoder as a fairseq model.
 
 Its parameters are exactly the trainable ones of the paper (the shared non-native embedding
-block with W_e, and the acquirers of every language); the frozen native dual encoder is the
-task's and appears in neither the optimizer nor the checkpoint. The forward output carries t
+block with W_e, and the acquirers of every language); the frozen native dual encoder, loaded
+here from the task's ``--native-checkpoint`` and handed to the task (which tokenizes native
+captions with it), appears in neither the optimizer nor the checkpoint. The forward output carries t
 (Eq. 11), the native s (Eq. 3, without gradient) when the batch has native translations, and the
 image embeddings v when it has images; the criteria ``mla_nlt`` and ``mla_le`` turn them into
 Eq. 12 or Eqs. 13-15.
@@ -21,6 +22,7 @@ from fairseq.models import BaseFairseqModel, register_model
 
 from ..data.mla_dataset import check_dictionary_extends
 from .language_acquisition import DEFAULT_BOTTLENECK, LanguageAcquisitionEncoder
+from .native_dual_encoder import NativeDualEncoder, load_native
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +69,17 @@ class MlaAcquisitionModel(BaseFairseqModel):
         super().__init__()
         self.encoder = encoder
 
+    @property
+    def native(self) -> NativeDualEncoder:
+        return self.encoder.native
+
     @classmethod
     def build_model(cls, cfg: MlaModelConfig, task):
+        native = load_native(task.cfg.native_checkpoint, task.cfg.native_open_clip_model)
+        logger.info(f"native model {native.name!r} ({native.identity.fingerprint[:12]})")
         d = task.dictionary
         pretrained = load_embedding_matrix(cfg.nonnative_embed_init) if cfg.nonnative_embed_init else None
-        encoder = LanguageAcquisitionEncoder(task.native, len(d), d.pad(), d.eos(), task.langs,
+        encoder = LanguageAcquisitionEncoder(native, len(d), d.pad(), d.eos(), task.langs,
                                              embed_dim=pretrained[1].shape[1] if pretrained else
                                              cfg.nonnative_embed_dim or None,
                                              bottleneck=cfg.acquirer_bottleneck, use_acquirers=not cfg.no_acquirers,

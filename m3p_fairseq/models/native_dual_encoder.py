@@ -16,11 +16,10 @@ acquirers between them. Two kinds of local checkpoint load:
 
 Every native model has an identity (name, embedding size, weights fingerprint): checkpoints of
 acquirers and files of image embeddings record it and refuse another model (see
-:class:`NativeIdentity`).
+:class:`~m3p_fairseq.data.native_identity.NativeIdentity`).
 """
 
 import hashlib
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -30,34 +29,9 @@ from fairseq.data import Dictionary
 
 from ..atomic_io import atomic_path
 from ..data.mla_dataset import encode_words, pad_token_rows
+from ..data.native_identity import NativeIdentity, NativeModelMismatch  # noqa: F401 (re-exported)
 
 NATIVE_FORMAT = "m3p-mla-native-dual-encoder/1"
-
-
-class NativeModelMismatch(ValueError):
-    """Something trained against one native model was paired with another."""
-
-
-@dataclass(frozen=True)
-class NativeIdentity:
-    name: str
-    embed_dim: int
-    fingerprint: str  # sha256 of every weight (names, shapes, dtypes, values)
-
-    def check_matches(self, other: "NativeIdentity", what: str) -> None:
-        if self != other:
-            raise NativeModelMismatch(
-                f"{what} was made with native model {self.name!r} (embedding size {self.embed_dim}, "
-                f"weights {self.fingerprint[:12]}) but the native model loaded now is {other.name!r} "
-                f"(embedding size {other.embed_dim}, weights {other.fingerprint[:12]}); load the native "
-                f"model it was made with, or train/extract again against this one")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "NativeIdentity":
-        return cls(str(data["name"]), int(data["embed_dim"]), str(data["fingerprint"]))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def weights_fingerprint(module: nn.Module) -> str:

@@ -7,6 +7,10 @@ embeddings). A stage continues the previous one with ``--init-from``; a language
 the same way, with ``--train-langs`` naming only the new one (see docs/mla.md).
 
 Data layout: see :mod:`m3p_fairseq.data.mla_dataset`.
+
+The frozen native model is loaded by the model's ``build_model`` (from ``--native-checkpoint``)
+and handed back through :meth:`MlaAcquisitionTask.build_model`; fairseq-train and checkpoint
+loading build the model before they load any split, so the task never imports a model.
 """
 
 import json
@@ -21,7 +25,7 @@ from fairseq.tasks import FairseqTask, register_task
 
 from ..data.image_features import ImageFeatureStore
 from ..data.mla_dataset import NATIVE_IDENTITY_ATTR, MlaDataError, MlaMultilingualDataset, load_caption_dataset
-from ..models.native_dual_encoder import NativeIdentity, load_native
+from ..data.native_identity import NativeIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +77,9 @@ class MlaAcquisitionConfig(FairseqDataclass):
 
 @register_task("mla_acquisition", dataclass=MlaAcquisitionConfig)
 class MlaAcquisitionTask(FairseqTask):
-    def __init__(self, cfg: MlaAcquisitionConfig, native, dictionary: Dictionary):
+    def __init__(self, cfg: MlaAcquisitionConfig, dictionary: Dictionary):
         super().__init__(cfg)
-        self.native = native
+        self._native = None  # set by build_model: the model loads the native checkpoint
         self.dictionary = dictionary
         self.langs = split_langs(cfg.langs, "--langs")
         self.train_langs = split_langs(cfg.train_langs, "--train-langs") or list(self.langs)
@@ -93,14 +97,25 @@ class MlaAcquisitionTask(FairseqTask):
             raise ValueError("give the data directory (fairseq-train DATA --task mla_acquisition ...)")
         if not cfg.native_checkpoint:
             raise ValueError("--native-checkpoint is required: the frozen dual encoder to extend")
-        native = load_native(cfg.native_checkpoint, cfg.native_open_clip_model)
         dict_path = Path(cfg.nonnative_dict or Path(cfg.data) / NONNATIVE_DICT_FILE)
         if not dict_path.is_file():
             raise MlaDataError(f"non-native dictionary not found: {dict_path} (scripts/mla.py build-dict)")
         dictionary = Dictionary.load(str(dict_path))
-        logger.info(f"native model {native.name!r} ({native.identity.fingerprint[:12]}), "
-                    f"non-native dictionary {dict_path}: {len(dictionary)} types")
-        return cls(cfg, native, dictionary)
+        logger.info(f"non-native dictionary {dict_path}: {len(dictionary)} types")
+        return cls(cfg, dictionary)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        self._native = model.native
+        return model
+
+    @property
+    def native(self):
+        """The frozen native dual encoder, as the model loaded it."""
+        if self._native is None:
+            raise RuntimeError("the mla_acquisition task has no native model yet: build the model "
+                               "(task.build_model) before loading data")
+        return self._native
 
     @property
     def image_store(self):

@@ -5,7 +5,9 @@ native model where no pre-trained CLIP can be loaded, e.g. on the synthetic corp
 
 Its text side reads words of the native captions (``CORPUS/train.en``, a fairseq dictionary kept
 in the checkpoint), its vision side the images (``CORPUS/images/`` named by
-``CORPUS/train.image_ids``). The result loads with :func:`load_native` like any native model.
+``CORPUS/train.image_ids``). The result loads with
+:func:`~m3p_fairseq.models.native_dual_encoder.load_native` like any native model. A command,
+not a model: it uses the MMCL loss of ``criterions/``.
 """
 
 import time
@@ -19,7 +21,7 @@ from ..criterions.mmcl import symmetric_info_nce
 from ..data.data_dir import DataDirectory
 from ..data.image_features import ImageFeatureError
 from ..data.mla_dataset import encode_words, pad_token_rows, read_lines, word_dictionary
-from .native_dual_encoder import build_clip, save_native, small_clip_config
+from ..models.native_dual_encoder import build_clip, save_native, small_clip_config
 
 
 def load_pixels(images_dir: Path, image_ids: Sequence[str], transform, source: str = "image list") -> torch.Tensor:
