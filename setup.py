@@ -66,6 +66,7 @@ setup(
             "m3p-figures=m3p_fairseq.evaluation.figures_cli:main",
             "m3p-sweep=m3p_fairseq.sweep.cli:main",
             "m3p-repair-checkpoints=m3p_fairseq.checkpoints:main",
+            "m3p-mla=m3p_fairseq.mla.cli:main",
         ],
     },
 )
