@@ -8,7 +8,7 @@ unusable image), the m3p_loss value and a beam search. Run it once on the old co
 
     git archive OLD | tar -x -C /tmp/old
     OMP_NUM_THREADS=1 PYTHONPATH=/tmp/old python tests/same_seed_outputs.py --save /tmp/before.pt
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python tests/same_seed_outputs.py --compare /tmp/before.pt
+    OMP_NUM_THREADS=1 python tests/same_seed_outputs.py --compare /tmp/before.pt
 
 Every tensor must be bitwise equal, and the state-dict keys the same. (A tool, not a test:
 pytest collects test_*.py only.)
