@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from helpers import as_if_trained, setup_task
+from m3p_fairseq.data.batch_keys import IMAGE_GLOBAL, IMAGE_PATCHES
 from m3p_fairseq.models.fusion import (
     ConcatFusion,
     ConditionalVisionLanguageMemory,
@@ -101,8 +102,10 @@ def test_encoder_output_with_each_fusion(data_dir, fusion, extra):
     dataset = task.dataset("valid")
     batch = dataset.collater([dataset[i] for i in range(4)])
     net_input = batch["net_input"]
+    # a text-only model's batches carry no image features (nothing would read them)
+    assert (IMAGE_PATCHES in net_input) == (fusion != "none")
     out = model.encoder(net_input["src_tokens"], net_input["src_lengths"],
-                        image_patches=net_input["image_patches"], image_global=net_input["image_global"])
+                        image_patches=net_input.get(IMAGE_PATCHES), image_global=net_input.get(IMAGE_GLOBAL))
     src_len = net_input["src_tokens"].size(1)
     assert out["encoder_out"][0].shape == (src_len + extra, 4, 128)
     mask = out["encoder_padding_mask"][0]

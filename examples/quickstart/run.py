@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from m3p_fairseq.atomic_io import atomic_write_text
 from m3p_fairseq.data.data_dir import DataDirectory
 from m3p_fairseq.data.text_lines import read_lines, write_lines
 from m3p_fairseq.data.vocabulary import MASK_WORD
@@ -193,7 +194,21 @@ def train_and_evaluate(models: dict, output_name: str, doc: str, argv=None, scor
     print("== 4/5 training", flush=True)
     checkpoints = train(work, data, models, args)
     print("== 5/5 beam search (beam 5) and sacreBLEU", flush=True)
-    return evaluate(data, checkpoints, work / output_name, score_pairs), work
+    if not score_pairs:
+        return evaluate(data, checkpoints, work / output_name), work
+    # m3p-evaluate refuses a direction a model was not trained on: score each model on the
+    # directions of score_pairs it has (one run per distinct set), then join the results
+    groups = {}
+    for name, path in checkpoints.items():
+        pairs = tuple(pair for pair in score_pairs if pair in models[name][1])
+        groups.setdefault(pairs, {})[name] = path
+    results = {}
+    for number, (pairs, members) in enumerate(sorted(groups.items())):
+        output = work / output_name if len(groups) == 1 else work / f"{Path(output_name).stem}.{number}.json"
+        results.update(evaluate(data, members, output, list(pairs)))
+    if len(groups) > 1:
+        atomic_write_text(work / output_name, json.dumps(results, indent=1, ensure_ascii=False))
+    return results, work
 
 
 def evaluate(data: Path, checkpoints: dict, output: Path, score_pairs=None) -> dict:
