@@ -146,3 +146,14 @@ def generate(task, model, dataset, indices, beam=5):
     with torch.no_grad():
         outputs = task.inference_step(generator, [model], batch)
     return {int(i): output[0]["tokens"].tolist() for i, output in zip(batch["id"], outputs)}
+
+
+def assert_batch_equals_alone(task, model, dataset, indices):
+    """Beam search over ``indices`` in one batch gives each sentence the hypothesis it gets alone,
+    and the hypotheses depend on the input (not one output for every sentence)."""
+    batched = generate(task, model, dataset, indices)
+    alone = {}
+    for i in indices:
+        alone.update(generate(task, model, dataset, [i]))
+    assert batched == alone
+    assert len({tuple(tokens) for tokens in batched.values()}) > 1

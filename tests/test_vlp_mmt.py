@@ -8,7 +8,7 @@ import torch
 from fairseq import optim
 from fairseq.modules import MultiheadAttention
 
-from helpers import generate, setup_task
+from helpers import assert_batch_equals_alone, setup_task
 from m3p_fairseq.criterions.modality_loss import modality_loss, parse_lambda, parse_layers
 from m3p_fairseq.data.batch_keys import (
     MODALITY_LAMBDA,
@@ -229,13 +229,7 @@ def test_beam_output_alone_equals_in_a_batch(built):
     task, _, model, _ = built
     model.eval()
     dataset = task.dataset("test")
-    indices = list(range(16))
-    batched = generate(task, model, dataset, indices)
-    alone = {}
-    for i in indices:
-        alone.update(generate(task, model, dataset, [i]))
-    assert batched == alone
-    assert len({tuple(tokens) for tokens in batched.values()}) > 1
+    assert_batch_equals_alone(task, model, dataset, list(range(16)))
 
 
 def test_other_criteria_and_bad_options(data_dir):
