@@ -132,6 +132,20 @@ class DataDirectory:
             return Path(override)
         return next((p for p in self.feature_files(split) if p.is_file()), None)
 
+    def load_dictionary(self):
+        """The shared dictionary (dict.txt, with the __lang__ tags) plus ``<mask>`` (MMA's and the
+        pre-training tasks' mask symbol; a no-op when dict.txt has it), so that every task built
+        on this directory gives each symbol the same index."""
+        from fairseq.data import Dictionary
+
+        from .vocabulary import MASK_SYMBOL
+        if not self.dictionary.is_file():
+            raise FileNotFoundError(f"{self.dictionary} not found: the shared dictionary (with __lang__ tags) "
+                                    "that preprocess/binarize.py writes")
+        dictionary = Dictionary.load(str(self.dictionary))
+        dictionary.add_symbol(MASK_SYMBOL)
+        return dictionary
+
     def require_feature_dim(self, dim: Optional[int], split: str, reader: str) -> int:
         """``dim`` (the data's image-feature width) when there are features; else a clear error
         naming the files a ``reader`` (e.g. ``--fusion cvlm``) looked for."""

@@ -95,12 +95,7 @@ class M3PPretrainingTask(FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg: M3PPretrainingConfig, **kwargs):
-        path = DataDirectory.of_task_data(cfg.data).dictionary
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: the shared dictionary (with __lang__ tags) that "
-                                    "preprocess/binarize.py writes")
-        dictionary = Dictionary.load(str(path))
-        dictionary.add_symbol(MASK_SYMBOL)
+        dictionary = DataDirectory.of_task_data(cfg.data).load_dictionary()
         return cls(cfg, dictionary)
 
     def lang_tag_index(self, lang: str) -> int:

@@ -125,15 +125,9 @@ class MultimodalTranslationTask(TranslationTask):
     # ---- set-up -----------------------------------------------------------------------------
     @classmethod
     def setup_task(cls, cfg: MultimodalTranslationConfig, **kwargs):
-        dict_path = DataDirectory.of_task_data(cfg.data).dictionary
-        if not dict_path.is_file():
-            raise FileNotFoundError(
-                f"{dict_path} not found: the shared dictionary (with __lang__ tags) that "
-                "preprocess/binarize.py writes"
-            )
-        dictionary = cls.load_dictionary(str(dict_path))
-        dictionary.add_symbol(MASK_SYMBOL)  # MMA text masking (a no-op when dict.txt has it)
-        logger.info("dictionary %s: %d types", dict_path, len(dictionary))
+        directory = DataDirectory.of_task_data(cfg.data)
+        dictionary = directory.load_dictionary()
+        logger.info("dictionary %s: %d types", directory.dictionary, len(dictionary))
         return cls(cfg, dictionary)
 
     @property

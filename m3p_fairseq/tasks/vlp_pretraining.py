@@ -28,7 +28,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from ..data.data_dir import DICTIONARY_FILE, SHARED_FEATURE_FILE, DataDirectory
+from ..data.data_dir import SHARED_FEATURE_FILE, DataDirectory
 from ..data.image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
 from ..data.object_tags import ObjectTagTokens
 from ..data.vlp_caption_dataset import VLPCaptionDataset
@@ -69,14 +69,10 @@ class VLPPretrainingTask(FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg: VLPPretrainingConfig, **kwargs):
-        paths = utils.split_paths(cfg.data or "")
-        if not paths:
+        if not utils.split_paths(cfg.data or ""):
             raise ValueError("no data directory given")
-        dict_path = os.path.join(paths[0], DICTIONARY_FILE)
-        if not os.path.isfile(dict_path):
-            raise FileNotFoundError(f"{dict_path} not found: the dictionary preprocess/binarize.py writes")
-        dictionary = Dictionary.load(dict_path)
-        dictionary.add_symbol(MASK_SYMBOL)  # as multimodal_translation does: same indices, same model size
+        # as multimodal_translation loads it: same indices, same model size
+        dictionary = DataDirectory.of_task_data(cfg.data).load_dictionary()
         return cls(cfg, dictionary)
 
     @property
