@@ -10,6 +10,7 @@ from helpers import PAIRS, multi30k_dir, write_random_features
 from m3p_fairseq.data.image_features import read_image_ids
 from preprocess.binarize import binarize
 from preprocess.make_synthetic_corpus import make_corpus
+from preprocess.write_synthetic_tags import write_synthetic_tags
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,15 @@ def data_dir(tmp_path_factory, raw_corpus) -> Path:
              spm_user_defined_symbols=["[MASK]"])
     ids = [i for split in ("train", "valid", "test") for i in read_image_ids(raw_corpus / f"{split}.image_ids")]
     write_random_features(data / "image_features.h5", ids)
+    return data
+
+
+@pytest.fixture(scope="session")
+def tagged_data(tmp_path_factory, data_dir, raw_corpus) -> Path:
+    """data_dir with object tags in its feature file: each scene's true colour and shape words."""
+    data = tmp_path_factory.mktemp("tagged") / "data-bin"
+    shutil.copytree(data_dir, data)
+    write_synthetic_tags(raw_corpus, data / "image_features.h5", ["train", "valid", "test"])
     return data
 
 

@@ -142,6 +142,9 @@ def test_object_tags_reach_the_encoder_input(built):
     tags = torch.tensor([[d.nspecial + 10, d.nspecial + 11]] * 2)  # two ordinary vocabulary entries
     with torch.no_grad():
         plain = model.encoder(**net_input)["encoder_out"][0]
+        # built on data without tags (--object-tags auto -> no): tags given anyway are not read
+        assert torch.equal(model.encoder(**net_input, **{OBJECT_TAGS: tags})["encoder_out"][0], plain)
+        model.encoder.reads_object_tags = True
         tagged = model.encoder(**net_input, **{OBJECT_TAGS: tags})
         other = model.encoder(**net_input, **{OBJECT_TAGS: tags + torch.tensor([0, 5])})["encoder_out"][0]
     length = net_input["src_tokens"].size(1)

@@ -13,15 +13,7 @@ from m3p_fairseq.data.batch_keys import OBJECT_TAGS, PAIRED_IMAGE_LABEL
 from m3p_fairseq.data.image_features import ImageFeatureError, read_image_ids
 from m3p_fairseq.data.object_tags import OBJECT_TAGS_DATASET, read_object_tags, write_object_tags
 from m3p_fairseq.data.vlp_caption_dataset import OWN_IMAGE, RANDOM_IMAGE
-from preprocess.write_synthetic_tags import scene_tags, write_synthetic_tags
-
-
-@pytest.fixture(scope="module")
-def tagged_data(tmp_path_factory, data_dir, raw_corpus):
-    data = tmp_path_factory.mktemp("tagged") / "data-bin"
-    shutil.copytree(data_dir, data)
-    write_synthetic_tags(raw_corpus, data / "image_features.h5", ["train", "valid", "test"])
-    return data
+from preprocess.write_synthetic_tags import scene_tags
 
 
 def vlp_task(data, *extra):

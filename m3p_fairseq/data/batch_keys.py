@@ -77,6 +77,8 @@ class MultimodalModelInterface:
 
     #: True when forward() needs ``net_input[SOURCE_LANG]`` (the decoder-only model's prompt)
     reads_source_language: bool = False
+    #: True when forward() reads ``net_input[OBJECT_TAGS]`` (a VLP-MMT model trained with tags)
+    reads_object_tags: bool = False
     #: updates trained so far (set by the trainer, also right after a resume)
     num_updates: int = 0
 

@@ -20,6 +20,7 @@ from .data_dir import DataDirectory
 from .image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
 from .multimodal_augmentation import MultimodalAugmentation
 from .multimodal_pair_dataset import ImageDemand, MultimodalLanguagePairDataset
+from .object_tags import FeatureFileTags
 from .temperature_sampling import TemperatureSampledDataset
 from .vocabulary import MASK_SYMBOL, lang_tag
 
@@ -35,6 +36,7 @@ class MultimodalDataManager:
         self.cfg = cfg
         self.dictionary = dictionary
         self._feature_stores: Dict[str, ImageFeatureStore] = {}
+        self._object_tags: Dict[str, FeatureFileTags] = {}
         self.image_demand = ImageDemand()
 
     def data_directory(self, epoch: int = 1) -> DataDirectory:
@@ -91,7 +93,8 @@ class MultimodalDataManager:
             pad_to_multiple=cfg.required_seq_len_multiple,
             image_store=image_store, image_rows=image_rows,
             augmentation=self.augmentation(f"{src}-{tgt}") if training else None,
-            source_lang_index=self.tag_index(src), image_demand=self.image_demand)
+            source_lang_index=self.tag_index(src), image_demand=self.image_demand,
+            object_tags=self.object_tags(image_store.path) if image_store is not None else None)
 
     def augmentation(self, direction: str) -> Optional[MultimodalAugmentation]:
         cfg = self.cfg
@@ -111,6 +114,21 @@ class MultimodalDataManager:
         if path not in self._feature_stores:
             self._feature_stores[path] = ImageFeatureStore(path)
         return self._feature_stores[path]
+
+    def object_tags(self, path) -> FeatureFileTags:
+        """The object tags of a feature file (shared by every split that reads the file)."""
+        path = str(path)
+        if path not in self._object_tags:
+            spm_model = self.data_directory().spm_model
+            self._object_tags[path] = FeatureFileTags(path, str(spm_model) if spm_model.is_file() else None,
+                                                      self.dictionary)
+        return self._object_tags[path]
+
+    @property
+    def object_tags_available(self) -> bool:
+        """Whether the training split's feature file carries object tags (``--object-tags auto``)."""
+        path = self.data_directory().feature_file(self.cfg.train_subset, self.cfg.image_features)
+        return path is not None and self.object_tags(path).available
 
     def image_rows(self, directory: DataDirectory, split: str, stem: str, text_file: str, num_sentences: int):
         """(store, row of each sentence's image) of the text ``stem``; (None, None) without features."""

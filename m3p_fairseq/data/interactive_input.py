@@ -5,7 +5,7 @@ A blank line, a line without an image id and an unknown image id are reported (n
 input line) and skipped; the session goes on, and the other lines of the chunk keep their
 numbers in fairseq's ``S-``/``H-`` output. fairseq-interactive hands the models only
 ``src_tokens`` and ``src_lengths``, so the images are found again through each sentence's
-tokens (unique within a chunk).
+tokens (unique within a chunk), and with them their object tags when the model reads tags.
 """
 
 import logging
@@ -14,17 +14,20 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from fairseq import utils
 
-from .batch_keys import IMAGE_PATCHES, IMAGE_ROW, IMAGE_USABLE
+from .batch_keys import IMAGE_PATCHES, IMAGE_ROW, IMAGE_USABLE, OBJECT_TAGS
 from .image_features import ImageFeatureError, ImageFeatureStore
 from .multimodal_pair_dataset import stack_distinct_images
+from .object_tags import FeatureFileTags, collate_tags
 
 logger = logging.getLogger(__name__)
 
 
 class InteractiveInput:
-    def __init__(self, image_features: Optional[str], feature_store: Callable[[str], ImageFeatureStore]):
+    def __init__(self, image_features: Optional[str], feature_store: Callable[[str], ImageFeatureStore],
+                 object_tags: Optional[Callable[[str], FeatureFileTags]] = None):
         self.image_features = image_features
         self._feature_store = feature_store
+        self._object_tags = object_tags
         self.lines_read = 0  # over the whole session, for the messages' line numbers
         self._pending: Optional[Tuple[int, List[int], List[str]]] = None  # chunk start, kept positions, ids
         self._row_of_source: Dict[tuple, int] = {}  # the current chunk's images by source tokens
@@ -85,8 +88,9 @@ class InteractiveInput:
                     "a different image; translate with --buffer-size 1 (the default) to tell them apart")
         return store, rows, positions
 
-    def add_images(self, net_input: dict, pad: int) -> None:
-        """Put the current chunk's images into a batch fairseq-interactive reduced to tokens."""
+    def add_images(self, net_input: dict, pad: int, with_tags: bool = False) -> None:
+        """Put the current chunk's images (``with_tags``: and their object tags) into a batch
+        fairseq-interactive reduced to tokens."""
         if IMAGE_PATCHES in net_input or not self._row_of_source:
             return
         src_tokens = net_input["src_tokens"]
@@ -99,3 +103,6 @@ class InteractiveInput:
         usable = torch.from_numpy(store.usable[rows])
         if not usable.all():
             net_input[IMAGE_USABLE] = usable.to(src_tokens.device)
+        if with_tags:
+            tags = self._object_tags(self.image_features).tokens("the model")
+            net_input[OBJECT_TAGS] = collate_tags([tags[row] for row in rows], pad).to(src_tokens.device)

@@ -16,10 +16,12 @@ from .batch_keys import (
     MMA_IMAGE_GLOBAL,
     MMA_SRC_LENGTHS,
     MMA_SRC_TOKENS,
+    OBJECT_TAGS,
     SOURCE_LANG,
 )
 from .image_features import ImageFeatureError, ImageFeatureStore
 from .multimodal_augmentation import MultimodalAugmentation
+from .object_tags import FeatureFileTags, collate_tags
 
 #: an example's key (not a batch key): equal keys mean equal image inputs (same row, same view,
 #: patches not masked), which the collater then stacks once
@@ -37,18 +39,25 @@ class ImageDemand:
     only when a model it built reads them. A text-only model (``--fusion none``, fairseq's
     ``transformer``) trained on a data directory that has features would otherwise read and
     collate every sentence's features for nothing. Shared by a task's datasets, as the
-    temperature schedule is: the task calls :meth:`model_built`, the datasets read ``wanted``."""
+    temperature schedule is: the task calls :meth:`model_built`, the datasets read ``wanted``.
+    Object tags (``tags_wanted``) only once a model that reads them is built."""
 
     def __init__(self):
         self._models_read_images: Optional[bool] = None  # None: no model built yet
+        self._models_read_tags = False
 
-    def model_built(self, reads_images: bool) -> None:
-        # an ensemble needs the images when any of its models reads them
+    def model_built(self, reads_images: bool, reads_object_tags: bool = False) -> None:
+        # an ensemble needs the images (tags) when any of its models reads them
         self._models_read_images = bool(self._models_read_images) or reads_images
+        self._models_read_tags = self._models_read_tags or reads_object_tags
 
     @property
     def wanted(self) -> bool:
         return self._models_read_images is not False
+
+    @property
+    def tags_wanted(self) -> bool:
+        return self._models_read_tags
 
 
 def stack_distinct_images(keys: Sequence[Hashable],
@@ -86,6 +95,8 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
       dataset is text-only): ``IMAGE_ROW`` [B], that row, the image's identity (MMCL's positives),
       and ``IMAGE_PATCHES`` / ``IMAGE_GLOBAL``, each distinct image input once ([U, P, D], [U, D])
       with ``IMAGE_INDEX`` [B] when some repeat (the directions of one caption), else per row;
+    * ``OBJECT_TAGS`` [B, T], each row's image's tags (right-padded), with ``object_tags`` (the
+      feature file's, data/object_tags.py) once the ``image_demand`` wants tags;
     * ``IMAGE_USABLE`` [B] bool when some image of the batch was flagged unusable at extraction
       (missing or undecodable file): those sentences are text-only;
     * ``IMAGE_NEGATIVE_GLOBAL`` [B, D] with an ``augmentation`` (training only) that has
@@ -103,7 +114,8 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
                  image_rows: Optional[np.ndarray] = None,
                  augmentation: Optional[MultimodalAugmentation] = None,
                  source_lang_index: Optional[int] = None, example_ids: Optional[Sequence[int]] = None,
-                 image_demand: Optional[ImageDemand] = None, **kwargs):
+                 image_demand: Optional[ImageDemand] = None, object_tags: Optional[FeatureFileTags] = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         if (image_store is None) != (image_rows is None):
             raise ValueError("image_store and image_rows go together")
@@ -125,6 +137,7 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         self.source_lang_index = source_lang_index
         self.example_ids = example_ids
         self.image_demand = image_demand
+        self.object_tags = object_tags if image_store is not None else None
         self.epoch = 1
 
     @property
@@ -157,6 +170,8 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         row = int(self.image_rows[index])
         example[IMAGE_ROW] = row
         example[IMAGE_USABLE] = bool(self.image_store.usable[row])
+        if self.object_tags is not None and self.image_demand is not None and self.image_demand.tags_wanted:
+            example[OBJECT_TAGS] = self.object_tags[row]  # Eq. 1's t: the tags travel with the image row
         if augmentation is None:
             example[IMAGE_PATCHES], example[IMAGE_GLOBAL] = self.image_store.read(row)
             example[IMAGE_INPUT] = (row, None)
@@ -204,6 +219,12 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         usable = torch.tensor([s[IMAGE_USABLE] for s in ordered])
         if not usable.all():
             net_input[IMAGE_USABLE] = usable
+        with_tags = [OBJECT_TAGS in s for s in ordered]
+        if any(with_tags):
+            if not all(with_tags):  # a ConcatDataset of directions whose feature files differ
+                raise ImageFeatureError("a batch mixes examples with and without object tags: example id(s) "
+                                        f"{[int(s['id']) for s in ordered if OBJECT_TAGS not in s][:10]} have none")
+            net_input[OBJECT_TAGS] = collate_tags([s[OBJECT_TAGS] for s in ordered], self.src_dict.pad())
         if IMAGE_NEGATIVE_GLOBAL in ordered[0]:
             net_input[IMAGE_NEGATIVE_GLOBAL] = torch.stack([s[IMAGE_NEGATIVE_GLOBAL] for s in ordered]).float()
         if MMA_SRC_TOKENS in ordered[0]:

@@ -12,6 +12,10 @@ tags, and the encoder input is then Cat[Emb(x), FFN(v)]. The feature store
 Tags are text tokens: encoded with the data's SentencePiece model and dictionary exactly as
 ``preprocess/binarize.py`` encodes a sentence (pieces, then dictionary indices, then </s> as the
 [SEP] after the tags).
+
+``--task vlp_pretraining`` reads a file's tags whenever it has them; ``--task
+multimodal_translation`` reads them only for a model that reads tags (``--object-tags``,
+models/vlp_mmt.py), through :class:`FeatureFileTags`.
 """
 
 import shutil
@@ -88,6 +92,39 @@ class ObjectTagTokens:
 
     def __getitem__(self, row: int) -> torch.Tensor:
         return self.tokens[int(row)]
+
+
+class FeatureFileTags:
+    """The tags of one feature file, for the translation task: whether the file has them is
+    looked up cheaply; they are encoded once, at the first :meth:`tokens` (when a model that
+    reads tags meets the data, in the main process, so data-loader workers inherit them)."""
+
+    def __init__(self, path, sentencepiece_model: Optional[str], dictionary: Dictionary):
+        self.path, self.sentencepiece_model, self.dictionary = str(path), sentencepiece_model, dictionary
+        self._available: Optional[bool] = None
+        self._tokens: Optional[ObjectTagTokens] = None
+
+    @property
+    def available(self) -> bool:
+        if self._available is None:
+            with h5py.File(self.path, "r") as f:
+                self._available = OBJECT_TAGS_DATASET in f
+        return self._available
+
+    def tokens(self, reader: str = "the model") -> ObjectTagTokens:
+        """Every image's tag tokens; a clear error naming the file when it has none."""
+        if self._tokens is None:
+            self._tokens = ObjectTagTokens.from_feature_file(self.path, self.sentencepiece_model, self.dictionary)
+            if self._tokens is None:
+                raise ImageFeatureError(
+                    f"{self.path} carries no object tags (no {OBJECT_TAGS_DATASET!r} dataset), but {reader} reads "
+                    "them: add them (m3p_fairseq.data.object_tags.write_object_tags; for the synthetic corpus "
+                    "python -m preprocess.write_synthetic_tags), or train a model with --object-tags no")
+            self._available = True
+        return self._tokens
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        return self.tokens()[row]
 
 
 def collate_tags(tags: List[torch.Tensor], pad: int) -> torch.Tensor:

@@ -10,6 +10,12 @@ cross-attention reads the textual and visual keys/values (modality_attention.py)
   (``--restore-file STAGE1/checkpoint_best.pt --reset-optimizer ...``).
 
 Each stage is an ordinary fairseq run, resumable like any other.
+
+Object tags (Eq. 1's t) enter the encoder when the model reads them (``--object-tags``): ``auto``
+(the default) reads them when the training data's feature file carries them, as ``--task
+vlp_pretraining`` does; the choice is recorded in the model's config, so generation from the
+checkpoint gives the model what it was trained with (and stops, naming the file, when a feature
+file lacks the tags the model reads).
 """
 
 import logging
@@ -21,10 +27,10 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerModel, base_architecture
 from torch import Tensor, nn
 
-from ..data.batch_keys import VISUAL_POSITIONS
+from ..data.batch_keys import OBJECT_TAGS, VISUAL_POSITIONS
 from .contrastive_head import mean_over_tokens
 from .modality_attention import ModalityDecoder
-from .multimodal_model import MultimodalModel, set_default, set_option_defaults
+from .multimodal_model import MultimodalModel, record_in_config, set_default, set_option_defaults
 from .vlp_checkpoint import load_vlp_encoder
 from .vlp_encoder import (
     VLPEncoder,
@@ -38,6 +44,7 @@ from .vlp_encoder import (
 
 logger = logging.getLogger(__name__)
 PRETRAINED_VLP_ENCODER_LOADED = "pretrained_vlp_encoder_loaded"
+OBJECT_TAGS_CHOICES = ("auto", "yes", "no")
 
 
 @dataclass
@@ -54,6 +61,14 @@ class VLPTranslationConfig(VLPEncoderConfig):
                           "embeddings, FFN(v)) fixed and train the linear layer and the decoder; "
                           "stage 2 drops this option and restores stage 1's checkpoint"},
     )
+    object_tags: str = field(
+        default="auto",
+        metadata={"help": "feed the images' object tags to the encoder (Eq. 1: Cat[Emb(Cat[x, t]), FFN(v)]): "
+                          "auto = when the training split's feature file carries them (the object_tags "
+                          "dataset), yes = always (an error for a file without them), no = never "
+                          "(Cat[Emb(x), FFN(v)]). Resolved to yes/no when the model is first built and "
+                          "saved with it, so generation reads tags exactly when training did"},
+    )
 
 
 class VLPTranslationEncoder(VLPEncoder):
@@ -62,8 +77,11 @@ class VLPTranslationEncoder(VLPEncoder):
     def __init__(self, args, dictionary, embed_tokens):
         super().__init__(args, dictionary, embed_tokens)
         self.to_decoder = nn.Linear(self.embed_dim, args.decoder_embed_dim)
+        self.reads_object_tags = args.object_tags == "yes"
 
     def forward(self, src_tokens, src_lengths=None, **batch):
+        if not self.reads_object_tags:  # e.g. in an ensemble with a model that reads them
+            batch.pop(OBJECT_TAGS, None)
         out = super().forward(src_tokens, src_lengths=src_lengths, **batch)
         out["encoder_states_before_projection"] = out["encoder_out"]
         out["encoder_out"] = [self.to_decoder(out["encoder_out"][0])]
@@ -97,6 +115,7 @@ class VLPTranslationModel(MultimodalModel, TransformerModel):
             raise ValueError("--arch vlp_mmt keeps the encoder's (BERT) and the decoder's embeddings apart: "
                              "drop --share-all-embeddings")
         cls.resolve_image_feature_dim(args, task)
+        resolve_object_tags(args, task)
         encoder_embed = cls.build_embedding(args, task.source_dictionary, args.encoder_embed_dim)
         decoder_embed = cls.build_embedding(args, task.target_dictionary, args.decoder_embed_dim)
         encoder = VLPTranslationEncoder(args, task.source_dictionary, encoder_embed)
@@ -119,6 +138,10 @@ class VLPTranslationModel(MultimodalModel, TransformerModel):
         self.init_multimodal(args, args.encoder_embed_dim)
         # The paper trains no contrastive objective; without a head no parameter sits unused.
         self.contrastive_head = None
+
+    @property
+    def reads_object_tags(self) -> bool:
+        return self.encoder.reads_object_tags
 
     @property
     def num_decoder_layers(self) -> int:
@@ -145,6 +168,19 @@ class VLPTranslationModel(MultimodalModel, TransformerModel):
             return self.decoder(prev_output_tokens, encoder_out=encoder_out, **decoder_args)
         return self.decoder.forward_with_modality(prev_output_tokens, encoder_out, modality_layers,
                                                   target=modality_target, **decoder_args)
+
+
+def resolve_object_tags(args, task) -> None:
+    """--object-tags auto -> yes when the task's training feature file carries tags, else no;
+    recorded in the config (a checkpoint keeps its choice, whatever data it meets later)."""
+    choice = str(args.object_tags).lower()
+    if choice not in OBJECT_TAGS_CHOICES:
+        raise ValueError(f"--object-tags {args.object_tags!r}: expected one of {', '.join(OBJECT_TAGS_CHOICES)}")
+    if choice == "auto":
+        choice = "yes" if getattr(task, "object_tags_available", False) else "no"
+        logger.info("--object-tags auto: %s", "the feature file carries object tags, the encoder reads them"
+                    if choice == "yes" else "no object tags in the feature file, input Cat[Emb(x), FFN(v)]")
+    record_in_config(args, {"object_tags": choice})
 
 
 @register_model_architecture("vlp_mmt", "vlp_mmt")

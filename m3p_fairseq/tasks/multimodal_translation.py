@@ -3,7 +3,9 @@
 * one shared dictionary holding a ``__xx__`` tag per language; the tag of the *target* language
   is prefixed to every source sentence (paper Eq. 2), at training and at generation time;
 * every ``--lang-pairs`` direction loaded at once, mixed by temperature-based sampling (Eq. 7);
-* image features looked up in HDF5 through an image-id list aligned with the text;
+* image features looked up in HDF5 through an image-id list aligned with the text, and the
+  images' object tags from the same file for a model that reads them (``--arch vlp_mmt*
+  --object-tags``; data/object_tags.py);
 * MMA augmentation of the training examples (``--mma-*``, Sec. 2.5); a ``<mask>`` symbol is
   added to the dictionary for it.
 
@@ -116,8 +118,10 @@ class MultimodalTranslationTask(TranslationTask):
         self.data_manager = MultimodalDataManager(cfg, dictionary)
         self.temperature = TemperatureSchedule(cfg.sampling_temperature, cfg.sampling_temperature_init,
                                                cfg.sampling_warmup_updates)
-        self.interactive_input = InteractiveInput(cfg.image_features, self.data_manager.feature_store)
+        self.interactive_input = InteractiveInput(cfg.image_features, self.data_manager.feature_store,
+                                                  self.data_manager.object_tags)
         self._model_image_dim: Optional[int] = None  # None: no model yet, or a text-only one
+        self._reads_object_tags = False  # a model built reads the images' object tags
         # set by build_model for models whose prompt names the source language (the decoder-only
         # model): inference then needs --source-lang
         self._reads_source_language = False
@@ -171,6 +175,11 @@ class MultimodalTranslationTask(TranslationTask):
         return self.data_directory.require_feature_dim(self.image_feature_dim, self.cfg.train_subset, f"--fusion {fusion}")
 
     @property
+    def object_tags_available(self) -> bool:
+        """Whether the training split's feature file carries object tags (a model's ``--object-tags auto``)."""
+        return self.data_manager.object_tags_available
+
+    @property
     def sentencepiece_model(self) -> Optional[str]:
         """The data's SentencePiece model (DATA/spm.model, as preprocess/binarize.py writes it), if any."""
         path = self.data_directory.spm_model
@@ -190,8 +199,11 @@ class MultimodalTranslationTask(TranslationTask):
         multimodal = isinstance(model, MultimodalModelInterface)  # any other model: text-only
         self.temperature.attach(model if multimodal else None)  # its update count drives the sampling warm-up
         self._model_image_dim = model.image_feature_dim if multimodal else None
-        # batches of a text-only model carry no image features (the files are not read)
-        self.data_manager.image_demand.model_built(self._model_image_dim is not None)
+        self._reads_object_tags = self._reads_object_tags or (multimodal and model.reads_object_tags)
+        # batches of a text-only model carry no image features (the files are not read), and
+        # object tags only for a model that reads them
+        self.data_manager.image_demand.model_built(self._model_image_dim is not None,
+                                                   multimodal and model.reads_object_tags)
         self._reads_source_language = multimodal and model.reads_source_language
         for split, dataset in self.datasets.items():
             for part in getattr(dataset, "datasets", [dataset]):
@@ -211,6 +223,9 @@ class MultimodalTranslationTask(TranslationTask):
                 f"{dataset.image_store.path} holds {dataset.image_store.feature_dim}-dimensional image "
                 f"features but the model expects --image-feature-dim {self._model_image_dim}"
             )
+        if self._reads_object_tags:  # encoded now, once, before any data-loader worker starts
+            dataset.object_tags.tokens(f"the model (--object-tags yes, split {split!r})")
+            logger.info("split %s: the model reads the object tags of %s", split, dataset.object_tags.path)
 
     # ---- inference --------------------------------------------------------------------------
     def get_interactive_tokens_and_lengths(self, lines, encode_fn):
@@ -234,18 +249,22 @@ class MultimodalTranslationTask(TranslationTask):
                                     "give each input line as IMAGE_ID<TAB>sentence")
         if self._reads_source_language and not self.cfg.source_lang:
             raise ValueError(SOURCE_LANG_NEEDED)
+        object_tags = self.data_manager.object_tags(image_store.path) if image_store is not None else None
+        if self._reads_object_tags and object_tags is not None:
+            object_tags.tokens("the model (--object-tags yes)")
         return MultimodalLanguagePairDataset(
             src_tokens, src_lengths, self.source_dictionary, tgt_dict=self.target_dictionary,
             constraints=constraints, image_store=image_store, image_rows=image_rows,
             source_lang_index=self.lang_tag_index(self.cfg.source_lang) if self.cfg.source_lang else None,
-            example_ids=example_ids, image_demand=self.data_manager.image_demand,
+            example_ids=example_ids, image_demand=self.data_manager.image_demand, object_tags=object_tags,
         )
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         # fairseq-interactive hands the models only src_tokens and src_lengths: add the rest
         net_input = sample["net_input"]
         if self.data_manager.image_demand.wanted:
-            self.interactive_input.add_images(net_input, self.src_dict.pad())
+            self.interactive_input.add_images(net_input, self.src_dict.pad(),
+                                              with_tags=self.data_manager.image_demand.tags_wanted)
         if SOURCE_LANG not in net_input and self.cfg.source_lang:  # one direction per run
             net_input[SOURCE_LANG] = torch.full((net_input["src_tokens"].size(0),),
                                                 self.lang_tag_index(self.cfg.source_lang),
