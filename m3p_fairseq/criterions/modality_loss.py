@@ -4,7 +4,8 @@ plus the attention-based modality loss of the chosen decoder layers,
     L = L_XENT + sum_l sum_j lambda_j^(l) (1 - cos(h_x,j^(l), h_v,j^(l)))
 
 with lambda either one fixed number (Eq. 4; 0.4 in the paper's Table 6) or learned per target
-token (Eq. 5, ``--modality-lambda learned``, the paper's main results). Like fairseq's
+token (Eq. 5, ``--modality-lambda learned``, the paper's main results; trained as
+:func:`gated_modality_loss` says, so that it does not collapse to 0). Like fairseq's
 cross-entropy, the modality term is a sum over the (non-padding) target tokens, so after
 fairseq divides by the number of target tokens both are means per token. It is logged on its
 own (``modality``: mean 1 - cos per token and layer; ``modality_lambda``: mean lambda).
@@ -43,6 +44,28 @@ def modality_loss(h_x: Tensor, h_v: Tensor, token_mask: Tensor, weight) -> Tenso
     """sum_j weight_j (1 - cos(h_x,j, h_v,j)) over the positions where ``token_mask`` is True
     (Eq. 3 with a fixed ``weight``, Eq. 5 with a [B, T] tensor of lambda_j)."""
     return (weight * modality_distance(h_x, h_v) * token_mask.to(h_x.dtype)).sum()
+
+
+def gated_modality_loss(h_x: Tensor, h_v: Tensor, token_mask: Tensor, lambdas: Tensor) -> Tensor:
+    """Eq. 5 with a learned lambda_j that cannot learn to switch itself off.
+
+    Its value is Eq. 5's, sum_j lambda_j d_j with d_j = 1 - cos(h_x,j, h_v,j). Its gradients:
+    the model gets Eq. 5's, lambda_j d_j with lambda_j a given weight; the gate gets the centred
+    distance, dL/dlambda_j = d_j - mean(d) (mean over the batch's counted tokens, both detached).
+    Eq. 5's own gradient on the gate, d_j >= 0 for every token, only ever lowers lambda_j: its
+    minimum is lambda = 0 and the modality loss gone (measured: mean lambda 0.5 -> 0.0002). The
+    centred signal keeps what the paper asks of the gate (Sec. 3.3: more weight where the text
+    and image attention agree, e.g. content words the detector also saw; less where they do not,
+    e.g. function words) without the common push to 0: it raises lambda_j for tokens closer than
+    the batch's mean and lowers it for the others."""
+    mask = token_mask.to(h_x.dtype)
+    distance = modality_distance(h_x, h_v)
+    weight = lambdas.detach()
+    model_term = (weight * distance * mask).sum()
+    detached = distance.detach()
+    mean = (detached * mask).sum() / mask.sum().clamp(min=1)
+    gate_term = ((lambdas - weight) * (detached - mean) * mask).sum()  # value 0, gradient to the gate only
+    return model_term + gate_term
 
 
 def parse_layers(text: str, num_layers: int) -> List[int]:
@@ -136,8 +159,12 @@ class ModalityLossCriterion(LabelSmoothedCrossEntropyCriterion):
         term = target.new_zeros((), dtype=extra[MODALITY_TEXT][0].dtype)
         distance_sum, lambda_sum = 0.0, 0.0
         for index, (h_x, h_v) in enumerate(zip(extra[MODALITY_TEXT], extra[MODALITY_VISUAL])):
-            weight = self.fixed_lambda if self.fixed_lambda is not None else extra[MODALITY_LAMBDA][index]
-            term = term + modality_loss(h_x, h_v, mask, weight)
+            if self.fixed_lambda is None:
+                weight = extra[MODALITY_LAMBDA][index]
+                term = term + gated_modality_loss(h_x, h_v, mask, weight)
+            else:
+                weight = self.fixed_lambda
+                term = term + modality_loss(h_x, h_v, mask, weight)
             distance_sum += modality_loss(h_x.detach(), h_v.detach(), mask, 1.0)
             if self.fixed_lambda is None:
                 lambda_sum += (weight.detach() * mask).sum()

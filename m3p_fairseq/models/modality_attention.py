@@ -15,6 +15,8 @@ code is changed); the hook records only while a training forward asks for it.
 
 The learned per-token weight of Eq. 5, lambda_j = sigmoid(w_y.Emb(y_j) + w_x.h_x + w_v.h_v),
 has one (w_y, w_x, w_v) shared across layers: ``modality_gate``, initialised at 0 (lambda = 0.5).
+It reads the features without passing gradient into them; how it learns is the criterion's
+(criterions/modality_loss.py ``gated_modality_loss``, docs/vlp_mmt.md "Learned lambda").
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -108,7 +110,8 @@ class ModalityDecoder(TransformerDecoderBase):
             texts.append(h_x)
             images.append(h_v)
             if target_embedding is not None:
-                gate_input = torch.cat([target_embedding.to(h_x.dtype), h_x, h_v], dim=-1)
+                # the gate reads the features, it does not shape them (its training signal: the criterion)
+                gate_input = torch.cat([target_embedding.to(h_x.dtype), h_x, h_v], dim=-1).detach()
                 lambdas.append(torch.sigmoid(self.modality_gate(gate_input)).squeeze(-1))
         extra.update({MODALITY_TEXT: texts, MODALITY_VISUAL: images, MODALITY_VALID: valid})
         if target_embedding is not None:
