@@ -1,17 +1,22 @@
 """Algorithm 1 through the real command lines at toy size (examples/vlp_mmt/recipe.py):
 VLP pre-training on image-caption pairs -> continued on the MMT set's (image, source) pairs ->
 stage 1 (frozen encoder) -> stage 2 -> fairseq-generate -> scripts/evaluate.py; then a second
-run that finds everything done."""
+run that finds everything done. The object tags go all the way: pre-training, both MMT stages,
+fairseq-generate and fairseq-interactive."""
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
+import h5py
 import pytest
 import torch
 
 from helpers import REPO
+from m3p_fairseq.data.data_dir import DataDirectory
+from m3p_fairseq.data.object_tags import OBJECT_TAGS_DATASET
 
 TOY = ["--num-train", 40, "--num-valid", 8, "--num-test", 10, "--num-captions", 40, "--image-size", 32,
        "--spm-vocab-size", 150, "--vlp-updates", 4, "--mmt-updates", 6, "--max-tokens", 400, "--layers", 1,
@@ -69,6 +74,57 @@ def test_stage_one_kept_the_pretrained_encoder_and_stage_two_trained_it(ran):
     stage2_log = (work / "train-vlp-learned-stage2.log").read_text()
     assert re.search(r"Loaded checkpoint .*vlp-learned-stage1/checkpoint_best\.pt", stage2_log)
     assert "encoder frozen" not in stage2_log
+
+
+def test_the_mmt_stages_and_generation_read_the_object_tags(ran):
+    work, _ = ran
+    features = work / "data-bin" / "image_features.h5"
+    for stage in ("stage1", "stage2"):
+        log = (work / f"train-vlp-learned-{stage}.log").read_text()
+        assert f"split train: the model reads the object tags of {features}" in log
+        assert f"split valid: the model reads the object tags of {features}" in log
+        checkpoint = work / "checkpoints" / f"vlp-learned-{stage}" / "checkpoint_last.pt"
+        assert torch.load(checkpoint, map_location="cpu", weights_only=False)["cfg"]["model"].object_tags == "yes"
+    assert "--object-tags auto: the feature file carries object tags" in \
+        (work / "train-vlp-learned-stage1.log").read_text()
+    assert f"split test: the model reads the object tags of {features}" in (work / "generate-test.txt").read_text()
+
+
+def generate_args(data, checkpoint):
+    return ["--user-dir", str(REPO / "m3p_fairseq"), "--task", "multimodal_translation", "-s", "en", "-t", "de",
+            "--path", str(checkpoint), "--beam", "5"]
+
+
+def test_fairseq_interactive_with_tags_matches_generate(ran):
+    work, _ = ran
+    data, raw = work / "data-bin", work / "raw"
+    stem = DataDirectory(raw).raw_stem("test", "en", "de")
+    sentences = (raw / f"{stem}.en").read_text().splitlines()[:3]
+    image_ids = DataDirectory(raw).image_id_list(stem).read_text().splitlines()[:3]
+    result = subprocess.run(
+        ["fairseq-interactive", str(data), *generate_args(data, work / "checkpoints" / "vlp-learned-stage2" /
+                                                           "checkpoint_last.pt"),
+         "--image-features", str(data / "image_features.h5"), "--bpe", "sentencepiece",
+         "--sentencepiece-model", str(data / "spm.model")],
+        cwd=REPO, input="".join(f"{i}\t{s}\n" for i, s in zip(image_ids, sentences)), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    hypotheses = dict(re.findall(r"^D-(\d+)\t\S+\t(.*)$", result.stdout, flags=re.M))
+    generated = dict(re.findall(r"^D-(\d+)\t\S+\t(.*)$", (work / "generate-test.txt").read_text(), flags=re.M))
+    assert len(hypotheses) == 3 and hypotheses == {i: generated[i] for i in hypotheses}
+
+
+def test_generation_without_the_tags_the_model_reads_names_the_file(ran, tmp_path):
+    work, _ = ran
+    data = tmp_path / "data-bin"
+    shutil.copytree(work / "data-bin", data)
+    with h5py.File(data / "image_features.h5", "a") as f:
+        del f[OBJECT_TAGS_DATASET]
+    result = subprocess.run(
+        ["fairseq-generate", str(data), *generate_args(data, work / "checkpoints" / "vlp-learned-stage2" /
+                                                        "checkpoint_last.pt"), "--gen-subset", "test"],
+        cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"{data / 'image_features.h5'} carries no object tags" in result.stderr
 
 
 def test_generate_and_evaluate(ran):
