@@ -121,7 +121,6 @@ class MultimodalTranslationTask(TranslationTask):
         self.interactive_input = InteractiveInput(cfg.image_features, self.data_manager.feature_store,
                                                   self.data_manager.object_tags)
         self._model_image_dim: Optional[int] = None  # None: no model yet, or a text-only one
-        self._reads_object_tags = False  # a model built reads the images' object tags
         # set by build_model for models whose prompt names the source language (the decoder-only
         # model): inference then needs --source-lang
         self._reads_source_language = False
@@ -199,7 +198,6 @@ class MultimodalTranslationTask(TranslationTask):
         multimodal = isinstance(model, MultimodalModelInterface)  # any other model: text-only
         self.temperature.attach(model if multimodal else None)  # its update count drives the sampling warm-up
         self._model_image_dim = model.image_feature_dim if multimodal else None
-        self._reads_object_tags = self._reads_object_tags or (multimodal and model.reads_object_tags)
         # batches of a text-only model carry no image features (the files are not read), and
         # object tags only for a model that reads them
         self.data_manager.image_demand.model_built(self._model_image_dim is not None,
@@ -226,6 +224,11 @@ class MultimodalTranslationTask(TranslationTask):
         if self._reads_object_tags:  # encoded now, once, before any data-loader worker starts
             dataset.object_tags.tokens(f"the model (--object-tags yes, split {split!r})")
             logger.info("split %s: the model reads the object tags of %s", split, dataset.object_tags.path)
+
+    @property
+    def _reads_object_tags(self) -> bool:
+        """A model built (any model of an ensemble) reads the images' object tags."""
+        return self.data_manager.image_demand.tags_wanted
 
     # ---- inference --------------------------------------------------------------------------
     def get_interactive_tokens_and_lengths(self, lines, encode_fn):
@@ -264,7 +267,7 @@ class MultimodalTranslationTask(TranslationTask):
         net_input = sample["net_input"]
         if self.data_manager.image_demand.wanted:
             self.interactive_input.add_images(net_input, self.src_dict.pad(),
-                                              with_tags=self.data_manager.image_demand.tags_wanted)
+                                              with_tags=self._reads_object_tags)
         if SOURCE_LANG not in net_input and self.cfg.source_lang:  # one direction per run
             net_input[SOURCE_LANG] = torch.full((net_input["src_tokens"].size(0),),
                                                 self.lang_tag_index(self.cfg.source_lang),
