@@ -3,8 +3,8 @@ tags of each sentence's image reach the encoder input in training, validation, g
 fairseq-interactive batches; they are read only for a model that reads them; generation from a
 model that reads them refuses a feature file without them, naming the file."""
 
-import sentencepiece as spm
 import pytest
+import sentencepiece as spm
 import torch
 from fairseq.dataclass.configs import GenerationConfig
 
