@@ -82,6 +82,9 @@ def add_options(parser):
     parser.add_argument("--layers", type=int, default=3, help="encoder and decoder layers")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--table6", action="store_true", help="also train the other rows of Table 6")
+    parser.add_argument("--object-tags", choices=["auto", "no"], default="auto",
+                        help="--object-tags of every vlp_mmt model: auto reads the synthetic tags (the true "
+                             "colour/shape words, which test_degraded masks in the sources), no leaves them out")
 
 
 def features(raw: Path, output: Path, splits, args, log: Path):
@@ -163,7 +166,8 @@ def mmt(args, data: Path, save: Path, updates: int, options):
 
 
 def vlp_mmt_options(args):
-    return ["--arch", "vlp_mmt_tiny", "--encoder-layers", args.layers, "--decoder-layers", args.layers]
+    return ["--arch", "vlp_mmt_tiny", "--encoder-layers", args.layers, "--decoder-layers", args.layers,
+            "--object-tags", args.object_tags]
 
 
 def two_stage(work: Path, data: Path, encoder: Path, name: str, loss, args):
