@@ -142,6 +142,27 @@ def test_modes_fixed_drawn_or_none_and_unusable_images_are_text_only():
     assert MDropNet(0.0, 0.0).modes(None, 4, training=True) is None  # MDropNet off
 
 
+def test_warmup_raises_the_shares_linearly_from_zero_through_the_models_update_count(data_dir):
+    # fairseq's trainer calls model.set_num_updates before every update; the shares follow it
+    task, cfg = setup_task(data_dir, "--fusion", "cvlm", "--mdropnet-text-only", "0.2",
+                           "--mdropnet-image-only", "0.4", "--mdropnet-warmup-updates", "100")
+    model = task.build_model(cfg.model).train()
+    mdropnet = model.encoder.mdropnet
+    assert mdropnet.shares() == (0.0, 0.0)
+    assert mdropnet.modes(None, 8, training=True) is None  # update 0: every sentence uses both
+    model.set_num_updates(25)
+    assert mdropnet.shares() == pytest.approx((0.05, 0.1))
+    torch.manual_seed(0)
+    frequencies = torch.bincount(mdropnet.modes(None, 200_000, training=True), minlength=3).float() / 200_000
+    torch.testing.assert_close(frequencies, torch.tensor([0.05, 0.1, 0.85]), atol=0.005, rtol=0)
+    model.set_num_updates(100)
+    assert mdropnet.shares() == pytest.approx((0.2, 0.4))
+    model.set_num_updates(5000)
+    assert mdropnet.shares() == pytest.approx((0.2, 0.4))
+    with pytest.raises(ValueError, match="--mdropnet-warmup-updates must be >= 0, got -1"):
+        MDropNet(0.25, 0.25, -1)
+
+
 @pytest.mark.parametrize("text_length, image_length", [(3, 6), (6, 3)])
 def test_each_sentence_sees_exactly_the_states_of_its_mode(text_length, image_length):
     # the memory is max(T, I) long: image-only sentences' prompt takes their text states' place

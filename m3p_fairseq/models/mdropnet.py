@@ -38,17 +38,27 @@ def draw_modalities(batch_size: int, text_only: float, image_only: float, device
 class MDropNet:
     """The MDropNet probabilities of a model and the mode of each sentence of a batch."""
 
-    def __init__(self, text_only: float, image_only: float):
+    def __init__(self, text_only: float, image_only: float, warmup_updates: int = 0):
         check_probabilities(text_only, image_only)
+        if warmup_updates < 0:
+            raise ValueError(f"--mdropnet-warmup-updates must be >= 0, got {warmup_updates}")
         self.text_only, self.image_only = text_only, image_only
+        self.warmup_updates, self.num_updates = warmup_updates, 0
+
+    def shares(self) -> Tuple[float, float]:
+        """(text-only, image-only) shares at the current update: the configured ones, scaled by
+        num_updates / warmup_updates during the warm-up."""
+        scale = min(1.0, self.num_updates / self.warmup_updates) if self.warmup_updates else 1.0
+        return self.text_only * scale, self.image_only * scale
 
     def modes(self, modalities: Optional[Tensor], batch_size: int, training: bool,
               image_usable: Optional[Tensor] = None, device=None) -> Optional[Tensor]:
         """Each sentence's mode [B]: ``modalities`` when a caller fixed them, else drawn in
         training; a sentence whose image is unusable is text-only whatever was drawn. None
         means every sentence uses text and image (inference, all images usable)."""
-        if modalities is None and training and self.text_only + self.image_only > 0:
-            modalities = draw_modalities(batch_size, self.text_only, self.image_only, device=device)
+        text_only, image_only = self.shares()
+        if modalities is None and training and text_only + image_only > 0:
+            modalities = draw_modalities(batch_size, text_only, image_only, device=device)
         if image_usable is not None and not image_usable.all():
             if modalities is None:
                 modalities = torch.full_like(image_usable, TEXT_AND_IMAGE, dtype=torch.long)

@@ -68,6 +68,11 @@ class MultimodalModelConfig(FairseqDataclass):
         metadata={"help": "MDropNet: share of training sentences translated from the image alone "
                           "(Eq. 10); the rest use text and image (Eq. 11), as inference always does"},
     )
+    mdropnet_warmup_updates: int = field(
+        default=0,
+        metadata={"help": "MDropNet: raise both shares linearly from 0 over this many updates, so the "
+                          "fused path (Eq. 11) is learnt first; 0 (the paper) uses them from the start"},
+    )
     mmcl_projection_dim: Optional[int] = field(
         default=None, metadata={"help": "dimension of the joint text-image space of MMCL; default: the model width"},
     )
@@ -114,7 +119,8 @@ class MultimodalEncoderMixin:
 
     def init_image_side(self, args, image_encoder: Optional[ImageFeatureEncoder]) -> None:
         self.fusion_name = args.fusion
-        self.mdropnet = MDropNet(args.mdropnet_text_only, args.mdropnet_image_only)
+        self.mdropnet = MDropNet(args.mdropnet_text_only, args.mdropnet_image_only,
+                                 getattr(args, "mdropnet_warmup_updates", 0))
         self.image_encoder = image_encoder
 
     def encode_images(self, image_patches: Optional[Tensor], image_global: Optional[Tensor],
@@ -129,6 +135,10 @@ class MultimodalEncoderMixin:
         if image_index is None:
             return patches, global_state
         return patches.index_select(1, image_index), global_state.index_select(0, image_index)
+
+    def set_num_updates(self, num_updates):
+        self.mdropnet.num_updates = num_updates  # for the warm-up of the MDropNet shares
+        super().set_num_updates(num_updates)
 
     def modes(self, modalities: Optional[Tensor], batch_size: int, image_usable: Optional[Tensor],
               device) -> Optional[Tensor]:
