@@ -104,13 +104,15 @@ class M3PRetrievalTask(FairseqTask):
         return self.regions(self.cfg.train_subset).num_classes
 
     def build_model(self, cfg, from_checkpoint=False):
+        from fairseq.models import ARCH_MODEL_REGISTRY
+
         from ..models.m3p_pretraining_model import M3PPretrainingModel
 
-        model = super().build_model(cfg, from_checkpoint)
-        if not isinstance(model, M3PPretrainingModel):
+        arch = getattr(cfg, "_name", None) or getattr(cfg, "arch", None)
+        if not issubclass(ARCH_MODEL_REGISTRY.get(arch, object), M3PPretrainingModel):
             raise ValueError(f"--task m3p_retrieval fine-tunes the M3P pre-training model (--arch "
-                             f"m3p_pretraining_tiny or m3p_pretraining_base), got {type(model).__name__}")
-        return model
+                             f"m3p_pretraining_tiny or m3p_pretraining_base), got --arch {arch}")
+        return super().build_model(cfg, from_checkpoint)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         directory = DataDirectory.of_task_data(self.cfg.data, epoch)
