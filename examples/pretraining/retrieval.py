@@ -60,11 +60,13 @@ def add_options(parser):
     parser.add_argument("--image-size", type=int, default=48, help="a multiple of 16: 48 gives a 3x3 patch grid, "
                                                                    "one patch per cell of the scenes")
     parser.add_argument("--spm-vocab-size", type=int, default=400)
-    parser.add_argument("--pretrain-updates", type=int, default=600)
-    parser.add_argument("--finetune-updates", type=int, default=300, help="updates of every fine-tuned model")
+    parser.add_argument("--pretrain-updates", type=int, default=6000)
+    parser.add_argument("--finetune-updates", type=int, default=3000, help="updates of every fine-tuned model")
     parser.add_argument("--batch-size", type=int, default=16, help="examples (pre-training) or matched pairs "
                                                                    "(fine-tuning, each with 3 negatives) per update")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--dropout", type=float, default=0.0, help="the tiny model on the synthetic corpus learns "
+                                                                   "matching faster without")
     parser.add_argument("--seed", type=int, default=1)
 
 
@@ -95,7 +97,7 @@ def common(args, save_dir: Path, updates: int):
             "--lr-scheduler", "inverse_sqrt", "--warmup-updates", max(1, updates // 10),
             "--batch-size", args.batch_size, "--max-update", updates, "--seed", args.seed, "--num-workers", 0,
             "--save-dir", save_dir, "--no-epoch-checkpoints",
-            "--log-format", "simple", "--log-interval", 50, "--cpu"]
+            "--dropout", args.dropout, "--log-format", "simple", "--log-interval", 100, "--cpu"]
 
 
 def train(work: Path, name: str, command, updates: int) -> Path:
