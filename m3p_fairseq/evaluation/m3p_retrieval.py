@@ -87,8 +87,7 @@ def evaluate_checkpoint(checkpoint: str, data: str, langs: Sequence[str], split:
     if train_ids is not None:
         check_disjoint_images(images, read_image_ids(train_ids), captions.ids_path, str(train_ids))
     caption_image = caption_image_index(captions.image_ids, images, captions.ids_path)
-    first_caption = {image_id: i for i, image_id in reversed(list(enumerate(captions.image_ids)))}
-    read = [regions.read(int(captions.image_rows[first_caption[image_id]])) for image_id in images]
+    read = [regions.read(int(row)) for row in regions.store.rows_for(images, captions.ids_path)]
     features, spatial = torch.stack([r[0] for r in read]), torch.stack([r[1] for r in read])
     max_positions = model.max_positions()
     results = {}
