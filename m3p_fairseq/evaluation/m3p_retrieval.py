@@ -82,6 +82,9 @@ def evaluate_checkpoint(checkpoint: str, data: str, langs: Sequence[str], split:
     if regions is None:
         raise ImageFeatureError(f"no image features for split {split!r} in {data}")
     captions = load_captions(data, split, langs, dictionary, regions)
+    if captions.left_out:
+        logger.warning("%s: %d captions left out: the feature file flags their images unusable", captions.ids_path,
+                       captions.left_out)
     images: List[str] = list(dict.fromkeys(captions.image_ids))
     train_ids = DataDirectory(data).image_id_list(train_split) if train_split and train_split != split else None
     if train_ids is not None:

@@ -18,46 +18,31 @@ other language ("on each"), or all of them merged ("on all").
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
 
 from fairseq.data import Dictionary
-from fairseq.dataclass import FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
-from omegaconf import II
+from fairseq.tasks import register_task
 
 from ..data.data_dir import DataDirectory
-from ..data.image_features import ImageFeatureError, ImageFeatureStore
-from ..data.m3p_regions import RegionFeatureReader
 from ..data.m3p_retrieval_dataset import RetrievalPairDataset, load_captions
-from ..data.vocabulary import lang_tag, tagged_languages
+from .m3p_data import M3PDataConfig, M3PDataTask
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class M3PRetrievalConfig(FairseqDataclass):
-    data: str = field(default="", metadata={"help": "data directory (dict.txt, {split}.{lang}.bin/.idx, "
-                                                     "{split}.image_ids, image features), as for m3p_pretraining"})
+class M3PRetrievalConfig(M3PDataConfig):
     langs: str = field(default="en", metadata={"help": "caption languages to fine-tune on, comma-separated "
                                                         "(Table 2: en, one language each, or all merged)"})
-    image_features: Optional[str] = field(default=None, metadata={"help": "feature file for every split; default: "
-                                                                           "DATA/{split}.image_features.h5, else "
-                                                                           "DATA/image_features.h5"})
     negatives: int = field(default=3, metadata={"help": "unmatched pairs per matched pair (Sec. 5.1: 3); each "
                                                          "swaps the image or the text for another image's"})
-    max_text_positions: int = field(default=128, metadata={"help": "longest caption, <s> and </s> included"})
-    seed: int = II("common.seed")
-    train_subset: str = II("dataset.train_subset")
 
 
 @register_task("m3p_retrieval", dataclass=M3PRetrievalConfig)
-class M3PRetrievalTask(FairseqTask):
+class M3PRetrievalTask(M3PDataTask):
     cfg: M3PRetrievalConfig
 
     def __init__(self, cfg: M3PRetrievalConfig, dictionary: Dictionary):
-        super().__init__(cfg)
-        self.dictionary = dictionary
-        self.languages = tagged_languages(dictionary.symbols)
+        super().__init__(cfg, dictionary)
         self.langs = [lang.strip() for lang in cfg.langs.split(",") if lang.strip()]
         if not self.langs:
             raise ValueError("--langs names no language to fine-tune on")
@@ -65,43 +50,6 @@ class M3PRetrievalTask(FairseqTask):
             self.lang_tag_index(lang)
         if cfg.negatives < 0:
             raise ValueError(f"--negatives must be >= 0, got {cfg.negatives}")
-        self._regions = {}
-
-    @classmethod
-    def setup_task(cls, cfg: M3PRetrievalConfig, **kwargs):
-        return cls(cfg, DataDirectory.of_task_data(cfg.data).load_dictionary())
-
-    def lang_tag_index(self, lang: str) -> int:
-        if lang_tag(lang) not in self.dictionary.indices:
-            raise ValueError(f"unknown language {lang!r}: the dictionary has tags for {', '.join(self.languages)}")
-        return self.dictionary.index(lang_tag(lang))
-
-    @property
-    def source_dictionary(self):
-        return self.dictionary
-
-    @property
-    def target_dictionary(self):
-        return self.dictionary
-
-    def regions(self, split: str) -> RegionFeatureReader:
-        if split not in self._regions:
-            directory = DataDirectory.of_task_data(self.cfg.data)
-            path = directory.feature_file(split, self.cfg.image_features)
-            if path is None:
-                raise ImageFeatureError(f"retrieval needs image features: none found for split {split!r} in "
-                                        f"{directory.path} (expected {split}.image_features.h5 or image_features.h5)")
-            self._regions[split] = RegionFeatureReader(ImageFeatureStore(path))
-        return self._regions[split]
-
-    # the model records these in its config, so a checkpoint rebuilds without the data
-    @property
-    def image_feature_dim(self) -> int:
-        return self.regions(self.cfg.train_subset).store.feature_dim
-
-    @property
-    def num_region_classes(self) -> int:
-        return self.regions(self.cfg.train_subset).num_classes
 
     def build_model(self, cfg, from_checkpoint=False):
         from fairseq.models import ARCH_MODEL_REGISTRY
@@ -116,7 +64,7 @@ class M3PRetrievalTask(FairseqTask):
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         directory = DataDirectory.of_task_data(self.cfg.data, epoch)
-        regions = self.regions(split)
+        regions = self.regions(split, required_by="the retrieval pairs")
         captions = load_captions(str(directory.path), split, self.langs, self.dictionary, regions)
         if captions.left_out:
             logger.info("%s: %d captions without a usable image left out", split, captions.left_out)
@@ -125,6 +73,3 @@ class M3PRetrievalTask(FairseqTask):
             self.cfg.negatives, self.cfg.max_text_positions, self.cfg.seed)
         logger.info("%s: %d captions of %s, %d images, %d negatives each", split, len(self.datasets[split]),
                     ",".join(self.langs), len(set(captions.image_ids)), self.cfg.negatives)
-
-    def max_positions(self):
-        return self.cfg.max_text_positions
