@@ -189,3 +189,21 @@ def test_test_images_seen_in_training_are_refused(ran, tmp_path):
     assert (f"1 test image(s) of {data / 'test.image_ids'} also occur in the training images of "
             f"{data / 'train.image_ids'} ('{train_ids[3]}')") in result.stderr
     assert "|" not in result.stdout  # no table of a refused split
+
+
+def test_an_image_with_several_captions_is_ranked_once(ran, tmp_path):
+    work, _ = ran
+    data = tmp_path / "data-bin"
+    shutil.copytree(work / "data-bin", data)
+    test_ids = read_image_ids(data / "test.image_ids")
+    # captions 1 and 2 now describe image 0 too (as Flickr30k's five captions are five lines of one id)
+    (data / "test.image_ids").write_text("\n".join([test_ids[0]] * 3 + test_ids[3:]) + "\n")
+    result = subprocess.run([sys.executable, "scripts/m3p_retrieval.py", "--data", data, "--checkpoint",
+                             f"all={work / 'checkpoints' / 'on-all' / 'checkpoint_last.pt'}", "--langs", "de",
+                             "--output", tmp_path / "scores.json"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "de: 10 images, 12 captions" in result.stderr
+    scores = json.loads((tmp_path / "scores.json").read_text())["all"]["de"]
+    # 10 image queries, 12 caption queries
+    assert all(abs(scores[f"i2t_r{k}"] / 10 - round(scores[f"i2t_r{k}"] / 10)) < 1e-9 for k in (1, 5, 10))
+    assert all(abs(scores[f"t2i_r{k}"] * 12 / 100 - round(scores[f"t2i_r{k}"] * 12 / 100)) < 1e-9 for k in (1, 5, 10))
