@@ -113,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--checkpoint", action="append", required=True,
                         help="NAME=PATH (or PATH, named by its file stem); repeat for several")
     parser.add_argument("--langs", required=True, help="caption languages to score, comma-separated")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="split to rank (its captions against its images)")
     parser.add_argument("--train-split", default="train",
                         help="split whose images the scored split must not share ('' to skip the check)")
     parser.add_argument("--batch-size", type=int, default=256, help="image-caption pairs per forward pass")
