@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,6 +66,28 @@ def test_each_item_is_a_match_and_three_negatives_showing_another_image(task):
                 swapped_texts += 1
         assert dataset.pairs(index) == pairs  # drawn from (seed, epoch, index) alone
     assert swapped_images > 0 and swapped_texts > 0
+
+
+def test_a_negative_never_uses_another_caption_of_the_same_image():
+    # 3 images with 3 captions each (as Flickr30k's 5): rows 0-2 show image a, 3-5 b, 6-8 c
+    from fairseq.data import Dictionary
+
+    from m3p_fairseq.data.m3p_retrieval_dataset import RetrievalPairDataset, SplitCaptions
+
+    ids = ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    text = {lang: [torch.tensor([4 + i, 2]) for i in range(9)] for lang in ("en", "de")}
+    captions = SplitCaptions("train", "train.image_ids", ids, np.array([0] * 3 + [1] * 3 + [2] * 3), text, 0)
+    dataset = RetrievalPairDataset(captions, None, Dictionary(), {"en": 0, "de": 1}, 3, 128, seed=1)
+    for epoch in (1, 2):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            (caption, row, _), *negatives = dataset.pairs(index)
+            for other_caption, other_row, label in negatives:
+                assert label == 0
+                if other_caption != caption:  # a swapped text: same language, another image
+                    assert ids[other_caption % 9] != ids[caption % 9] and other_caption // 9 == caption // 9
+                else:  # a swapped image
+                    assert other_row != row
 
 
 def test_a_batch_is_a_vlm_batch_of_the_pretraining_model(task):
