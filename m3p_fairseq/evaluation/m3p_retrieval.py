@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..atomic_io import atomic_write_text
 from ..data.batch_keys import PRETRAINING_OBJECTIVE, REGION_FEATURES, REGION_SPATIAL, SOURCE_LANG, VLM_LOGITS
 from ..data.data_dir import DataDirectory
-from ..data.image_features import ImageFeatureError, read_image_ids
+from ..data.image_features import read_image_ids
 from ..data.m3p_retrieval_dataset import VLM_OBJECTIVE, load_captions, with_bos
 from .retrieval import caption_image_index, check_disjoint_images, retrieval_scores, scores_table
 
@@ -78,9 +78,7 @@ def evaluate_checkpoint(checkpoint: str, data: str, langs: Sequence[str], split:
     """``{lang: scores}`` of one checkpoint on ``split``'s captions of each language."""
     model, task = load_retrieval_model(checkpoint, data)
     dictionary = task.source_dictionary
-    regions = task.regions(split)
-    if regions is None:
-        raise ImageFeatureError(f"no image features for split {split!r} in {data}")
+    regions = task.regions(split, required_by="retrieval scores")
     captions = load_captions(data, split, langs, dictionary, regions)
     if captions.left_out:
         logger.warning("%s: %d captions left out: the feature file flags their images unusable", captions.ids_path,
