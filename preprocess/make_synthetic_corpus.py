@@ -13,14 +13,18 @@ Output in DIR, all files of a split aligned line by line:
     {split}.image_ids           image file names
     {split}.{lang}              clean captions
     {split}.degraded.{lang}     captions with colour and shape words replaced by [MASK]
+    {split}.scenes.jsonl        each scene's true objects (colour, shape, size, cell), a JSON list
+                                per line: preprocess/write_synthetic_regions.py turns them into
+                                region boxes and classes of the feature file
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -39,6 +43,9 @@ MIN_IMAGE_SIZE = 32
 
 # Only the image can tell these apart, so the degraded captions hide them.
 MASKED_SLOTS = frozenset({"colour", "shape"})
+SCENES_SUFFIX = ".scenes.jsonl"
+# an object's class is its (shape, colour): shape-major, as object_class numbers them
+NUM_OBJECT_CLASSES = len(SHAPES) * len(COLOURS)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,25 @@ class SceneObject:
             value = getattr(self, field)
             if value not in allowed:
                 raise ValueError(f"unknown {field} {value!r}; expected one of {', '.join(allowed)}")
+
+
+def object_class(obj: SceneObject) -> int:
+    return SHAPES.index(obj.shape) * len(COLOURS) + tuple(COLOURS).index(obj.colour)
+
+
+def object_box(obj: SceneObject) -> tuple[float, float, float, float]:
+    """The object's bounding box (x1, y1, x2, y2) as fractions of the image side (render_image's)."""
+    row, column = divmod(GRID_CELLS.index(obj.cell), 3)
+    cx, cy, half = (column + 0.5) / 3, (row + 0.5) / 3, SIZES[obj.size] / 2
+    return (cx - half, cy - half, cx + half, cy + half)
+
+
+def scene_to_json(objects: Sequence[SceneObject]) -> str:
+    return json.dumps([asdict(obj) for obj in objects])
+
+
+def scene_from_json(line: str) -> list[SceneObject]:
+    return [SceneObject(**fields) for fields in json.loads(line)]
 
 
 def _check_scene(objects: Sequence[SceneObject]) -> None:
@@ -206,18 +232,21 @@ def make_corpus(
     for split_index, split in enumerate(SPLITS):
         # One generator per split, so changing one split's size leaves the others intact.
         rng = np.random.default_rng([seed, split_index])
-        image_ids, captions, degraded = [], {lang: [] for lang in langs}, {lang: [] for lang in langs}
+        image_ids, scenes = [], []
+        captions, degraded = {lang: [] for lang in langs}, {lang: [] for lang in langs}
         images_written = 0
         for index in range(counts[split]):
             scene = sample_scene(rng)
             image_id = f"{split}_{index:06d}.png"
             image_ids.append(image_id)
+            scenes.append(scene_to_json(scene))
             images_written += write_if_changed(image_dir / image_id, _png_bytes(render_image(scene, image_size)))
             for lang in langs:
                 captions[lang].append(render_caption(scene, lang))
                 degraded[lang].append(render_caption(scene, lang, masked=True))
 
         write_lines(DataDirectory(output_dir).image_ids(split), image_ids)
+        write_lines(output_dir / f"{split}{SCENES_SUFFIX}", scenes)
         for lang in langs:
             write_lines(output_dir / f"{split}.{lang}", captions[lang])
             write_lines(output_dir / f"{split}.degraded.{lang}", degraded[lang])

@@ -11,6 +11,7 @@ from m3p_fairseq.evaluation.retrieval import (
     format_scores,
     retrieval_ranks,
     retrieval_scores,
+    scores_table,
 )
 
 # 3 images, 5 captions: captions 0, 1 describe image 0, caption 2 image 1, captions 3, 4 image 2.
@@ -104,3 +105,41 @@ def test_caption_image_index_and_leaks():
 def test_format():
     line = format_scores(retrieval_scores(SIMILARITY, CAPTION_IMAGE, ks=(1,)), "de")
     assert line == "de: i2t R@1 33.3 | t2i R@1 60.0 | mR 46.7"
+
+
+def test_three_captions_per_image_and_ties_in_both_directions_by_hand():
+    # image A has captions c0, c1, c2; image B has c3, c4; image C has c5
+    similarity = torch.tensor([
+        #  c0   c1   c2   c3   c4   c5
+        [0.9, 0.1, 0.2, 0.9, 0.3, 0.0],  # A
+        [0.5, 0.5, 0.5, 0.4, 0.6, 0.5],  # B
+        [0.2, 0.8, 0.1, 0.7, 0.7, 0.7],  # C
+    ])
+    caption_image = torch.tensor([0, 0, 0, 1, 1, 2])
+    i2t, t2i = retrieval_ranks(similarity, caption_image)
+    # A: best own caption c0 0.9, wrong c3 ties at 0.9 -> 1; B: best own c4 0.6, wrong ones are 0.5 -> 0;
+    # C: own c5 0.7, wrong c1 0.8, c3 0.7 and c4 0.7 (two ties) -> 3
+    assert i2t.tolist() == [1, 0, 3]
+    # c0: A 0.9 beats B, C -> 0; c1: A 0.1 < B 0.5, C 0.8 -> 2; c2: A 0.2 < B 0.5 -> 1;
+    # c3: B 0.4 < A 0.9, C 0.7 -> 2; c4: B 0.6 < C 0.7 -> 1; c5: C 0.7 beats A, B -> 0
+    assert t2i.tolist() == [0, 2, 1, 2, 1, 0]
+    scores = retrieval_scores(similarity, caption_image, ks=(1, 2, 3))
+    assert [scores[f"i2t_r{k}"] for k in (1, 2, 3)] == pytest.approx([100 / 3, 200 / 3, 200 / 3])
+    assert [scores[f"t2i_r{k}"] for k in (1, 2, 3)] == pytest.approx([100 / 3, 200 / 3, 100.0])
+    assert scores["mR"] == pytest.approx(1100 / 18)
+    # the default K = 1, 5, 10: every rank is below 5
+    assert retrieval_scores(similarity, caption_image)["mR"] == pytest.approx((100 / 3 + 100 + 100) / 3)
+
+
+def test_leak_error_names_the_files():
+    with pytest.raises(RetrievalError, match=r"1 test image\(s\) of data/test.image_ids also occur in the training "
+                                             r"images of data/train.image_ids \('t2'\)"):
+        check_disjoint_images(["t1", "t2"], ["t2", "b"], "data/test.image_ids", "data/train.image_ids")
+
+
+def test_scores_table_has_a_row_per_language():
+    scores = retrieval_scores(SIMILARITY, CAPTION_IMAGE)
+    lines = scores_table({"en": scores, "de": scores}).splitlines()
+    assert lines[0] == "| language | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | mR |"
+    assert lines[2] == "| en | 33.3 | 100.0 | 100.0 | 60.0 | 100.0 | 100.0 | 82.2 |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| en", "| de"]

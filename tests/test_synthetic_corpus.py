@@ -274,7 +274,7 @@ def test_cli_writes_corpus_and_reports_each_split(tmp_path, capsys):
     summary = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in summary] == list(SPLITS)
     assert sorted(p.name for p in output_dir.glob("test.*")) == [
-        "test.degraded.en", "test.degraded.fr", "test.en", "test.fr", "test.image_ids"
+        "test.degraded.en", "test.degraded.fr", "test.en", "test.fr", "test.image_ids", "test.scenes.jsonl"
     ]
 
 

@@ -13,14 +13,16 @@ Two sources, read from one feature file (``data/image_features.py``'s format):
 """
 
 import os
-from typing import Optional, Tuple
+import shutil
+from typing import Dict, Optional, Tuple
 
 import h5py
 import numpy as np
 import torch
 from torch import Tensor
 
-from .image_features import ImageFeatureError, ImageFeatureStore
+from ..atomic_io import atomic_path
+from .image_features import IMAGE_IDS, ImageFeatureError, ImageFeatureStore
 
 PATCH_GRID = "patch_grid"
 REGION_BOXES = "region_boxes"
@@ -122,3 +124,38 @@ class RegionFeatureReader:
         state = self.__dict__.copy()
         state.update(_file=None, _owner_pid=None)
         return state
+
+
+def write_region_labels(path, boxes: Dict[str, np.ndarray], classes: Dict[str, np.ndarray], num_classes: int) -> int:
+    """Adds (or replaces) ``region_boxes``/``region_classes``/``num_region_classes`` of a feature
+    file: ``boxes[id]`` [P, 4] and ``classes[id]`` [P] for the images given; the others keep their
+    grid cells' boxes with no class. The file is copied, changed and renamed over the original
+    (atomic_io): a crash leaves the old file whole. Returns the number of images labelled."""
+    store = ImageFeatureStore(path)
+    with h5py.File(store.path, "r") as f:
+        image_ids = list(f[IMAGE_IDS].asstr()[()])
+    unknown = sorted(set(boxes) - set(image_ids))
+    if unknown or set(classes) != set(boxes):
+        raise ImageFeatureError(f"{store.path}: regions given for image ids it does not hold, e.g. {unknown[:3]}"
+                                if unknown else "every labelled image needs both its boxes and its classes")
+    grid = grid_boxes(*RegionFeatureReader.patch_grid(store))[:, :4].numpy()
+    all_boxes = np.repeat(grid[None], len(image_ids), axis=0)
+    all_classes = np.full((len(image_ids), store.num_patches), NO_CLASS, dtype=np.int64)
+    for row, image_id in enumerate(image_ids):
+        if image_id in boxes:
+            all_boxes[row], all_classes[row] = boxes[image_id], classes[image_id]
+    check_boxes(all_boxes, str(store.path))
+    if ((all_classes < NO_CLASS) | (all_classes >= num_classes)).any():
+        raise ImageFeatureError(f"{store.path}: region classes outside {NO_CLASS}..{num_classes - 1}")
+    with atomic_path(store.path) as tmp:
+        shutil.copyfile(store.path, tmp)
+        with h5py.File(tmp, "a") as f:
+            for name, data in ((REGION_BOXES, all_boxes), (REGION_CLASSES, all_classes)):
+                if name in f and f[name].shape == data.shape and f[name].dtype == data.dtype:
+                    f[name][...] = data  # in place: HDF5 does not reclaim a deleted dataset's space
+                else:
+                    if name in f:
+                        del f[name]
+                    f.create_dataset(name, data=data)
+            f.attrs[NUM_REGION_CLASSES] = num_classes
+    return len(boxes)

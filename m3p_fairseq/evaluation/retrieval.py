@@ -49,12 +49,16 @@ def caption_image_index(caption_image_ids: Sequence[str], image_ids: Sequence[st
     return torch.tensor(rows, dtype=torch.long)
 
 
-def check_disjoint_images(test_image_ids: Sequence[str], train_image_ids: Sequence[str]) -> None:
-    """Raise if any test image also occurs in training (a leak that inflates recall)."""
+def check_disjoint_images(test_image_ids: Sequence[str], train_image_ids: Sequence[str],
+                          test_source: Optional[str] = None, train_source: Optional[str] = None) -> None:
+    """Raise if any test image also occurs in training (a leak that inflates recall); the
+    ``*_source`` names (e.g. the id files) are put in the message when given."""
     leaked = sorted(set(test_image_ids) & set(train_image_ids))
     if leaked:
         shown = ", ".join(repr(i) for i in leaked[:5]) + (" ..." if len(leaked) > 5 else "")
-        raise RetrievalError(f"{len(leaked)} test image(s) also occur in the training images ({shown}); "
+        test = f"test image(s) of {test_source}" if test_source else "test image(s)"
+        train = f"the training images of {train_source}" if train_source else "the training images"
+        raise RetrievalError(f"{len(leaked)} {test} also occur in {train} ({shown}); "
                              f"retrieval must be evaluated on images never seen in training")
 
 
@@ -118,6 +122,17 @@ def embedding_retrieval_scores(image_embeddings: torch.Tensor, text_embeddings: 
                              f"{text_embeddings.shape[-1]}: were they made by the same dual encoder?")
     similarity = F.normalize(image_embeddings.double(), dim=-1) @ F.normalize(text_embeddings.double(), dim=-1).T
     return retrieval_scores(similarity, caption_image, ks=ks)
+
+
+def scores_table(scores_by_row: Mapping[str, Mapping[str, float]], first_column: str = "language") -> str:
+    """Markdown table: one row per key of ``scores_by_row`` (e.g. a language), the six recalls
+    and mR (one decimal)."""
+    from ..markdown import markdown_table
+
+    columns = [f"{d}_r{k}" for d in ("i2t", "t2i") for k in RECALL_AT] + ["mR"]
+    header = [first_column] + [f"{c[:3]} R@{c[5:]}" if c != "mR" else c for c in columns]
+    return markdown_table(header, [[row] + [f"{scores[c]:.1f}" for c in columns]
+                                   for row, scores in scores_by_row.items()])
 
 
 def format_scores(scores: Mapping[str, float], label: Optional[str] = None) -> str:

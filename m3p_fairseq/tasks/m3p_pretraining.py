@@ -19,12 +19,11 @@ from typing import Optional
 
 import numpy as np
 from fairseq.data import Dictionary, data_utils, iterators
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
-from omegaconf import II
+from fairseq.dataclass import ChoiceEnum
+from fairseq.tasks import register_task
 
 from ..data.data_dir import DataDirectory
-from ..data.image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
+from ..data.image_features import read_image_ids
 from ..data.m3p_pretraining_dataset import CaptionCorpus, M3PPretrainingDataset, NoiseSettings
 from ..data.m3p_pretraining_schedule import (
     OBJECTIVES,
@@ -34,24 +33,19 @@ from ..data.m3p_pretraining_schedule import (
     PretrainingSchedule,
     parse_objective_weights,
 )
-from ..data.m3p_regions import RegionFeatureReader
-from ..data.vocabulary import MASK_SYMBOL, is_lang_tag, lang_tag, tagged_languages
+from ..data.vocabulary import MASK_SYMBOL, is_lang_tag
+from .m3p_data import M3PDataConfig, M3PDataTask
 
 logger = logging.getLogger(__name__)
 SCHEDULE_STATE = "m3p_pretraining_schedule"
 
 
 @dataclass
-class M3PPretrainingConfig(FairseqDataclass):
-    data: str = field(default="", metadata={"help": "data directory (dict.txt, {split}.{lang}.bin/.idx, "
-                                                     "{split}.image_ids, image features)"})
+class M3PPretrainingConfig(M3PDataConfig):
     langs: Optional[str] = field(default=None, metadata={"help": "languages of the text corpus (xMLM, xDAE), "
                                                                   "comma-separated; default: every tagged language"})
     caption_langs: str = field(default="en", metadata={"help": "languages of the captions paired with images "
                                                                 "(MMLM, MRM, VLM, IC, DIC)"})
-    image_features: Optional[str] = field(default=None, metadata={"help": "feature file for every split; default: "
-                                                                           "DATA/{split}.image_features.h5, else "
-                                                                           "DATA/image_features.h5"})
     objectives: str = field(default=",".join(OBJECTIVES),
                             metadata={"help": "objectives and their weights, e.g. xmlm:2,mmlm,mrm,vlm,xdae,ic,dic "
                                               "(weight 1 when omitted)"})
@@ -60,7 +54,6 @@ class M3PPretrainingConfig(FairseqDataclass):
                                             "the objectives in turn (weights ignored)"})
     language_alpha: float = field(default=0.3, metadata={"help": "text languages sampled with p_l^alpha (Sec. 3.1)"})
     updates_per_epoch: int = field(default=100, metadata={"help": "batches in one training epoch"})
-    max_text_positions: int = field(default=128, metadata={"help": "longest text, <s> and </s> included"})
     mask_prob: float = field(default=0.15, metadata={"help": "xMLM/MMLM: share of tokens masked (80/10/10)"})
     region_mask_prob: float = field(default=0.15, metadata={"help": "MRM: share of regions masked"})
     xdae_shuffle_distance: float = field(default=3.0, metadata={"help": "xDAE: index noise U(0, k)"})
@@ -71,19 +64,16 @@ class M3PPretrainingConfig(FairseqDataclass):
     dic_span_ratio: float = field(default=0.3, metadata={"help": "DIC: share of regions zeroed in Poisson(3) spans "
                                                                   "(the paper gives no value)"})
     vlm_negative_prob: float = field(default=0.5, metadata={"help": "VLM: share of negatives (image or text swapped)"})
-    seed: int = II("common.seed")
-    # the split the schedule draws from; the others are evaluated whole, objective by objective
-    train_subset: str = II("dataset.train_subset")
+    # train_subset (M3PDataConfig) is the split the schedule draws from; the others are evaluated
+    # whole, objective by objective
 
 
 @register_task("m3p_pretraining", dataclass=M3PPretrainingConfig)
-class M3PPretrainingTask(FairseqTask):
+class M3PPretrainingTask(M3PDataTask):
     cfg: M3PPretrainingConfig
 
     def __init__(self, cfg: M3PPretrainingConfig, dictionary: Dictionary):
-        super().__init__(cfg)
-        self.dictionary = dictionary
-        self.languages = tagged_languages(dictionary.symbols)
+        super().__init__(cfg, dictionary)
         self.text_langs = [lang.strip() for lang in (cfg.langs or ",".join(self.languages)).split(",") if lang.strip()]
         self.caption_langs = [lang.strip() for lang in cfg.caption_langs.split(",") if lang.strip()]
         for lang in self.text_langs + self.caption_langs:
@@ -91,43 +81,8 @@ class M3PPretrainingTask(FairseqTask):
         self.weights = parse_objective_weights(cfg.objectives)
         self.noise = NoiseSettings(cfg.mask_prob, cfg.region_mask_prob, cfg.xdae_shuffle_distance, cfg.xdae_drop_prob,
                                    cfg.xdae_span_ratio, cfg.dic_span_ratio, cfg.vlm_negative_prob)
-        self._regions = {}
-
-    @classmethod
-    def setup_task(cls, cfg: M3PPretrainingConfig, **kwargs):
-        dictionary = DataDirectory.of_task_data(cfg.data).load_dictionary()
-        return cls(cfg, dictionary)
-
-    def lang_tag_index(self, lang: str) -> int:
-        if lang_tag(lang) not in self.dictionary.indices:
-            raise ValueError(f"unknown language {lang!r}: the dictionary has tags for {', '.join(self.languages)}")
-        return self.dictionary.index(lang_tag(lang))
-
-    @property
-    def source_dictionary(self):
-        return self.dictionary
-
-    @property
-    def target_dictionary(self):
-        return self.dictionary
 
     # ---- data -------------------------------------------------------------------------------
-    def regions(self, split: str) -> Optional[RegionFeatureReader]:
-        if split not in self._regions:
-            path = DataDirectory.of_task_data(self.cfg.data).feature_file(split, self.cfg.image_features)
-            self._regions[split] = RegionFeatureReader(ImageFeatureStore(path)) if path else None
-        return self._regions[split]
-
-    @property
-    def image_feature_dim(self) -> Optional[int]:
-        reader = self.regions(self.cfg.train_subset)
-        return None if reader is None else reader.store.feature_dim
-
-    @property
-    def num_region_classes(self) -> int:
-        reader = self.regions(self.cfg.train_subset)
-        return 0 if reader is None else reader.num_classes
-
     def _load_text(self, directory: DataDirectory, split: str, lang: str):
         prefix = directory.text(split, lang)
         dataset = data_utils.load_indexed_dataset(str(prefix), self.dictionary)
@@ -143,10 +98,7 @@ class M3PPretrainingTask(FairseqTask):
         text = {lang: self._load_text(directory, split, lang) for lang in self.text_langs} if needs_text else {}
         captions, reader = [], None
         if needs_captions:
-            reader = self.regions(split)
-            if reader is None:
-                raise ImageFeatureError(f"objectives {[o for o in self.weights if o not in TEXT_OBJECTIVES]} need "
-                                        f"image features: none found for split {split!r} in {directory.path}")
+            reader = self.regions(split, required_by=f"objectives {[o for o in self.weights if o not in TEXT_OBJECTIVES]}")
             ids_path = directory.image_id_list(split)
             if ids_path is None:
                 raise FileNotFoundError(f"{directory.path / (split + '.image_ids')} not found: the image id of "
@@ -189,9 +141,6 @@ class M3PPretrainingTask(FairseqTask):
         return ScheduleIterator(dataset.schedule.settings() if training else None, dataset, dataset.collater,
                                 batches, seed=seed, num_shards=num_shards, shard_id=shard_id,
                                 num_workers=num_workers, epoch=epoch, disable_shuffling=True)
-
-    def max_positions(self):
-        return self.cfg.max_text_positions
 
 
 class ScheduleIterator(iterators.EpochBatchIterator):

@@ -1,0 +1,178 @@
+"""The M3P paper's Table 2 on the synthetic corpus: multilingual image-text retrieval, mR per
+language, for the four fine-tuning settings and a model without pre-training, through the real
+command lines (docs/pretraining.md):
+
+    python examples/pretraining/retrieval.py [--work-dir work/m3p_retrieval] [--langs en,de,fr,cs]
+
+1. data: the synthetic corpus (one caption per scene in every language), timm ViT features
+   (randomly initialised, fixed seed: no weights are downloaded), SentencePiece + binarize;
+2. pre-training: ``fairseq-train --task m3p_pretraining`` (all seven objectives; captions paired
+   with images in English only, as the paper);
+3. fine-tuning: ``fairseq-train --task m3p_retrieval --finetune-from-model`` the pre-training
+   checkpoint, ``--finetune-updates`` each:
+
+   - ``w/o fine-tune``: the pre-training checkpoint as is, scored on every language;
+   - ``fine-tune on en``: fine-tuned on English captions, scored on every language;
+   - ``fine-tune on each``: one model per language, each scored on its own language (the
+     English model is the one above, as in the paper, whose two rows share the en number);
+   - ``fine-tune on all``: one model on the captions of every language merged;
+   - ``without pre-training``: as "on all" but from random weights;
+4. scoring: ``scripts/m3p_retrieval.py`` (Recall@1/5/10 both ways, mR) on the test split.
+
+Writes WORK/table2.md (mR, rows = settings, columns = languages) and WORK/results.json (every
+recall). Every step whose output exists is skipped, so an interrupted run resumes.
+"""
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+from m3p_fairseq.atomic_io import atomic_write_text
+from m3p_fairseq.markdown import markdown_table
+
+
+def _quickstart():
+    """examples/quickstart/run.py, whose command runner this recipe reuses."""
+    path = Path(__file__).resolve().parents[1] / "quickstart" / "run.py"
+    spec = importlib.util.spec_from_file_location("quickstart_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_qs = _quickstart()
+REPO, run, _finished = _qs.REPO, _qs.run, _qs._finished
+PYTHON = sys.executable
+ZERO_SHOT, ON_EN, ON_EACH, ON_ALL, NO_PRETRAINING = (
+    "w/o fine-tune", "fine-tune on en", "fine-tune on each", "fine-tune on all", "without pre-training (on all)")
+SETTINGS = (ZERO_SHOT, ON_EN, ON_EACH, ON_ALL, NO_PRETRAINING)
+
+
+def add_options(parser):
+    parser.add_argument("--work-dir", type=Path, default=REPO / "work" / "m3p_retrieval")
+    parser.add_argument("--langs", default="en,de,fr,cs", help="caption languages (en first)")
+    parser.add_argument("--num-train", type=int, default=1000)
+    parser.add_argument("--num-valid", type=int, default=50)
+    parser.add_argument("--num-test", type=int, default=100, help="test images (each ranked against all)")
+    parser.add_argument("--image-size", type=int, default=48, help="a multiple of 16: 48 gives a 3x3 patch grid, "
+                                                                   "one patch per cell of the scenes")
+    parser.add_argument("--spm-vocab-size", type=int, default=400)
+    parser.add_argument("--pretrain-updates", type=int, default=6000)
+    parser.add_argument("--finetune-updates", type=int, default=3000, help="updates of every fine-tuned model")
+    parser.add_argument("--batch-size", type=int, default=16, help="examples (pre-training) or matched pairs "
+                                                                   "(fine-tuning, each with 3 negatives) per update")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--dropout", type=float, default=0.0, help="the tiny model on the synthetic corpus learns "
+                                                                   "matching faster without")
+    parser.add_argument("--seed", type=int, default=1)
+
+
+def prepare(work: Path, args, langs) -> Path:
+    raw, data = work / "raw", work / "data-bin"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (raw / "test.image_ids").exists():
+        run([PYTHON, "-m", "preprocess.make_synthetic_corpus", "--output-dir", raw, "--langs", ",".join(langs),
+             "--num-train", args.num_train, "--num-valid", args.num_valid, "--num-test", args.num_test,
+             "--image-size", args.image_size, "--seed", args.seed])
+    if not (data / "image_features.h5").exists():
+        run([PYTHON, "-m", "preprocess.extract_image_features", "--images-dir", raw / "images",
+             "--image-ids", *[raw / f"{split}.image_ids" for split in ("train", "valid", "test")],
+             "--output", data / "image_features.h5", "--backbone", "vit_tiny_patch16_224", "--random-init-seed", 0,
+             "--image-size", args.image_size, "--batch-size", 100], log_file=work / "extract.log")
+    if not (data / f"test.{langs[-1]}.bin").exists():
+        # pairs from English to every other language: binarize then writes each language multi-way
+        run([PYTHON, "-m", "preprocess.binarize", "--raw-dir", raw, "--dest-dir", data,
+             "--lang-pairs", ",".join(f"{langs[0]}-{lang}" for lang in langs[1:]), "--splits", "train,valid,test",
+             "--spm-vocab-size", args.spm_vocab_size, "--spm-user-defined-symbols", "[MASK]"],
+            log_file=work / "binarize.log")
+    return data
+
+
+def common(args, save_dir: Path, updates: int):
+    return ["--user-dir", REPO / "m3p_fairseq", "--arch", "m3p_pretraining_tiny", "--criterion", "m3p_pretraining",
+            "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "1.0", "--lr", args.lr,
+            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", max(1, updates // 10),
+            "--batch-size", args.batch_size, "--max-update", updates, "--seed", args.seed, "--num-workers", 0,
+            "--save-dir", save_dir, "--no-epoch-checkpoints",
+            "--dropout", args.dropout, "--log-format", "simple", "--log-interval", 100, "--cpu"]
+
+
+def train(work: Path, name: str, command, updates: int) -> Path:
+    save_dir = work / "checkpoints" / name
+    checkpoint = save_dir / "checkpoint_last.pt"
+    if not _finished(checkpoint, updates):
+        run(command(save_dir), log_file=work / f"train-{name}.log")
+    return checkpoint
+
+
+def pretrain(work: Path, data: Path, args) -> Path:
+    updates = args.pretrain_updates
+    return train(work, "pretraining", lambda save: [
+        "fairseq-train", data, "--task", "m3p_pretraining", "--caption-langs", "en",
+        "--updates-per-epoch", max(1, updates // 4), *common(args, save, updates)], updates)
+
+
+def finetune(work: Path, data: Path, name: str, langs, args, start) -> Path:
+    updates = args.finetune_updates
+    init = ["--finetune-from-model", start] if start else []
+    return train(work, name, lambda save: [
+        "fairseq-train", data, "--task", "m3p_retrieval", "--langs", ",".join(langs),
+        *common(args, save, updates), *init], updates)
+
+
+def score(work: Path, data: Path, name: str, checkpoint: Path, langs) -> dict:
+    output = work / "scores" / f"{name}.json"
+    if not output.exists():
+        output.parent.mkdir(parents=True, exist_ok=True)
+        run([PYTHON, REPO / "scripts" / "m3p_retrieval.py", "--data", data, "--checkpoint", f"{name}={checkpoint}",
+             "--langs", ",".join(langs), "--output", output], log_file=work / f"score-{name}.log")
+    return json.loads(output.read_text())[name]
+
+
+def table2(work: Path, data: Path, langs, args) -> dict:
+    """{setting: {lang: scores}}."""
+    pretrained = pretrain(work, data, args)
+    on_en = finetune(work, data, "on-en", [langs[0]], args, pretrained)
+    results = {ZERO_SHOT: score(work, data, "zero-shot", pretrained, langs),
+               ON_EN: score(work, data, "on-en", on_en, langs), ON_EACH: {}}
+    for lang in langs:
+        if lang == langs[0]:
+            results[ON_EACH][lang] = results[ON_EN][lang]
+            continue
+        model = finetune(work, data, f"on-{lang}", [lang], args, pretrained)
+        results[ON_EACH][lang] = score(work, data, f"on-{lang}", model, [lang])[lang]
+    results[ON_ALL] = score(work, data, "on-all", finetune(work, data, "on-all", langs, args, pretrained), langs)
+    results[NO_PRETRAINING] = score(work, data, "no-pretraining",
+                                    finetune(work, data, "no-pretraining", langs, args, None), langs)
+    return results
+
+
+def mr_table(results: dict, langs) -> str:
+    return markdown_table(["setting (mR)", *langs], [[setting, *(f"{results[setting][lang]['mR']:.1f}"
+                                                               for lang in langs)] for setting in SETTINGS])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(parser)
+    args = parser.parse_args(argv)
+    langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
+    if len(langs) < 2 or langs[0] != "en":
+        parser.error("--langs must start with en and name at least one other language")
+    began, work = time.time(), args.work_dir.resolve()
+    data = prepare(work, args, langs)
+    results = table2(work, data, langs, args)
+    atomic_write_text(work / "results.json", json.dumps(results, indent=2) + "\n")
+    text = (f"Test split of {args.num_test} images; {args.pretrain_updates} pre-training updates, "
+            f"{args.finetune_updates} fine-tuning updates per model.\n\n{mr_table(results, langs)}\n")
+    atomic_write_text(work / "table2.md", text)
+    print(text)
+    print(f"total {time.time() - began:.0f} s; every recall in {work / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""What the M3P tasks (pre-training, retrieval) share: the data options, the dictionary with its
+language tags, and the region reader of each split's feature file (data/m3p_regions.py)."""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq.data import Dictionary
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import FairseqTask
+from omegaconf import II
+
+from ..data.data_dir import DataDirectory
+from ..data.image_features import ImageFeatureError, ImageFeatureStore
+from ..data.m3p_regions import RegionFeatureReader
+from ..data.vocabulary import lang_tag, tagged_languages
+
+
+@dataclass
+class M3PDataConfig(FairseqDataclass):
+    data: str = field(default="", metadata={"help": "data directory (dict.txt, {split}.{lang}.bin/.idx, "
+                                                     "{split}.image_ids, image features)"})
+    image_features: Optional[str] = field(default=None, metadata={"help": "feature file for every split; default: "
+                                                                           "DATA/{split}.image_features.h5, else "
+                                                                           "DATA/image_features.h5"})
+    max_text_positions: int = field(default=128, metadata={"help": "longest text, <s> and </s> included"})
+    seed: int = II("common.seed")
+    # the model's feature dimension and region classes are the training split's
+    train_subset: str = II("dataset.train_subset")
+
+
+class M3PDataTask(FairseqTask):
+    """A task over a ``DataDirectory`` with the shared dictionary (``__xx__`` language tags)."""
+
+    def __init__(self, cfg: M3PDataConfig, dictionary: Dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self.languages = tagged_languages(dictionary.symbols)
+        self._regions = {}
+
+    @classmethod
+    def setup_task(cls, cfg: M3PDataConfig, **kwargs):
+        return cls(cfg, DataDirectory.of_task_data(cfg.data).load_dictionary())
+
+    def lang_tag_index(self, lang: str) -> int:
+        if lang_tag(lang) not in self.dictionary.indices:
+            raise ValueError(f"unknown language {lang!r}: the dictionary has tags for {', '.join(self.languages)}")
+        return self.dictionary.index(lang_tag(lang))
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
+
+    def regions(self, split: str, required_by: Optional[str] = None) -> Optional[RegionFeatureReader]:
+        """The regions of ``split``'s feature file; None when there is none, unless ``required_by``
+        (what needs them, plural: "the retrieval pairs") says it must exist."""
+        if split not in self._regions:
+            path = DataDirectory.of_task_data(self.cfg.data).feature_file(split, self.cfg.image_features)
+            self._regions[split] = RegionFeatureReader(ImageFeatureStore(path)) if path else None
+        if self._regions[split] is None and required_by:
+            directory = DataDirectory.of_task_data(self.cfg.data)
+            raise ImageFeatureError(f"{required_by} need image features: none found for split {split!r} in "
+                                    f"{directory.path} (expected {' or '.join(p.name for p in directory.feature_files(split))}"
+                                    ", or --image-features)")
+        return self._regions[split]
+
+    # the models record these in their config, so a checkpoint rebuilds without the data
+    @property
+    def image_feature_dim(self) -> Optional[int]:
+        reader = self.regions(self.cfg.train_subset)
+        return None if reader is None else reader.store.feature_dim
+
+    @property
+    def num_region_classes(self) -> int:
+        reader = self.regions(self.cfg.train_subset)
+        return 0 if reader is None else reader.num_classes
+
+    def max_positions(self):
+        return self.cfg.max_text_positions
