@@ -7,11 +7,13 @@ corpus, through the real command lines (docs/pretraining.md, "Image captioning")
    of a random-init ViT-tiny (as the quickstart), preprocess.binarize (one shared dictionary);
 2. fairseq-train --task m3p_pretraining, every objective (IC/DIC/MMLM/MRM/VLM on English
    captions, as the paper; xMLM/xDAE on every language);
-3. per language, two captioners with the same sizes and updates: fairseq-train --task
-   m3p_captioning from random weights ("scratch") and with --finetune-from-model the
-   pre-training checkpoint ("pretrained");
+3. captioners with the same sizes and updates, fairseq-train --task m3p_captioning from random
+   weights ("scratch") and with --finetune-from-model the pre-training checkpoint
+   ("pretrained"), in the paper's two settings of Table 4: one captioner per language
+   ("fine-tune on each": systems ``scratch``, ``pretrained``) and one on the captions of every
+   language ("fine-tune on all": ``scratch-all``, ``pretrained-all``);
 4. per language and system, fairseq-generate --target-lang LANG on the test images (beam 5) and
-   scripts/score_captions.py (BLEU-4, CIDEr); OUT/scores/table.md has both systems per language.
+   scripts/score_captions.py (BLEU-4, CIDEr); OUT/scores/table.md has every system per language.
 
 Every step whose output exists is skipped, so an interrupted run resumes (each fairseq-train
 resumes its own checkpoint_last.pt). The synthetic corpus has one caption per image and
@@ -37,7 +39,9 @@ def _quickstart():
 _qs = _quickstart()
 REPO, _finished, run = _qs.REPO, _qs._finished, _qs.run
 PYTHON = sys.executable
-SYSTEMS = ("scratch", "pretrained")
+# system -> (initialised from pre-training, Table 4's setting)
+SYSTEMS = {"scratch": (False, "each"), "pretrained": (True, "each"),
+           "scratch-all": (False, "all"), "pretrained-all": (True, "all")}
 
 
 def add_options(parser):
@@ -58,6 +62,8 @@ def add_options(parser):
     parser.add_argument("--layers", type=int, default=2, help="layers of each encoder and of the decoder")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--settings", default="each,all", help="Table 4's fine-tuning settings to run: each "
+                                                                 "(one captioner per language), all (one for all)")
 
 
 def sizes(args):
@@ -113,12 +119,14 @@ def pretrain(work: Path, data: Path, args) -> Path:
     return save / "checkpoint_last.pt"
 
 
-def captioner(work: Path, data: Path, lang: str, system: str, pretrained: Path, args) -> Path:
-    """Step 3; returns the captioner's best checkpoint (lowest validation loss)."""
+def captioner(work: Path, data: Path, langs, label: str, pretrained, args) -> Path:
+    """Step 3: a captioner of ``langs`` from ``pretrained`` (None: random weights); returns its best
+    checkpoint (lowest validation loss over those languages)."""
     updates = args.captioning_updates
-    init = ["--finetune-from-model", pretrained] if system == "pretrained" else []
-    save = train(work, f"captioning-{lang}-{system}", lambda save_dir: [
-        "fairseq-train", data, "--task", "m3p_captioning", "--caption-langs", lang, "--arch", "m3p_captioning_tiny",
+    init = ["--finetune-from-model", pretrained] if pretrained else []
+    save = train(work, f"captioning-{label}-{'pretrained' if pretrained else 'scratch'}", lambda save_dir: [
+        "fairseq-train", data, "--task", "m3p_captioning", "--caption-langs", ",".join(langs),
+        "--arch", "m3p_captioning_tiny",
         "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", args.max_tokens,
         *common(args, save_dir, updates), *init], updates)
     return save / "checkpoint_best.pt"
@@ -144,10 +152,15 @@ def main(argv=None):
     data = prepare(work, args, langs)
     pretrained = pretrain(work, data, args)
     scores = work / "scores"
-    for system in SYSTEMS:
+    settings = set(args.settings.split(","))
+    for system, (from_pretraining, setting) in SYSTEMS.items():
+        if setting not in settings:
+            continue
+        init = pretrained if from_pretraining else None
+        shared = captioner(work, data, langs, "all", init, args) if setting == "all" else None
         generated = []
         for lang in langs:
-            checkpoint = captioner(work, data, lang, system, pretrained, args)
+            checkpoint = shared or captioner(work, data, [lang], lang, init, args)
             generated += ["--generated", f"{lang}={generate(work, data, lang, system, checkpoint, args)}"]
         run([PYTHON, REPO / "scripts" / "score_captions.py", "--data", data, "--split", "test", *generated,
              "--system", system, "--output-dir", scores])
