@@ -161,6 +161,12 @@ def test_unknown_caption_language_is_refused(data_dir):
         captioning_task(data_dir, "--target-lang", "xx")
 
 
+def test_fairseq_interactive_is_told_to_use_fairseq_generate(data_dir):
+    task, _ = captioning_task(data_dir)
+    with pytest.raises(SystemExit, match="captions images, it reads no text; .*fairseq-generate"):
+        task.get_interactive_tokens_and_lengths(["a red circle"], lambda line: line)
+
+
 # ---- the whole path through the CLIs ---------------------------------------------------------
 def test_pretrain_fine_tune_generate_and_score_through_the_clis(data_copy, tmp_path):
     require_java()

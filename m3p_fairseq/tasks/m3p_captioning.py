@@ -129,3 +129,11 @@ class M3PCaptioningTask(FairseqTask):
 
     def max_positions(self):
         return self.cfg.max_text_positions
+
+    def get_interactive_tokens_and_lengths(self, lines, encode_fn):
+        self.build_dataset_for_inference(None, None)
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
+        # fairseq-interactive reads text lines, and a caption's source is an image
+        raise SystemExit("fairseq-interactive: m3p_captioning captions images, it reads no text; caption a split "
+                         "with fairseq-generate DATA --task m3p_captioning --gen-subset SPLIT --target-lang LANG")
