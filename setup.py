@@ -56,7 +56,9 @@ setup(
         "py3langid>=0.2.2,<0.4",
         "matplotlib>=3.7,<4",
     ],
-    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+    extras_require={"test": ["pytest>=8", "ruff>=0.6"],
+                    # captioning's CIDEr (its PTB tokenizer needs a Java runtime)
+                    "captioning": ["pycocoevalcap>=1.2,<1.3"]},
     entry_points={
         "console_scripts": [
             "m3p-binarize=preprocess.binarize:main",

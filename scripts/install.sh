@@ -14,4 +14,4 @@ python -m pip install -r requirements.txt
 python -m pip install --no-deps --no-build-isolation fairseq-fixed==0.12.3.1
 # The package itself (editable) with its console scripts; pip checks the installed pins against
 # setup.py's ranges and installs nothing more.
-python -m pip install --no-build-isolation -e ".[test]"
+python -m pip install --no-build-isolation -e ".[test,captioning]"

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..markdown import markdown_table
 from .scoring import average
 
-METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "off_target": "off-target %"}
+METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "off_target": "off-target %", "cider": "CIDEr"}
 
 
 def splits_of(results: dict) -> List[str]:

@@ -1,4 +1,5 @@
 from . import (
+    m3p_captioning_model,  # noqa: F401  (registers --arch m3p_captioning_*)
     m3p_pretraining_model,  # noqa: F401  (registers --arch m3p_pretraining_*)
     mla_model,  # noqa: F401  (registers --arch mla_acquisition)
 )

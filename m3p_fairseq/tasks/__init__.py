@@ -1,4 +1,5 @@
 from . import (
+    m3p_captioning,  # noqa: F401  (registers --task m3p_captioning)
     m3p_pretraining,  # noqa: F401  (registers --task m3p_pretraining)
     m3p_retrieval,  # noqa: F401  (registers --task m3p_retrieval)
     mla_acquisition,  # noqa: F401  (registers --task mla_acquisition)
