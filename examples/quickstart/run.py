@@ -39,7 +39,7 @@ LANG_PAIRS = ["en-de", "de-en", "en-fr", "fr-en"]
 AUGMENTED_VIEWS = 2
 TEXT_ONLY = ["--fusion", "none", "--criterion", "label_smoothed_cross_entropy"]
 M3P = ["--fusion", "cvlm", "--criterion", "m3p_loss", "--mmcl-weight", "0.1",
-       "--mdropnet-text-only", "0.25", "--mdropnet-image-only", "0.25",
+       "--mdropnet-text-only", "0.25", "--mdropnet-image-only", "0.25", "--mdropnet-warmup-updates", "400",
        "--mma-text-mask-ratio", "0.15", "--mma-patch-mask-ratio", "0.25",
        "--mma-image-view-prob", "0.5", "--mma-view-negatives"]
 MODELS = {"text-only": TEXT_ONLY, "m3p": M3P}
