@@ -6,9 +6,12 @@ identity (IMAGE_ROW), which MMCL uses for its positives."""
 import pytest
 import torch
 
+from fairseq.dataclass.configs import GenerationConfig
+
 from helpers import as_if_trained, setup_task
-from m3p_fairseq.data.batch_keys import IMAGE_GLOBAL, IMAGE_INDEX, IMAGE_PATCHES, IMAGE_ROW
+from m3p_fairseq.data.batch_keys import IMAGE_GLOBAL, IMAGE_INDEX, IMAGE_PATCHES, IMAGE_ROW, MODALITIES
 from m3p_fairseq.data.multimodal_pair_dataset import images_per_row
+from m3p_fairseq.models.fusion import build_fusion
 
 # valid is en-de, de-en, en-fr (12 lines each, line n of every direction shows image n):
 # lines 0 and 1 of each direction, so images 0 and 1 come three times each, image 2 once
@@ -62,7 +65,8 @@ def test_a_batch_without_repeats_stays_per_row(data_dir):
     assert sorted(net_input[IMAGE_ROW].tolist()) == sorted(int(dataset.datasets[0].image_rows[i]) for i in range(5))
 
 
-@pytest.mark.parametrize("arch, fusion", [("m3p_transformer_tiny", "cvlm"), ("m3p_transformer_tiny", "gated"),
+@pytest.mark.parametrize("arch, fusion", [("m3p_transformer_tiny", "cvlm"), ("m3p_transformer_tiny", "selective"),
+                                          ("m3p_transformer_tiny", "gated"), ("m3p_transformer_tiny", "concat"),
                                           ("m3p_decoder_only_tiny", "prefix")])
 def test_deduplicated_images_give_the_per_row_outputs(data_dir, arch, fusion):
     task, cfg = setup_task(data_dir, "--fusion", fusion, "--criterion", "m3p_loss", "--mmcl-weight", "1",
@@ -83,3 +87,123 @@ def test_deduplicated_images_give_the_per_row_outputs(data_dir, arch, fusion):
         torch.testing.assert_close(extra[key], row_extra[key], rtol=0, atol=1e-6)
     torch.testing.assert_close(loss, row_loss, rtol=1e-6, atol=0)
     assert logs["mmcl_correct"] == row_logs["mmcl_correct"]
+
+
+# ---- the attention fusions project each distinct image's keys and values once ----------------
+# Tolerances: the outputs come out bitwise equal on this machine, but the dedup path's key/value
+# projections are matrix products over U instead of B rows, which BLAS may block differently; the
+# gradients of k_proj/v_proj and of the patches differ in the last bits because the dedup path sums
+# the repeated rows' gradients before the projection's backward (index_select's backward), the
+# per-row path after it: the same sum in another order.
+U, ROWS_OF_IMAGE = 3, torch.tensor([0, 1, 0, 2, 1, 0])  # 3 distinct images over 6 rows
+T, C, P = 5, 8, 4
+
+
+def _fusion_inputs():
+    generator = torch.Generator().manual_seed(1)
+    text = torch.randn(T, len(ROWS_OF_IMAGE), C, generator=generator, requires_grad=True)
+    padding = torch.zeros(len(ROWS_OF_IMAGE), T, dtype=torch.bool)
+    padding[1, :2] = True
+    distinct_patches = torch.randn(P, U, C, generator=generator, requires_grad=True)
+    global_state = torch.randn(len(ROWS_OF_IMAGE), C, generator=generator)
+    return text, padding, distinct_patches, global_state
+
+
+def _fuse_and_backward(fusion, deduplicated: bool):
+    """The fused states and the gradients of every parameter and of the inputs (text, distinct
+    patches) for a fixed random loss; the per-row path gathers the patches before the fusion."""
+    text, padding, distinct_patches, global_state = _fusion_inputs()
+    if deduplicated:
+        fused, _ = fusion(text, padding, distinct_patches, global_state, ROWS_OF_IMAGE)
+    else:
+        fused, _ = fusion(text, padding, distinct_patches.index_select(1, ROWS_OF_IMAGE), global_state)
+    weights = torch.randn(fused.shape, generator=torch.Generator().manual_seed(2))
+    fusion.zero_grad()
+    (fused * weights).sum().backward()
+    gradients = {name: parameter.grad.clone() for name, parameter in fusion.named_parameters()
+                 if parameter.grad is not None}
+    return fused.detach(), {**gradients, "text": text.grad, "patches": distinct_patches.grad}
+
+
+@pytest.mark.parametrize("name, heads", [("cvlm", 2), ("selective", 1), ("selective", 2), ("gated", 2),
+                                         ("concat", 2)])
+@pytest.mark.parametrize("training", [True, False])
+def test_a_fusion_of_distinct_images_equals_the_per_row_fusion(name, heads, training):
+    torch.manual_seed(0)
+    fusion = as_if_trained(build_fusion(name, C, heads, 0.0, 0.0)).train(training)
+    fused, gradients = _fuse_and_backward(fusion, deduplicated=True)
+    row_fused, row_gradients = _fuse_and_backward(fusion, deduplicated=False)
+    torch.testing.assert_close(fused, row_fused, rtol=1e-6, atol=1e-6)
+    assert gradients.keys() == row_gradients.keys() and "patches" in gradients
+    for key, gradient in gradients.items():
+        torch.testing.assert_close(gradient, row_gradients[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("name", ["cvlm", "selective"])
+def test_the_keys_and_values_are_projected_once_per_distinct_image(name):
+    fusion = build_fusion(name, C, 2, 0.0, 0.0).eval()
+    projected_rows = []
+    for projection in (fusion.attention.k_proj, fusion.attention.v_proj):
+        projection.register_forward_hook(lambda _m, args, _out: projected_rows.append(args[0].shape[:2]))
+    text, padding, distinct_patches, global_state = _fusion_inputs()
+    with torch.no_grad():
+        fusion(text, padding, distinct_patches, global_state, ROWS_OF_IMAGE)
+    assert projected_rows == [(P, U), (P, U)]
+
+
+@pytest.mark.parametrize("fusion", ["cvlm", "selective"])
+@pytest.mark.parametrize("modes", [None, [0, 1, 2, 2, 0, 1, 2]])
+def test_training_with_deduplicated_images_gives_the_per_row_outputs_and_gradients(data_dir, fusion, modes):
+    """Train mode (dropout 0, so both passes are deterministic), with MDropNet's modes fixed to a
+    mix of text-only / image-only / both (the image-only prompt needs per-row patch states)."""
+    task, cfg = setup_task(data_dir, "--fusion", fusion, "--dropout", "0", "--attention-dropout", "0",
+                           "--mdropnet-text-only", "0", "--mdropnet-image-only", "0")
+    torch.manual_seed(0)
+    model = as_if_trained(task.build_model(cfg.model)).train()
+    _, batch = _repeated_batch(task)
+    extra_input = {} if modes is None else {MODALITIES: torch.tensor(modes)}
+    results = []
+    for net_input in (batch["net_input"], _per_row(batch["net_input"])):
+        model.zero_grad()
+        logits, _ = model(**net_input, **extra_input)
+        logits.float().pow(2).mean().backward()
+        results.append((logits.detach(), {name: parameter.grad.clone() for name, parameter
+                                          in model.named_parameters() if parameter.grad is not None}))
+    (logits, gradients), (row_logits, row_gradients) = results
+    torch.testing.assert_close(logits, row_logits, rtol=0, atol=1e-5)
+    assert gradients.keys() == row_gradients.keys()
+    assert any(name.startswith("encoder.fusion.attention.k_proj") for name in gradients)
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(gradient, row_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _hypotheses_by_source(task, model, dataset, indices):
+    """Beam search over ``indices`` in one batch: {source tokens: best hypothesis}. Keyed by the
+    source (which starts with the target-language tag) because the ids of a multi-direction
+    dataset repeat across its directions."""
+    generator = task.build_generator([model], GenerationConfig(beam=5, max_len_b=12))
+    batch = dataset.collater([dataset[i] for i in indices])
+    with torch.no_grad():
+        outputs = task.inference_step(generator, [model], batch)
+    pad = task.source_dictionary.pad()
+    return {tuple(tokens[tokens != pad].tolist()): output[0]["tokens"].tolist()
+            for tokens, output in zip(batch["net_input"]["src_tokens"], outputs)}
+
+
+@pytest.mark.parametrize("fusion", ["cvlm", "selective"])
+def test_beam_search_over_repeated_images_gives_each_sentence_its_hypothesis_alone(data_dir, fusion):
+    task, cfg = setup_task(data_dir, "--fusion", fusion)
+    torch.manual_seed(0)
+    model = as_if_trained(task.build_model(cfg.model)).eval()
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    indices = list(range(len(dataset)))  # every image in all three directions: each comes 3 times
+    net_input = dataset.collater([dataset[i] for i in indices])["net_input"]
+    assert net_input[IMAGE_PATCHES].shape[0] * 3 == len(indices) == net_input[IMAGE_INDEX].numel()
+    batched = _hypotheses_by_source(task, model, dataset, indices)
+    assert len(batched) == len(indices)  # every sentence's source is distinct
+    alone = {}
+    for i in indices:
+        alone.update(_hypotheses_by_source(task, model, dataset, [i]))
+    assert batched == alone
+    assert len({tuple(tokens) for tokens in batched.values()}) > 1  # the output depends on the input

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..data.image_features import IMAGE_IDS
-from ..models.fusion import ConditionalVisionLanguageMemory
+from ..models.fusion import ConditionalVisionLanguageMemory, to_rows
 
 
 def encoder_inputs(dataset, indices: Sequence[int]):
@@ -70,7 +70,10 @@ def cvlm_attention(model, dataset, index: int) -> torch.Tensor:
     recorded = {}
 
     def record(_module, args, _output):
-        recorded["text"], recorded["padding"], recorded["patches"] = args[0], args[1], args[2]
+        # the patches of each distinct image once when the batch carries IMAGE_INDEX (args[4])
+        image_index = args[4] if len(args) > 4 else None
+        recorded["text"], recorded["padding"] = args[0], args[1]
+        recorded["patches"] = to_rows(args[2], image_index, dim=1)
 
     handle = fusion.register_forward_hook(record)
     try:

@@ -1,15 +1,47 @@
 """Ways to fuse text encoder states with image states; each returns the states the decoder
 attends to and their padding mask.
 
-All take text states H [T, B, C] with padding mask [B, T], patch states [P, B, C] and a global
-image state [B, C] (both already projected to the model width by ImageFeatureEncoder).
+All take text states H [T, B, C] with padding mask [B, T], patch states and a global image state
+[B, C] (both already projected to the model width by ImageFeatureEncoder). The patch states are
+[P, B, C], one image per row, or, with ``image_index`` [B] (batch_keys.IMAGE_INDEX), [P, U, C]: each
+distinct image of the batch once, row b showing image ``image_index[b]``. The attention fusions
+then project keys and values once per distinct image (P x U rows instead of P x B).
 """
 
 from typing import Dict, Optional, Type
 
 import torch
+import torch.nn.functional as F
 from fairseq.modules import FairseqDropout, LayerNorm, MultiheadAttention
 from torch import Tensor, nn
+
+
+def to_rows(states: Tensor, image_index: Optional[Tensor], dim: int) -> Tensor:
+    """States of the distinct images gathered to the batch rows along ``dim``; unchanged without
+    ``image_index`` (they are per row already)."""
+    return states if image_index is None else states.index_select(dim, image_index)
+
+
+def attend_to_image(attention: MultiheadAttention, text: Tensor, patches: Tensor,
+                    image_index: Optional[Tensor]) -> Tensor:
+    """fairseq's ``attention`` (encoder-decoder, no key padding) of the text [T, B, C] over each
+    row's patches. With ``image_index`` the keys and values are projected once per distinct image
+    [P, U, C] and gathered to the rows; the rest is MultiheadAttention's math with its own
+    parameters: per head softmax(q k^T / sqrt(d)) v with attention dropout, then out_proj."""
+    if image_index is None:
+        return attention(query=text, key=patches, value=patches, need_weights=False)[0]
+    length, batch, width = text.shape
+
+    def by_head(states: Tensor) -> Tensor:  # [L, B, C] -> [B, heads, L, C / heads]
+        return states.view(states.size(0), batch, attention.num_heads, -1).permute(1, 2, 0, 3)
+
+    keys = by_head(to_rows(attention.k_proj(patches), image_index, dim=1))
+    values = by_head(to_rows(attention.v_proj(patches), image_index, dim=1))
+    dropout = attention.dropout_module
+    attended = F.scaled_dot_product_attention(
+        by_head(attention.q_proj(text)), keys, values,
+        dropout_p=dropout.p if attention.training or dropout.apply_during_inference else 0.0)
+    return attention.out_proj(attended.permute(2, 0, 1, 3).reshape(length, batch, width))
 
 
 class GatedFusion(nn.Module):
@@ -19,7 +51,8 @@ class GatedFusion(nn.Module):
         super().__init__()
         self.gate = nn.Linear(2 * embed_dim, embed_dim)
 
-    def forward(self, text: Tensor, text_padding_mask: Tensor, patches: Tensor, global_state: Tensor):
+    def forward(self, text: Tensor, text_padding_mask: Tensor, patches: Tensor, global_state: Tensor,
+                image_index: Optional[Tensor] = None):
         image = global_state.unsqueeze(0).expand_as(text)
         gate = torch.sigmoid(self.gate(torch.cat([text, image], dim=-1)))
         return text + gate * image, text_padding_mask
@@ -31,7 +64,9 @@ class ConcatFusion(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float, attention_dropout: float):
         super().__init__()
 
-    def forward(self, text: Tensor, text_padding_mask: Tensor, patches: Tensor, global_state: Tensor):
+    def forward(self, text: Tensor, text_padding_mask: Tensor, patches: Tensor, global_state: Tensor,
+                image_index: Optional[Tensor] = None):
+        patches = to_rows(patches, image_index, dim=1)
         image_padding_mask = text_padding_mask.new_zeros(patches.size(1), patches.size(0))
         return torch.cat([text, patches], dim=0), torch.cat([text_padding_mask, image_padding_mask], dim=1)
 
@@ -53,8 +88,9 @@ class ConditionalVisionLanguageMemory(nn.Module):
         self.dropout = FairseqDropout(dropout, module_name=self.__class__.__name__)
         self.layer_norm = LayerNorm(embed_dim)
 
-    def forward(self, text: Tensor, text_padding_mask: Tensor, patches: Tensor, global_state: Tensor):
-        attended, _ = self.attention(query=text, key=patches, value=patches, need_weights=False)
+    def forward(self, text: Tensor, text_padding_mask: Tensor, patches: Tensor, global_state: Tensor,
+                image_index: Optional[Tensor] = None):
+        attended = attend_to_image(self.attention, text, patches, image_index)
         return self.layer_norm(text + self.dropout(attended)), text_padding_mask
 
 
@@ -71,8 +107,9 @@ class SelectiveAttentionFusion(nn.Module):
                                             encoder_decoder_attention=True)
         self.gate = nn.Linear(2 * embed_dim, embed_dim)
 
-    def forward(self, text: Tensor, text_padding_mask: Tensor, patches: Tensor, global_state: Tensor):
-        attended, _ = self.attention(query=text, key=patches, value=patches, need_weights=False)
+    def forward(self, text: Tensor, text_padding_mask: Tensor, patches: Tensor, global_state: Tensor,
+                image_index: Optional[Tensor] = None):
+        attended = attend_to_image(self.attention, text, patches, image_index)
         gate = torch.sigmoid(self.gate(torch.cat([attended, text], dim=-1)))
         return (1 - gate) * text + gate * attended, text_padding_mask
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..data.batch_keys import IMAGE_GLOBAL_STATE
 from .contrastive_head import mean_over_tokens
-from .fusion import FUSION_CHOICES, build_fusion, fusion_heads
+from .fusion import FUSION_CHOICES, build_fusion, fusion_heads, to_rows
 from .image_encoder import ImageFeatureEncoder
 from .mdropnet import per_sentence_memory
 from .multimodal_model import (
@@ -95,10 +95,13 @@ class M3PEncoder(MultimodalEncoderMixin, FairseqEncoder):
         if self.fusion is None:
             return out
         text, text_padding_mask = out["encoder_out"][0], out["encoder_padding_mask"][0]
-        patches, global_state = self.encode_images(image_patches, image_global, text.dtype, image_index)
-        fused, padding_mask = self.fusion(text, text_padding_mask, patches, global_state)
+        # the patch states of each distinct image once: the fusion gathers them (after projecting)
+        patches, global_state = self.encode_images(image_patches, image_global, text.dtype, image_index,
+                                                   patches_per_row=False)
+        fused, padding_mask = self.fusion(text, text_padding_mask, patches, global_state, image_index)
         modalities = self.modes(modalities, src_tokens.size(0), image_usable, src_tokens.device)
         if modalities is not None:
+            patches = to_rows(patches, image_index, dim=1)  # MDropNet's image-only prompt is per row
             image_prompt = torch.cat([self._target_language(src_tokens), patches], dim=0)
             fused, padding_mask = per_sentence_memory(modalities, text, text_padding_mask, fused,
                                                       padding_mask, image_prompt)

@@ -44,6 +44,7 @@ from ..data.batch_keys import (
     MultimodalModelInterface,
 )
 from .contrastive_head import ContrastiveHead
+from .fusion import to_rows
 from .image_encoder import ImageFeatureEncoder
 from .mdropnet import MDropNet
 
@@ -124,17 +125,20 @@ class MultimodalEncoderMixin:
         self.image_encoder = image_encoder
 
     def encode_images(self, image_patches: Optional[Tensor], image_global: Optional[Tensor],
-                      dtype, image_index: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                      dtype, image_index: Optional[Tensor] = None,
+                      patches_per_row: bool = True) -> Tuple[Tensor, Tensor]:
         """(patch states [P, B, C], global state [B, C]); a clear error when the batch has no images.
         With ``image_index`` [B] (batch_keys.IMAGE_INDEX) the features hold each distinct image
-        once: they are projected and encoded once and the states gathered to their rows."""
+        once: they are projected and encoded once and the states gathered to their rows; with
+        ``patches_per_row=False`` the patch states stay one per distinct image [P, U, C], for a
+        caller that gathers them itself (the attention fusions project them once per image)."""
         if image_patches is None or image_global is None:
             raise ValueError(f"--fusion {self.fusion_name} needs image features, but the batch has none "
                              "(no image features for this split, or an input line without an image id)")
         patches, global_state = self.image_encoder(image_patches.to(dtype), image_global.to(dtype))
-        if image_index is None:
-            return patches, global_state
-        return patches.index_select(1, image_index), global_state.index_select(0, image_index)
+        if patches_per_row:
+            patches = to_rows(patches, image_index, dim=1)
+        return patches, to_rows(global_state, image_index, dim=0)
 
     def set_num_updates(self, num_updates):
         self.mdropnet.num_updates = num_updates  # for the warm-up of the MDropNet shares
