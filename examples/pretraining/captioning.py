@@ -21,24 +21,12 @@ language, so every image has one reference here.
 """
 
 import argparse
-import importlib.util
-import sys
 import time
 from pathlib import Path
 
+from synthetic_data import PYTHON, prepare, quickstart
 
-def _quickstart():
-    """examples/quickstart/run.py, whose command runner this recipe reuses."""
-    path = Path(__file__).resolve().parents[1] / "quickstart" / "run.py"
-    spec = importlib.util.spec_from_file_location("quickstart_run", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_qs = _quickstart()
-REPO, _finished, run = _qs.REPO, _qs._finished, _qs.run
-PYTHON = sys.executable
+REPO, run, train = quickstart.REPO, quickstart.run, quickstart.train_unless_finished
 # system -> (initialised from pre-training, Table 4's setting)
 SYSTEMS = {"scratch": (False, "each"), "pretrained": (True, "each"),
            "scratch-all": (False, "all"), "pretrained-all": (True, "all")}
@@ -73,40 +61,8 @@ def sizes(args):
 
 
 def common(args, save_dir: Path, updates: int):
-    return ["--user-dir", REPO / "m3p_fairseq", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
-            "--clip-norm", "1.0", "--lr", args.lr, "--lr-scheduler", "inverse_sqrt",
-            "--warmup-updates", args.warmup_updates, "--max-update", updates, "--seed", args.seed,
-            "--num-workers", 0, "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "simple",
-            "--log-interval", 50, "--dropout", "0.1", *sizes(args)]
-
-
-def prepare(work: Path, args, langs) -> Path:
-    """Step 1; returns the binarized data directory."""
-    raw, data = work / "raw", work / "data-bin"
-    work.mkdir(parents=True, exist_ok=True)
-    if not (raw / "test.image_ids").exists():
-        run([PYTHON, "-m", "preprocess.make_synthetic_corpus", "--output-dir", raw, "--langs", ",".join(langs),
-             "--num-train", args.num_train, "--num-valid", args.num_valid, "--num-test", args.num_test,
-             "--image-size", args.image_size, "--seed", args.seed])
-    if not (data / "image_features.h5").exists():
-        run([PYTHON, "-m", "preprocess.extract_image_features", "--images-dir", raw / "images",
-             "--image-ids", *[raw / f"{split}.image_ids" for split in ("train", "valid", "test")],
-             "--output", data / "image_features.h5", "--backbone", "vit_tiny_patch16_224", "--random-init-seed", 0,
-             "--image-size", args.image_size, "--batch-size", 100], log_file=work / "extract.log")
-    if not (data / "dict.txt").exists():
-        # English paired with each other language: every language's captions, multi-way
-        pairs = ",".join(f"{langs[0]}-{lang}" for lang in langs[1:]) or f"{langs[0]}-{langs[0]}"
-        run([PYTHON, "-m", "preprocess.binarize", "--raw-dir", raw, "--dest-dir", data, "--lang-pairs", pairs,
-             "--splits", "train,valid,test", "--spm-vocab-size", args.spm_vocab_size,
-             "--spm-user-defined-symbols", "[MASK]"], log_file=work / "binarize.log")
-    return data
-
-
-def train(work: Path, name: str, command, updates: int) -> Path:
-    save_dir = work / "checkpoints" / name
-    if not _finished(save_dir / "checkpoint_last.pt", updates):
-        run(command(save_dir), log_file=work / f"train-{name}.log")
-    return save_dir
+    return [*quickstart.optimizer_options(args, save_dir, updates, args.warmup_updates, log_interval=50),
+            "--dropout", "0.1", *sizes(args)]
 
 
 def pretrain(work: Path, data: Path, args) -> Path:

@@ -24,28 +24,16 @@ recall). Every step whose output exists is skipped, so an interrupted run resume
 """
 
 import argparse
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
+
+from synthetic_data import PYTHON, prepare, quickstart
 
 from m3p_fairseq.atomic_io import atomic_write_text
 from m3p_fairseq.markdown import markdown_table
 
-
-def _quickstart():
-    """examples/quickstart/run.py, whose command runner this recipe reuses."""
-    path = Path(__file__).resolve().parents[1] / "quickstart" / "run.py"
-    spec = importlib.util.spec_from_file_location("quickstart_run", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_qs = _quickstart()
-REPO, run, _finished = _qs.REPO, _qs.run, _qs._finished
-PYTHON = sys.executable
+REPO, run = quickstart.REPO, quickstart.run
 ZERO_SHOT, ON_EN, ON_EACH, ON_ALL, NO_PRETRAINING = (
     "w/o fine-tune", "fine-tune on en", "fine-tune on each", "fine-tune on all", "without pre-training (on all)")
 SETTINGS = (ZERO_SHOT, ON_EN, ON_EACH, ON_ALL, NO_PRETRAINING)
@@ -70,42 +58,15 @@ def add_options(parser):
     parser.add_argument("--seed", type=int, default=1)
 
 
-def prepare(work: Path, args, langs) -> Path:
-    raw, data = work / "raw", work / "data-bin"
-    work.mkdir(parents=True, exist_ok=True)
-    if not (raw / "test.image_ids").exists():
-        run([PYTHON, "-m", "preprocess.make_synthetic_corpus", "--output-dir", raw, "--langs", ",".join(langs),
-             "--num-train", args.num_train, "--num-valid", args.num_valid, "--num-test", args.num_test,
-             "--image-size", args.image_size, "--seed", args.seed])
-    if not (data / "image_features.h5").exists():
-        run([PYTHON, "-m", "preprocess.extract_image_features", "--images-dir", raw / "images",
-             "--image-ids", *[raw / f"{split}.image_ids" for split in ("train", "valid", "test")],
-             "--output", data / "image_features.h5", "--backbone", "vit_tiny_patch16_224", "--random-init-seed", 0,
-             "--image-size", args.image_size, "--batch-size", 100], log_file=work / "extract.log")
-    if not (data / f"test.{langs[-1]}.bin").exists():
-        # pairs from English to every other language: binarize then writes each language multi-way
-        run([PYTHON, "-m", "preprocess.binarize", "--raw-dir", raw, "--dest-dir", data,
-             "--lang-pairs", ",".join(f"{langs[0]}-{lang}" for lang in langs[1:]), "--splits", "train,valid,test",
-             "--spm-vocab-size", args.spm_vocab_size, "--spm-user-defined-symbols", "[MASK]"],
-            log_file=work / "binarize.log")
-    return data
-
-
 def common(args, save_dir: Path, updates: int):
-    return ["--user-dir", REPO / "m3p_fairseq", "--arch", "m3p_pretraining_tiny", "--criterion", "m3p_pretraining",
-            "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "1.0", "--lr", args.lr,
-            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", max(1, updates // 10),
-            "--batch-size", args.batch_size, "--max-update", updates, "--seed", args.seed, "--num-workers", 0,
-            "--save-dir", save_dir, "--no-epoch-checkpoints",
-            "--dropout", args.dropout, "--log-format", "simple", "--log-interval", 100, "--cpu"]
+    return ["--arch", "m3p_pretraining_tiny", "--criterion", "m3p_pretraining",
+            *quickstart.optimizer_options(args, save_dir, updates, max(1, updates // 10), log_interval=100),
+            "--batch-size", args.batch_size, "--dropout", args.dropout, "--cpu"]
 
 
 def train(work: Path, name: str, command, updates: int) -> Path:
-    save_dir = work / "checkpoints" / name
-    checkpoint = save_dir / "checkpoint_last.pt"
-    if not _finished(checkpoint, updates):
-        run(command(save_dir), log_file=work / f"train-{name}.log")
-    return checkpoint
+    """Returns the run's last checkpoint."""
+    return quickstart.train_unless_finished(work, name, command, updates) / "checkpoint_last.pt"
 
 
 def pretrain(work: Path, data: Path, args) -> Path:

@@ -182,6 +182,35 @@ def _finished(checkpoint: Path, max_update: int) -> bool:
     return state["optimizer_history"][-1]["num_updates"] >= max_update
 
 
+def train_unless_finished(work: Path, name: str, command, updates: int) -> Path:
+    """One fairseq-train run, ``command(save_dir)``, unless its checkpoint_last.pt has ``updates``
+    updates already (a stopped run resumes its own); returns its save directory."""
+    save_dir = work / "checkpoints" / name
+    if not _finished(save_dir / "checkpoint_last.pt", updates):
+        run(command(save_dir), log_file=work / f"train-{name}.log")
+    return save_dir
+
+
+def optimizer_options(args, save_dir: Path, updates: int, warmup_updates: int, log_interval: int) -> list:
+    """The fairseq-train options the recipes built on this one share: Adam, inverse-sqrt warm-up,
+    ``args.lr`` and ``args.seed``, only the last and best checkpoints, kept in ``save_dir``."""
+    return ["--user-dir", REPO / "m3p_fairseq", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+            "--clip-norm", "1.0", "--lr", args.lr, "--lr-scheduler", "inverse_sqrt",
+            "--warmup-updates", warmup_updates, "--max-update", updates, "--seed", args.seed, "--num-workers", 0,
+            "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", log_interval]
+
+
+def extract_features(raw: Path, output: Path, splits, image_size: int, log_file: Path):
+    """Features of the images of ``splits`` by a random-init ViT-tiny (nothing is downloaded), no
+    augmented views; skipped when ``output`` exists."""
+    if output.exists():
+        return
+    run([sys.executable, "-m", "preprocess.extract_image_features", "--images-dir", raw / "images",
+         "--image-ids", *[raw / f"{split}.image_ids" for split in splits], "--output", output,
+         "--backbone", "vit_tiny_patch16_224", "--random-init-seed", 0, "--image-size", image_size,
+         "--batch-size", 100], log_file=log_file)
+
+
 def train_and_evaluate(models: dict, output_name: str, doc: str, argv=None, score_pairs=None):
     """Steps 1-5 for ``models`` (name -> (model options, language pairs)); scores every
     direction a model was trained on, or only ``score_pairs``. Returns the scores and the work

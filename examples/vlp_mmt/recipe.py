@@ -22,26 +22,19 @@ checkpoint_last.pt).
 """
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
 
-from m3p_fairseq.atomic_io import atomic_write_text
+# examples/quickstart/run.py, whose data preparation, training and scoring this recipe reuses
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quickstart"))
+import run as quickstart  # noqa: E402
 
+from m3p_fairseq.atomic_io import atomic_write_text  # noqa: E402
 
-def _quickstart():
-    """examples/quickstart/run.py, whose data preparation, training and scoring this recipe reuses."""
-    path = Path(__file__).resolve().parents[1] / "quickstart" / "run.py"
-    spec = importlib.util.spec_from_file_location("quickstart_run", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_qs = _quickstart()
-M3P, REPO, _finished, evaluate, run, write_directions = (_qs.M3P, _qs.REPO, _qs._finished, _qs.evaluate, _qs.run,
-                                                         _qs.write_directions)
+M3P, REPO, evaluate, run, train, write_directions = (quickstart.M3P, quickstart.REPO, quickstart.evaluate,
+                                                     quickstart.run, quickstart.train_unless_finished,
+                                                     quickstart.write_directions)
 
 PAIR = "en-de"
 PYTHON = sys.executable
@@ -87,15 +80,6 @@ def add_options(parser):
                              "colour/shape words, which test_degraded masks in the sources), no leaves them out")
 
 
-def features(raw: Path, output: Path, splits, args, log: Path):
-    if output.exists():
-        return
-    run([PYTHON, "-m", "preprocess.extract_image_features", "--images-dir", raw / "images",
-         "--image-ids", *[raw / f"{split}.image_ids" for split in splits], "--output", output,
-         "--backbone", "vit_tiny_patch16_224", "--random-init-seed", 0, "--image-size", args.image_size,
-         "--batch-size", 100], log_file=log)
-
-
 def prepare(work: Path, args):
     """Step 1; returns (MMT data directory, VLP caption data directory)."""
     raw, data = work / "raw", work / "data-bin"
@@ -111,8 +95,10 @@ def prepare(work: Path, args):
         run([PYTHON, "-m", "preprocess.make_synthetic_corpus", "--output-dir", captions_raw, "--langs", "en,de",
              "--num-train", args.num_captions, "--num-valid", args.num_valid, "--num-test", 1,
              "--image-size", args.image_size, "--seed", args.seed + 1000])
-    features(raw, data / "image_features.h5", ["train", "valid", "test"], args, work / "extract.log")
-    features(captions_raw, captions / "image_features.h5", ["train", "valid"], args, work / "extract-captions.log")
+    quickstart.extract_features(raw, data / "image_features.h5", ["train", "valid", "test"], args.image_size,
+                                work / "extract.log")
+    quickstart.extract_features(captions_raw, captions / "image_features.h5", ["train", "valid"], args.image_size,
+                                work / "extract-captions.log")
     run([PYTHON, "-m", "preprocess.binarize", "--raw-dir", raw, "--dest-dir", data, "--lang-pairs", PAIR,
          "--splits", "train,valid,test,test_degraded", "--spm-vocab-size", args.spm_vocab_size,
          "--spm-user-defined-symbols", "[MASK]"], log_file=work / "binarize.log")
@@ -127,11 +113,8 @@ def prepare(work: Path, args):
 
 
 def common(args, save_dir: Path, updates: int):
-    return ["--user-dir", REPO / "m3p_fairseq", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
-            "--clip-norm", "1.0", "--lr", args.lr, "--lr-scheduler", "inverse_sqrt",
-            "--warmup-updates", args.warmup_updates, "--max-tokens", args.max_tokens, "--max-update", updates,
-            "--seed", args.seed, "--num-workers", 0, "--save-dir", save_dir, "--no-epoch-checkpoints",
-            "--log-format", "simple", "--log-interval", 50, "--dropout", "0.1"]
+    return [*quickstart.optimizer_options(args, save_dir, updates, args.warmup_updates, log_interval=50),
+            "--max-tokens", args.max_tokens, "--dropout", "0.1"]
 
 
 def restart_from(checkpoint: Path):
@@ -139,13 +122,6 @@ def restart_from(checkpoint: Path):
     checkpoint_last.pt does not exist, so a resumed run continues itself)."""
     return ["--restore-file", checkpoint, "--reset-optimizer", "--reset-dataloader", "--reset-meters",
             "--reset-lr-scheduler"]
-
-
-def train(work: Path, name: str, command, updates: int) -> Path:
-    save_dir = work / "checkpoints" / name
-    if not _finished(save_dir / "checkpoint_last.pt", updates):
-        run(command(save_dir), log_file=work / f"train-{name}.log")
-    return save_dir
 
 
 def pretrain(work: Path, data: Path, captions: Path, args) -> Path:
