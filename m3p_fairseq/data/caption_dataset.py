@@ -26,8 +26,8 @@ from fairseq.data import Dictionary, FairseqDataset, data_utils
 
 from .batch_keys import REGION_SPATIAL, SOURCE_LANG
 from .data_dir import DataDirectory
-from .image_features import read_image_ids
 from .m3p_regions import RegionFeatureReader
+from .split_captions import load_split_captions, read_split_image_ids
 
 
 @dataclass
@@ -61,18 +61,8 @@ def load_language_captions(directory: DataDirectory, split: str, lang: str, dict
                            regions: RegionFeatureReader, per_image: bool) -> LanguageCaptions:
     """The captions of ``lang`` in ``split`` of ``directory``, checked against the id list and
     the feature file (errors name the file and what was expected)."""
-    prefix = directory.text(split, lang)
-    text = data_utils.load_indexed_dataset(str(prefix), dictionary)
-    if text is None:
-        raise FileNotFoundError(f"captions of {lang!r} for split {split!r} not found: expected {prefix}.bin/.idx "
-                                "(multi-way, as preprocess/binarize.py writes it)")
-    ids_path = directory.image_id_list(split)
-    if ids_path is None:
-        raise FileNotFoundError(f"{directory.path / (split + '.image_ids')} not found: the image id of every caption")
-    image_ids = read_image_ids(ids_path)
-    if len(text) != len(image_ids):
-        raise ValueError(f"{prefix}.bin has {len(text)} captions but {ids_path} has {len(image_ids)} image ids "
-                         "(one per caption expected)")
+    ids_path, image_ids = read_split_image_ids(directory, split)
+    text = load_split_captions(directory, split, lang, dictionary, ids_path, image_ids)
     feature_rows = regions.store.rows_for(image_ids, str(ids_path))
     caption_rows, references = caption_examples(image_ids, regions.store.usable[feature_rows], per_image)
     return LanguageCaptions(lang, text, caption_rows, feature_rows[caption_rows],

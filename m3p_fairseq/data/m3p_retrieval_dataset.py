@@ -22,8 +22,8 @@ from fairseq.data import Dictionary, FairseqDataset, data_utils
 
 from .batch_keys import PRETRAINING_OBJECTIVE, REGION_FEATURES, REGION_SPATIAL, SOURCE_LANG, VLM_LABELS
 from .data_dir import DataDirectory
-from .image_features import read_image_ids
 from .m3p_regions import RegionFeatureReader
+from .split_captions import load_split_captions, read_split_image_ids
 
 VLM_OBJECTIVE = "vlm"  # the pre-training objective whose head scores a pair
 SWAP_IMAGE_PROB = 0.5  # a negative swaps the image (else the text), as VLM's pre-training negatives
@@ -43,23 +43,12 @@ class SplitCaptions:
 def load_captions(data: str, split: str, langs: Sequence[str], dictionary: Dictionary,
                   regions: RegionFeatureReader) -> SplitCaptions:
     directory = DataDirectory(data)
-    ids_path = directory.image_id_list(split)
-    if ids_path is None:
-        raise FileNotFoundError(f"{directory.image_ids(split)} not found: the image id of every caption of "
-                                f"split {split!r}, one per line")
-    image_ids = read_image_ids(ids_path)
+    ids_path, image_ids = read_split_image_ids(directory, split)
     rows = regions.store.rows_for(image_ids, str(ids_path))
     keep = np.flatnonzero(regions.store.usable[rows])
     text = {}
     for lang in langs:
-        prefix = directory.text(split, lang)
-        dataset = data_utils.load_indexed_dataset(str(prefix), dictionary)
-        if dataset is None:
-            raise FileNotFoundError(f"captions of {lang!r} for split {split!r} not found: expected "
-                                    f"{prefix}.bin/.idx (multi-way, as preprocess/binarize.py writes it)")
-        if len(dataset) != len(image_ids):
-            raise ValueError(f"{prefix}.bin has {len(dataset)} captions but {ids_path} has {len(image_ids)} "
-                             "image ids (one per caption expected)")
+        dataset = load_split_captions(directory, split, lang, dictionary, ids_path, image_ids)
         text[lang] = [dataset[int(i)].long() for i in keep]
     return SplitCaptions(split, str(ids_path), [image_ids[i] for i in keep], rows[keep], text,
                          len(image_ids) - len(keep))

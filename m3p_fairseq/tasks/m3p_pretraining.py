@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-from fairseq.data import Dictionary, data_utils, iterators
+from fairseq.data import Dictionary, iterators
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
 from ..data.data_dir import DataDirectory
-from ..data.image_features import read_image_ids
 from ..data.m3p_pretraining_dataset import CaptionCorpus, M3PPretrainingDataset, NoiseSettings
 from ..data.m3p_pretraining_schedule import (
     OBJECTIVES,
@@ -33,6 +32,7 @@ from ..data.m3p_pretraining_schedule import (
     PretrainingSchedule,
     parse_objective_weights,
 )
+from ..data.split_captions import load_split_captions, load_split_text, read_split_image_ids
 from ..data.vocabulary import MASK_SYMBOL, is_lang_tag
 from .m3p_data import M3PDataConfig, M3PDataTask
 
@@ -83,34 +83,19 @@ class M3PPretrainingTask(M3PDataTask):
                                    cfg.xdae_span_ratio, cfg.dic_span_ratio, cfg.vlm_negative_prob)
 
     # ---- data -------------------------------------------------------------------------------
-    def _load_text(self, directory: DataDirectory, split: str, lang: str):
-        prefix = directory.text(split, lang)
-        dataset = data_utils.load_indexed_dataset(str(prefix), self.dictionary)
-        if dataset is None:
-            raise FileNotFoundError(f"text of {lang!r} for split {split!r} not found: expected {prefix}.bin/.idx "
-                                    "(multi-way, as preprocess/binarize.py writes it)")
-        return dataset
-
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         directory = DataDirectory.of_task_data(self.cfg.data, epoch)
         needs_text = any(o in TEXT_OBJECTIVES for o in self.weights)
         needs_captions = any(o not in TEXT_OBJECTIVES for o in self.weights)
-        text = {lang: self._load_text(directory, split, lang) for lang in self.text_langs} if needs_text else {}
+        text = {lang: load_split_text(directory, split, lang, self.dictionary) for lang in self.text_langs} if needs_text else {}
         captions, reader = [], None
         if needs_captions:
             reader = self.regions(split, required_by=f"objectives {[o for o in self.weights if o not in TEXT_OBJECTIVES]}")
-            ids_path = directory.image_id_list(split)
-            if ids_path is None:
-                raise FileNotFoundError(f"{directory.path / (split + '.image_ids')} not found: the image id of "
-                                        "every caption")
-            image_ids = read_image_ids(ids_path)
+            ids_path, image_ids = read_split_image_ids(directory, split)
             rows = reader.store.rows_for(image_ids, str(ids_path))
             usable = reader.store.usable[rows]
             for lang in self.caption_langs:
-                dataset = self._load_text(directory, split, lang)
-                if len(dataset) != len(image_ids):
-                    raise ValueError(f"{directory.text(split, lang)}.bin has {len(dataset)} captions but {ids_path} "
-                                     f"has {len(image_ids)} image ids (one per caption expected)")
+                dataset = load_split_captions(directory, split, lang, self.dictionary, ids_path, image_ids)
                 keep = np.flatnonzero(usable)
                 captions.append(CaptionCorpus(lang, _Subset(dataset, keep), rows[keep]))
             if not usable.all():
