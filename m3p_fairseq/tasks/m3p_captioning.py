@@ -21,88 +21,47 @@ fairseq-generate) read ``--target-lang`` when given, else the same languages. Si
 
 import logging
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 from fairseq.data import Dictionary
-from fairseq.dataclass import FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
-from omegaconf import II
+from fairseq.tasks import register_task
 
 from ..data.caption_dataset import CaptioningDataset, load_language_captions
 from ..data.data_dir import DataDirectory
-from ..data.image_features import ImageFeatureError, ImageFeatureStore
 from ..data.m3p_regions import RegionFeatureReader
-from ..data.vocabulary import lang_tag, tagged_languages
+from .m3p_data import M3PDataConfig, M3PDataTask
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class M3PCaptioningConfig(FairseqDataclass):
-    data: str = field(default="", metadata={"help": "data directory (dict.txt, {split}.{lang}.bin/.idx, "
-                                                     "{split}.image_ids, image features)"})
+class M3PCaptioningConfig(M3PDataConfig):
     caption_langs: str = field(default="en", metadata={"help": "languages of the captions trained on, "
                                                                 "comma-separated (one model captions in each)"})
     target_lang: Optional[str] = field(default=None, metadata={"help": "the caption language of the other splits "
                                                                         "(validation, fairseq-generate); default: "
                                                                         "every --caption-langs language",
                                                                 "argparse_alias": "-t"})
-    image_features: Optional[str] = field(default=None, metadata={"help": "feature file for every split; default: "
-                                                                           "DATA/{split}.image_features.h5, else "
-                                                                           "DATA/image_features.h5"})
     max_text_positions: int = field(default=128, metadata={"help": "longest caption, </s> included (longer ones "
                                                                     "are cut)"})
-    train_subset: str = II("dataset.train_subset")
 
 
 @register_task("m3p_captioning", dataclass=M3PCaptioningConfig)
-class M3PCaptioningTask(FairseqTask):
+class M3PCaptioningTask(M3PDataTask):
     cfg: M3PCaptioningConfig
 
     def __init__(self, cfg: M3PCaptioningConfig, dictionary: Dictionary):
-        super().__init__(cfg)
-        self.dictionary = dictionary
-        self.languages = tagged_languages(dictionary.symbols)
-        self.caption_langs = self._parse_langs(cfg.caption_langs, "--caption-langs")
-        self.eval_langs = self._parse_langs(cfg.target_lang, "--target-lang") if cfg.target_lang else self.caption_langs
-        self._regions = {}
-
-    @classmethod
-    def setup_task(cls, cfg: M3PCaptioningConfig, **kwargs):
-        return cls(cfg, DataDirectory.of_task_data(cfg.data).load_dictionary())
-
-    def _parse_langs(self, value: str, option: str) -> List[str]:
-        langs = [lang.strip() for lang in value.split(",") if lang.strip()]
-        if not langs:
-            raise ValueError(f"{option} names no language")
-        for lang in langs:
-            self.lang_tag_index(lang)
-        return langs
-
-    def lang_tag_index(self, lang: str) -> int:
-        if lang_tag(lang) not in self.dictionary.indices:
-            raise ValueError(f"unknown language {lang!r}: {DataDirectory.of_task_data(self.cfg.data).dictionary} has "
-                             f"tags for {', '.join(self.languages) or 'no language'} (expected a symbol {lang_tag(lang)})")
-        return self.dictionary.index(lang_tag(lang))
+        super().__init__(cfg, dictionary)
+        self.caption_langs = self.parse_langs(cfg.caption_langs, "--caption-langs")
+        self.eval_langs = self.parse_langs(cfg.target_lang, "--target-lang") if cfg.target_lang else self.caption_langs
 
     @property
     def source_dictionary(self):
         return None  # the source is an image (no S- lines in fairseq-generate)
 
-    @property
-    def target_dictionary(self):
-        return self.dictionary
-
     # ---- data -------------------------------------------------------------------------------
-    def regions(self, split: str) -> RegionFeatureReader:
-        if split not in self._regions:
-            directory = DataDirectory.of_task_data(self.cfg.data)
-            path = directory.feature_file(split, self.cfg.image_features)
-            if path is None:
-                raise ImageFeatureError(f"captioning reads images, but split {split!r} has none: expected "
-                                        f"{' or '.join(map(str, directory.feature_files(split)))}, or --image-features")
-            self._regions[split] = RegionFeatureReader(ImageFeatureStore(path))
-        return self._regions[split]
+    def regions(self, split: str, required_by: Optional[str] = "the captioned images") -> RegionFeatureReader:
+        return super().regions(split, required_by)
 
     @property
     def image_feature_dim(self) -> int:
@@ -126,9 +85,6 @@ class M3PCaptioningTask(FairseqTask):
         if dataset is not self.datasets.get(self.cfg.train_subset):
             kwargs["required_batch_size_multiple"] = 1
         return super().get_batch_iterator(dataset, **kwargs)
-
-    def max_positions(self):
-        return self.cfg.max_text_positions
 
     def get_interactive_tokens_and_lengths(self, lines, encode_fn):
         self.build_dataset_for_inference(None, None)

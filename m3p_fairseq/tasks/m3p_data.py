@@ -1,8 +1,9 @@
-"""What the M3P tasks (pre-training, retrieval) share: the data options, the dictionary with its
-language tags, and the region reader of each split's feature file (data/m3p_regions.py)."""
+"""What the tasks over one data directory share. TaggedDictionaryTask: the dictionary with its
+language tags (also vlp_pretraining's); M3PDataTask (pre-training, retrieval, captioning): the
+data options and the region reader of each split's feature file (data/m3p_regions.py)."""
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from fairseq.data import Dictionary
 from fairseq.dataclass import FairseqDataclass
@@ -28,23 +29,33 @@ class M3PDataConfig(FairseqDataclass):
     train_subset: str = II("dataset.train_subset")
 
 
-class M3PDataTask(FairseqTask):
-    """A task over a ``DataDirectory`` with the shared dictionary (``__xx__`` language tags)."""
+class TaggedDictionaryTask(FairseqTask):
+    """A task whose text, source and target, is in the data directory's one dictionary, with its
+    ``__xx__`` language tags."""
 
-    def __init__(self, cfg: M3PDataConfig, dictionary: Dictionary):
+    def __init__(self, cfg, dictionary: Dictionary):
         super().__init__(cfg)
         self.dictionary = dictionary
         self.languages = tagged_languages(dictionary.symbols)
-        self._regions = {}
 
     @classmethod
-    def setup_task(cls, cfg: M3PDataConfig, **kwargs):
+    def setup_task(cls, cfg, **kwargs):
         return cls(cfg, DataDirectory.of_task_data(cfg.data).load_dictionary())
 
     def lang_tag_index(self, lang: str) -> int:
         if lang_tag(lang) not in self.dictionary.indices:
-            raise ValueError(f"unknown language {lang!r}: the dictionary has tags for {', '.join(self.languages)}")
+            raise ValueError(f"unknown language {lang!r}: {DataDirectory.of_task_data(self.cfg.data).dictionary} has "
+                             f"tags for {', '.join(self.languages) or 'no language'} (expected a symbol {lang_tag(lang)})")
         return self.dictionary.index(lang_tag(lang))
+
+    def parse_langs(self, value: str, option: str, purpose: str = "") -> List[str]:
+        """The comma-separated languages of ``option``, each with its tag in the dictionary."""
+        langs = [lang.strip() for lang in value.split(",") if lang.strip()]
+        if not langs:
+            raise ValueError(f"{option} names no language{purpose}")
+        for lang in langs:
+            self.lang_tag_index(lang)
+        return langs
 
     @property
     def source_dictionary(self):
@@ -53,6 +64,14 @@ class M3PDataTask(FairseqTask):
     @property
     def target_dictionary(self):
         return self.dictionary
+
+
+class M3PDataTask(TaggedDictionaryTask):
+    """A task over a ``DataDirectory`` with the shared dictionary and each split's regions."""
+
+    def __init__(self, cfg: M3PDataConfig, dictionary: Dictionary):
+        super().__init__(cfg, dictionary)
+        self._regions = {}
 
     def regions(self, split: str, required_by: Optional[str] = None) -> Optional[RegionFeatureReader]:
         """The regions of ``split``'s feature file; None when there is none, unless ``required_by``

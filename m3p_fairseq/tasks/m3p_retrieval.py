@@ -43,11 +43,7 @@ class M3PRetrievalTask(M3PDataTask):
 
     def __init__(self, cfg: M3PRetrievalConfig, dictionary: Dictionary):
         super().__init__(cfg, dictionary)
-        self.langs = [lang.strip() for lang in cfg.langs.split(",") if lang.strip()]
-        if not self.langs:
-            raise ValueError("--langs names no language to fine-tune on")
-        for lang in self.langs:
-            self.lang_tag_index(lang)
+        self.langs = self.parse_langs(cfg.langs, "--langs", " to fine-tune on")
         if cfg.negatives < 0:
             raise ValueError(f"--negatives must be >= 0, got {cfg.negatives}")
 

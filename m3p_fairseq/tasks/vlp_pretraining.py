@@ -25,14 +25,15 @@ from typing import Optional
 from fairseq import utils
 from fairseq.data import Dictionary, data_utils
 from fairseq.dataclass import FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
+from fairseq.tasks import register_task
 from omegaconf import II
 
 from ..data.data_dir import SHARED_FEATURE_FILE, DataDirectory
 from ..data.image_features import ImageFeatureError, ImageFeatureStore, read_image_ids
 from ..data.object_tags import ObjectTagTokens
 from ..data.vlp_caption_dataset import VLPCaptionDataset
-from ..data.vocabulary import MASK_SYMBOL, lang_tag, tagged_languages
+from ..data.vocabulary import MASK_SYMBOL
+from .m3p_data import TaggedDictionaryTask
 
 logger = logging.getLogger(__name__)
 SENTENCEPIECE_FILE = "spm.model"
@@ -58,13 +59,11 @@ class VLPPretrainingConfig(FairseqDataclass):
 
 
 @register_task("vlp_pretraining", dataclass=VLPPretrainingConfig)
-class VLPPretrainingTask(FairseqTask):
+class VLPPretrainingTask(TaggedDictionaryTask):
     cfg: VLPPretrainingConfig
 
     def __init__(self, cfg: VLPPretrainingConfig, dictionary: Dictionary):
-        super().__init__(cfg)
-        self.dictionary = dictionary
-        self.languages = tagged_languages(dictionary.symbols)  # the language tags, never masked
+        super().__init__(cfg, dictionary)  # self.languages: the language tags, never masked
         self._feature_dims = set()
 
     @classmethod
@@ -72,19 +71,7 @@ class VLPPretrainingTask(FairseqTask):
         if not utils.split_paths(cfg.data or ""):
             raise ValueError("no data directory given")
         # as multimodal_translation loads it: same indices, same model size
-        dictionary = DataDirectory.of_task_data(cfg.data).load_dictionary()
-        return cls(cfg, dictionary)
-
-    @property
-    def source_dictionary(self):
-        return self.dictionary
-
-    @property
-    def target_dictionary(self):
-        return self.dictionary
-
-    def lang_tag_index(self, lang: str) -> int:
-        return self.dictionary.index(lang_tag(lang))
+        return super().setup_task(cfg, **kwargs)
 
     @property
     def image_feature_dim(self) -> Optional[int]:
