@@ -5,7 +5,6 @@ identity (IMAGE_ROW), which MMCL uses for its positives."""
 
 import pytest
 import torch
-
 from fairseq.dataclass.configs import GenerationConfig
 
 from helpers import as_if_trained, setup_task
