@@ -1,7 +1,7 @@
 """Decoder-only vs encoder-decoder m3P on the synthetic quickstart data, same options, updates
 and batch size (the paper's Table 1 compares the two).
 
-    python examples/quickstart/decoder_only.py [--work-dir work/quickstart] [--max-update 800]
+    python examples/quickstart/decoder_only.py [--work-dir work/quickstart] [--max-update 1600]
 
   m3p (encoder-decoder)   m3p_transformer_tiny, --fusion cvlm     (the quickstart's m3P)
   decoder-only-m3p        m3p_decoder_only_tiny, --fusion prefix  (image tokens + prompt + source)

@@ -121,7 +121,7 @@ def add_options(parser):
     parser.add_argument("--work-dir", type=Path, default=REPO / "work" / "quickstart")
     parser.add_argument("--num-train", type=int, default=3000, help="training images (6 directions each)")
     parser.add_argument("--num-test", type=int, default=300)
-    parser.add_argument("--max-update", type=int, default=800)
+    parser.add_argument("--max-update", type=int, default=1600)
     parser.add_argument("--max-tokens", type=int, default=2048)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup-updates", type=int, default=200)
