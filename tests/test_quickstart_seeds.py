@@ -1,11 +1,9 @@
 """examples/quickstart/seeds.py: the mean ± sd (min–max) table over seeds, checked by hand."""
 
-import sys
+from helpers import REPO, import_script
 
-from helpers import REPO
-
-sys.path.insert(0, str(REPO / "examples" / "quickstart"))
-from seeds import seed_table  # noqa: E402
+import_script(REPO / "examples" / "quickstart" / "run.py")  # seeds.py's own "import run"
+seed_table = import_script(REPO / "examples" / "quickstart" / "seeds.py").seed_table
 
 
 def results(text_clean, m3p_clean, text_degraded, m3p_degraded):

@@ -2,13 +2,17 @@
 runner (examples/quickstart/run.py, imported as ``quickstart``) and step 1, the synthetic corpus
 in every caption language, its image features and one shared dictionary."""
 
+import importlib.util
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quickstart"))
-import run as quickstart  # noqa: E402
+from m3p_fairseq.data.vocabulary import MASK_WORD
 
-from m3p_fairseq.data.vocabulary import MASK_WORD  # noqa: E402
+# examples/quickstart/run.py, loaded from its file (examples/ is not a package, and nothing here
+# puts a folder on sys.path)
+_spec = importlib.util.spec_from_file_location("quickstart_run", Path(__file__).resolve().parents[1] / "quickstart" / "run.py")
+quickstart = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(quickstart)
 
 PYTHON = sys.executable
 

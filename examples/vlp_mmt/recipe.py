@@ -22,15 +22,18 @@ checkpoint_last.pt).
 """
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
 
-# examples/quickstart/run.py, whose data preparation, training and scoring this recipe reuses
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quickstart"))
-import run as quickstart  # noqa: E402
+from m3p_fairseq.atomic_io import atomic_write_text
 
-from m3p_fairseq.atomic_io import atomic_write_text  # noqa: E402
+# examples/quickstart/run.py, whose data preparation, training and scoring this recipe reuses,
+# loaded from its file (examples/ is not a package, and nothing here puts a folder on sys.path)
+_spec = importlib.util.spec_from_file_location("quickstart_run", Path(__file__).resolve().parents[1] / "quickstart" / "run.py")
+quickstart = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(quickstart)
 
 M3P, REPO, evaluate, run, train, write_directions = (quickstart.M3P, quickstart.REPO, quickstart.evaluate,
                                                      quickstart.run, quickstart.train_unless_finished,
