@@ -26,6 +26,7 @@ from fairseq.data import Dictionary, FairseqDataset, data_utils
 
 from .batch_keys import REGION_SPATIAL, SOURCE_LANG
 from .data_dir import DataDirectory
+from .length_sorted_dataset import LengthSortedDataset
 from .m3p_regions import RegionFeatureReader
 from .split_captions import load_split_captions, read_split_image_ids
 
@@ -69,7 +70,7 @@ def load_language_captions(directory: DataDirectory, split: str, lang: str, dict
                             [image_ids[r] for r in caption_rows], references)
 
 
-class CaptioningDataset(FairseqDataset):
+class CaptioningDataset(LengthSortedDataset):
     """The examples of several languages, one after the other (ids in that order)."""
 
     def __init__(self, dictionary: Dictionary, languages: Sequence[LanguageCaptions], regions: RegionFeatureReader,
@@ -111,17 +112,6 @@ class CaptioningDataset(FairseqDataset):
 
     def __len__(self):
         return int(self.offsets[-1])
-
-    def num_tokens(self, index):
-        return int(self.sizes[index])
-
-    def size(self, index):
-        return int(self.sizes[index])
-
-    def ordered_indices(self):
-        # fairseq's iterator seeds numpy around this call: a permutation per (seed, epoch)
-        order = np.random.permutation(len(self)) if self.shuffle else np.arange(len(self))
-        return order[np.argsort(self.sizes[order], kind="mergesort")]
 
     def collater(self, samples):
         if not samples:

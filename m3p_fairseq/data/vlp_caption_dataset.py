@@ -15,10 +15,11 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from fairseq.data import Dictionary, FairseqDataset, data_utils
+from fairseq.data import Dictionary, data_utils
 
 from .batch_keys import IMAGE_GLOBAL, IMAGE_PATCHES, IMAGE_USABLE, OBJECT_TAGS, PAIRED_IMAGE_LABEL
 from .image_features import ImageFeatureStore
+from .length_sorted_dataset import LengthSortedDataset
 from .multimodal_pair_dataset import stack_images
 from .object_tags import ObjectTagTokens, collate_tags
 
@@ -26,7 +27,7 @@ OWN_IMAGE, RANDOM_IMAGE = 1, 0
 _REDRAWS = 20  # tries to find another example with a different image
 
 
-class VLPCaptionDataset(FairseqDataset):
+class VLPCaptionDataset(LengthSortedDataset):
     def __init__(self, captions, sizes: np.ndarray, dictionary: Dictionary, image_store: ImageFeatureStore,
                  image_rows: np.ndarray, tags: Optional[ObjectTagTokens], mask_index: int,
                  never_masked: List[int], mask_prob: float = 0.15, random_image_prob: float = 0.5,
@@ -105,16 +106,6 @@ class VLPCaptionDataset(FairseqDataset):
         return {"id": torch.LongTensor([s["id"] for s in samples]), "nsentences": len(samples),
                 "ntokens": int(target.ne(pad).sum()), "net_input": net_input, "target": target,
                 PAIRED_IMAGE_LABEL: torch.LongTensor([s["label"] for s in samples])}
-
-    def num_tokens(self, index):
-        return int(self.sizes[index])
-
-    def size(self, index):
-        return int(self.sizes[index])
-
-    def ordered_indices(self):
-        order = np.random.permutation(len(self)) if self.shuffle else np.arange(len(self))
-        return order[np.argsort(self.sizes[order], kind="mergesort")]
 
     @property
     def supports_prefetch(self):
