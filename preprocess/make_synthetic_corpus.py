@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 
 from m3p_fairseq.atomic_io import write_if_changed
 from m3p_fairseq.data.data_dir import DataDirectory
+from m3p_fairseq.data.languages import split_languages
 from m3p_fairseq.data.text_lines import write_lines
 from m3p_fairseq.data.vocabulary import MASK_WORD as MASK_TOKEN
 from preprocess.synthetic_lexicons import COLOURS, GRID_CELLS, LEXICONS, SHAPES, SIZES, SUPPORTED_LANGS  # noqa: F401
@@ -273,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     parser.add_argument("--image-size", type=int, default=96, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
+    langs = split_languages(args.langs, "--langs")
     try:
         return make_corpus(
             args.output_dir, args.num_train, args.num_valid, args.num_test,

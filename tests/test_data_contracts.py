@@ -5,7 +5,7 @@ import pytest
 
 from m3p_fairseq.data.data_dir import DataDirectory
 from m3p_fairseq.data.image_features import ImageFeatureError
-from m3p_fairseq.data.languages import parse_lang_pairs
+from m3p_fairseq.data.languages import parse_lang_pairs, split_languages
 from m3p_fairseq.data.text_lines import TextFileError, read_lines
 from m3p_fairseq.data.vocabulary import MASK_SYMBOL, MASK_WORD, is_lang_tag, lang_tag, tag_lang, tagged_languages
 
@@ -23,6 +23,13 @@ def test_lang_pairs_syntax():
     assert parse_lang_pairs("en-de, de-en") == [("en", "de"), ("de", "en")]
     with pytest.raises(ValueError, match="lists a direction twice"):
         parse_lang_pairs("en-de,en-de")
+
+
+def test_language_list_syntax():
+    assert split_languages(" en, de,,fr ") == ["en", "de", "fr"]
+    assert split_languages("") == [] and split_languages(None) == []
+    with pytest.raises(ValueError, match="--caption-langs lists a language twice: en,de,en"):
+        split_languages("en,de,en", "--caption-langs")
 
 
 def test_file_names(tmp_path):

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from synthetic_data import PYTHON, prepare, quickstart
 
+from m3p_fairseq.data.languages import split_languages
+
 REPO, run, train = quickstart.REPO, quickstart.run, quickstart.train_unless_finished
 # system -> (initialised from pre-training, Table 4's setting)
 SYSTEMS = {"scratch": (False, "each"), "pretrained": (True, "each"),
@@ -104,7 +106,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     began = time.time()
     work = args.work_dir.resolve()
-    langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
+    langs = split_languages(args.langs, "--langs")
     data = prepare(work, args, langs)
     pretrained = pretrain(work, data, args)
     scores = work / "scores"

@@ -31,6 +31,7 @@ from pathlib import Path
 from synthetic_data import PYTHON, prepare, quickstart
 
 from m3p_fairseq.atomic_io import atomic_write_text
+from m3p_fairseq.data.languages import split_languages
 from m3p_fairseq.markdown import markdown_table
 
 REPO, run = quickstart.REPO, quickstart.run
@@ -120,7 +121,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser)
     args = parser.parse_args(argv)
-    langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
+    langs = split_languages(args.langs, "--langs")
     if len(langs) < 2 or langs[0] != "en":
         parser.error("--langs must start with en and name at least one other language")
     began, work = time.time(), args.work_dir.resolve()

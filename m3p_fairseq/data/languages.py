@@ -10,7 +10,7 @@ The names are what the decoder-only model's instruction prompt says ("... from E
 German:"), so they are the languages' usual English names.
 """
 
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 INSTRMULTI102_LANGUAGES: Dict[str, str] = {
     "en": "English",
@@ -65,6 +65,15 @@ def check_language_codes(codes: Iterable[str]) -> List[str]:
     for code in codes:
         language_name(code)
     return codes
+
+
+def split_languages(text: Optional[str], option: str = "a language list") -> List[str]:
+    """``en, de,fr`` -> ["en", "de", "fr"]: the syntax of every comma-separated language option
+    (empty items ignored, a language named twice is an error naming ``option``)."""
+    langs = [lang.strip() for lang in (text or "").split(",") if lang.strip()]
+    if len(set(langs)) != len(langs):
+        raise ValueError(f"{option} lists a language twice: {text}")
+    return langs
 
 
 def parse_lang_pairs(text: str) -> List[Tuple[str, str]]:

@@ -29,6 +29,7 @@ from ..atomic_io import atomic_write_text
 from ..data.batch_keys import PRETRAINING_OBJECTIVE, REGION_FEATURES, REGION_SPATIAL, SOURCE_LANG, VLM_LOGITS
 from ..data.data_dir import DataDirectory
 from ..data.image_features import read_image_ids
+from ..data.languages import split_languages
 from ..data.m3p_retrieval_dataset import VLM_OBJECTIVE, load_captions, with_bos
 from .retrieval import caption_image_index, check_disjoint_images, retrieval_scores, scores_table
 
@@ -118,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", help="JSON file of {name: {lang: scores}} (written atomically)")
     args = parser.parse_args(argv)
     setup_logging()
-    langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
+    langs = split_languages(args.langs, "--langs")
     results = {}
     for name, path in named_checkpoints(args.checkpoint, parser).items():
         try:

@@ -37,10 +37,11 @@ def build_dict_command(args) -> None:
 
 def evaluate_command(args) -> None:
     from ..data.image_features import ImageFeatureStore
+    from ..data.languages import split_languages
     from ..evaluation.mla_retrieval import evaluate_languages, load_mla_checkpoint
     from ..evaluation.retrieval import format_scores
     from ..models.native_dual_encoder import load_native
-    from ..tasks.mla_acquisition import open_image_embeddings, split_langs
+    from ..tasks.mla_acquisition import open_image_embeddings
 
     model = dictionary = None
     if args.checkpoint:
@@ -52,7 +53,7 @@ def evaluate_command(args) -> None:
     else:
         native = load_native(args.native, args.native_open_clip_model)
     images: ImageFeatureStore = open_image_embeddings(Path(args.image_embeddings), native.identity)
-    results = evaluate_languages(Path(args.data), args.split, split_langs(args.langs, "--langs"), native, images,
+    results = evaluate_languages(Path(args.data), args.split, split_languages(args.langs, "--langs"), native, images,
                                  model=model, dictionary=dictionary, native_lang=args.native_lang)
     for lang, scores in results.items():
         print(format_scores(scores, lang))

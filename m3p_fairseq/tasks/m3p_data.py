@@ -12,6 +12,7 @@ from omegaconf import II
 
 from ..data.data_dir import DataDirectory
 from ..data.image_features import ImageFeatureError, ImageFeatureStore
+from ..data.languages import split_languages
 from ..data.m3p_regions import RegionFeatureReader
 from ..data.vocabulary import lang_tag, tagged_languages
 
@@ -50,7 +51,7 @@ class TaggedDictionaryTask(FairseqTask):
 
     def parse_langs(self, value: str, option: str, purpose: str = "") -> List[str]:
         """The comma-separated languages of ``option``, each with its tag in the dictionary."""
-        langs = [lang.strip() for lang in value.split(",") if lang.strip()]
+        langs = split_languages(value, option)
         if not langs:
             raise ValueError(f"{option} names no language{purpose}")
         for lang in langs:

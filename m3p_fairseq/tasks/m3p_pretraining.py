@@ -23,6 +23,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
 from ..data.data_dir import DataDirectory
+from ..data.languages import split_languages
 from ..data.m3p_pretraining_dataset import CaptionCorpus, M3PPretrainingDataset, NoiseSettings
 from ..data.m3p_pretraining_schedule import (
     OBJECTIVES,
@@ -74,8 +75,8 @@ class M3PPretrainingTask(M3PDataTask):
 
     def __init__(self, cfg: M3PPretrainingConfig, dictionary: Dictionary):
         super().__init__(cfg, dictionary)
-        self.text_langs = [lang.strip() for lang in (cfg.langs or ",".join(self.languages)).split(",") if lang.strip()]
-        self.caption_langs = [lang.strip() for lang in cfg.caption_langs.split(",") if lang.strip()]
+        self.text_langs = split_languages(cfg.langs, "--langs") or list(self.languages)
+        self.caption_langs = split_languages(cfg.caption_langs, "--caption-langs")
         for lang in self.text_langs + self.caption_langs:
             self.lang_tag_index(lang)
         self.weights = parse_objective_weights(cfg.objectives)

@@ -17,13 +17,14 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 from fairseq.data import Dictionary
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
 from ..data.image_features import ImageFeatureStore
+from ..data.languages import split_languages
 from ..data.mla_dataset import NATIVE_IDENTITY_ATTR, MlaDataError, MlaMultilingualDataset, load_caption_dataset
 from ..data.native_identity import NativeIdentity
 
@@ -41,13 +42,6 @@ def open_image_embeddings(path: Path, native: NativeIdentity) -> ImageFeatureSto
                            f"write it with `python -m preprocess.mla_image_embeddings` from the native model")
     NativeIdentity.from_dict(json.loads(stored)).check_matches(native, f"image-embedding file {path}")
     return store
-
-
-def split_langs(text: Optional[str], option: str) -> List[str]:
-    langs = [lang.strip() for lang in (text or "").split(",") if lang.strip()]
-    if len(set(langs)) != len(langs):
-        raise ValueError(f"{option} lists a language twice: {text}")
-    return langs
 
 
 @dataclass
@@ -81,8 +75,8 @@ class MlaAcquisitionTask(FairseqTask):
         super().__init__(cfg)
         self._native = None  # set by build_model: the model loads the native checkpoint
         self.dictionary = dictionary
-        self.langs = split_langs(cfg.langs, "--langs")
-        self.train_langs = split_langs(cfg.train_langs, "--train-langs") or list(self.langs)
+        self.langs = split_languages(cfg.langs, "--langs")
+        self.train_langs = split_languages(cfg.train_langs, "--train-langs") or list(self.langs)
         missing = sorted(set(self.train_langs) - set(self.langs))
         if missing:
             raise ValueError(f"--train-langs {missing} are not among --langs {self.langs}")
