@@ -94,6 +94,7 @@ class MultimodalDataManager:
             image_store=image_store, image_rows=image_rows,
             augmentation=self.augmentation(f"{src}-{tgt}") if training else None,
             source_lang_index=self.tag_index(src), image_demand=self.image_demand,
+            decoder_start_index=self.tag_index(tgt) if cfg.decoder_langtok else None,
             object_tags=self.object_tags(image_store.path) if image_store is not None else None)
 
     def augmentation(self, direction: str) -> Optional[MultimodalAugmentation]:

@@ -1,7 +1,9 @@
 """Many-to-many translation with images: fairseq's translation task, plus
 
 * one shared dictionary holding a ``__xx__`` tag per language; the tag of the *target* language
-  is prefixed to every source sentence (paper Eq. 2), at training and at generation time;
+  is prefixed to every source sentence (paper Eq. 2), at training and at generation time, and
+  with ``--decoder-langtok`` also starts the decoder's input instead of ``</s>`` (as fairseq's
+  ``translation_multi_simple_epoch --decoder-langtok``);
 * every ``--lang-pairs`` direction loaded at once, mixed by temperature-based sampling (Eq. 7);
 * image features looked up in HDF5 through an image-id list aligned with the text, and the
   images' object tags from the same file for a model that reads them (``--arch vlp_mmt*
@@ -97,6 +99,12 @@ class MultimodalTranslationConfig(TranslationConfig):
                                           "masked afresh, view with masked patches) as an extra positive pair "
                                           "of MMCL (paper Sec. 2.5; README 'MMA inside MMCL')"},
     )
+    decoder_langtok: bool = field(
+        default=False, metadata={"help": "also start the decoder with the target language's tag instead of </s> "
+                                          "(fairseq's --decoder-langtok; the source keeps its tag). Generation "
+                                          "then needs --target-lang; fairseq-generate takes the setting from "
+                                          "the checkpoint, fairseq-interactive needs the flag again"},
+    )
     seed: int = II("common.seed")  # seeds the per-epoch draw of the pair mix and MMA
 
 
@@ -156,7 +164,11 @@ class MultimodalTranslationTask(TranslationTask):
             return [(self.cfg.source_lang, self.cfg.target_lang)]
         return self.lang_pairs
 
-    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+    def load_dataset(self, split, epoch=1, combine=False, task_cfg=None, **kwargs):
+        # fairseq-generate passes the checkpoint's task config: its decoder start must be used
+        if task_cfg is not None and getattr(task_cfg, "decoder_langtok", False) and not self.cfg.decoder_langtok:
+            logger.info("the checkpoint was trained with --decoder-langtok: generating with it")
+            self.cfg.decoder_langtok = True
         training = split == self.cfg.train_subset
         dataset = self.data_manager.load_split(split, self._directions(split), epoch,
                                        temperature=self.temperature if training else None)
@@ -203,6 +215,9 @@ class MultimodalTranslationTask(TranslationTask):
         self.data_manager.image_demand.model_built(self._model_image_dim is not None,
                                                    multimodal and model.reads_object_tags)
         self._reads_source_language = multimodal and model.reads_source_language
+        if self._reads_source_language and self.cfg.decoder_langtok:
+            raise ValueError("--decoder-langtok is for encoder-decoder models: the decoder-only model's "
+                             "instruction prompt already names the target language")
         for split, dataset in self.datasets.items():
             for part in getattr(dataset, "datasets", [dataset]):
                 self._check_model_compatible(split, part)
@@ -272,5 +287,12 @@ class MultimodalTranslationTask(TranslationTask):
             net_input[SOURCE_LANG] = torch.full((net_input["src_tokens"].size(0),),
                                                 self.lang_tag_index(self.cfg.source_lang),
                                                 dtype=torch.long, device=net_input["src_tokens"].device)
-        return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
-                                      constraints=constraints)
+        if not self.cfg.decoder_langtok:
+            return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
+                                          constraints=constraints)
+        if not self.cfg.target_lang:  # the generator takes one start symbol per batch
+            raise ValueError("a model trained with --decoder-langtok translates one direction per run: "
+                             "pass --target-lang (and --source-lang)")
+        with torch.no_grad():
+            return generator.generate(models, sample, prefix_tokens=prefix_tokens, constraints=constraints,
+                                      bos_token=self.lang_tag_index(self.cfg.target_lang))
