@@ -96,7 +96,7 @@ def test_cpu_configuration_has_the_papers_directions_and_the_baselines_settings(
     assert "--lang-pairs en-de,de-en,en-fr,fr-en,en-cs,cs-en " in out
     for expected in ("--encoder-normalize-before", "--decoder-normalize-before", "--lr 2e-3",
                      "--warmup-updates 1000", "--dropout 0.3", "--sampling-temperature 1.5",
-                     "--decoder-attention-heads 4"):
+                     "--decoder-attention-heads 4", "--decoder-langtok"):
         assert expected in out
     twelve = dry_run("cpu-text-only-12")
     pairs = twelve.split("--lang-pairs ", 1)[1].split()[0].split(",")

@@ -28,16 +28,16 @@ def test_quickstart_runs_end_to_end_and_resumes(tmp_path):
     assert "make_synthetic_corpus" not in again.stdout
     assert "fairseq-train" not in again.stdout
 
-    # the ablation reuses the data and both models, and trains the other five
+    # the ablation reuses the data and both models, and trains the other six
     ablation = subprocess.run([sys.executable, "examples/quickstart/ablation.py", *command[2:]],
                               cwd=REPO, capture_output=True, text=True)
     assert ablation.returncode == 0, ablation.stdout[-3000:] + ablation.stderr[-3000:]
-    assert ablation.stdout.count("fairseq-train") == 5
+    assert ablation.stdout.count("fairseq-train") == 6
     assert "checkpoints/m3p " not in ablation.stdout
     table = (tmp_path / "ablation.md").read_text().splitlines()
     assert table[0] == "| model | en-de clean | de-en clean | en-de degraded | de-en degraded |"
     assert [row.split(" |")[0] for row in table[2:]] == [
-        "| (1) m3P", "| (2) (1) - MMCL", "| (3) (2) - CVLM", "| (4) (3) - MDropNet",
+        "| (1) m3P", "| (1') (1), MMA outside MMCL", "| (2) (1) - MMCL", "| (3) (2) - CVLM", "| (4) (3) - MDropNet",
         "| (5) (4) - multilingual", "| text-only transformer"]
     scores = json.loads((tmp_path / "ablation.json").read_text())
     assert set(scores["bilingual-en-de"]["test"]) == {"en-de"}

@@ -31,3 +31,25 @@ def test_mean_sd_and_range_over_seeds_by_hand():
     # margins -0.5, -6, -2 -> mean -2.833, sd sqrt(8.083)=2.843
     assert table[4].startswith("| **average** | 98.5 ± 0.5 (98.0–99.0) | 95.7 ± 2.4 (93.0–97.5) "
                                "| -2.8 ± 2.8 (-6.0–-0.5) |")
+
+
+def test_ablation_table_over_seeds_by_hand():
+    import_script(REPO / "examples" / "quickstart" / "seeds.py")  # ablation.py's own "import seeds"
+    ablation = import_script(REPO / "examples" / "quickstart" / "ablation.py")
+    names = {name: pairs for _, models in ablation.ROWS for name, (_, pairs) in models.items()}
+
+    def seed_results(offset):
+        # every model scores 50 + offset on en-de and 60 + offset on de-en, clean; +1 degraded
+        return {name: {split: {pair: {"bleu": (50 if pair == "en-de" else 60) + offset + bump}
+                               for pair in ("en-de", "de-en") if pair in pairs}
+                       for split, bump in (("test", 0), ("test_degraded", 1))}
+                for name, pairs in names.items()}
+
+    one = ablation.table({1: seed_results(0)}).splitlines()
+    assert one[2] == "| (1) m3P | 50.0 | 60.0 | 51.0 | 61.0 |"
+    # offsets 0, 2, 4 -> mean +2, sd 2: en-de clean 52 ± 2 (50–54)
+    three = ablation.table({s: seed_results(2 * (s - 1)) for s in (1, 2, 3)}).splitlines()
+    assert three[3] == ("| (1') (1), MMA outside MMCL | 52.0 ± 2.0 (50.0–54.0) | 62.0 ± 2.0 (60.0–64.0) "
+                        "| 53.0 ± 2.0 (51.0–55.0) | 63.0 ± 2.0 (61.0–65.0) |")
+    # row (5) takes en-de from the en-de bilingual model and de-en from the de-en one
+    assert three[7].startswith("| (5) (4) - multilingual | 52.0 ± 2.0 (50.0–54.0) | 62.0 ± 2.0")

@@ -2,8 +2,9 @@
 (no plugin, no --user-dir) on the same Multi30k text, the same SentencePiece model and
 dictionary, the same directions and the same model size and optimiser as the recipe's CPU
 configuration (train.py), with fairseq's own language tags (``--encoder-langtok tgt``: the
-target language's tag before the source, as the recipe does; ``--decoder-langtok``: the target
-language's tag as the decoder's first token) and temperature sampling of language pairs.
+target language's tag before the source; ``--decoder-langtok``: the target language's tag as the
+decoder's first token; the recipe's CPU configurations do both) and temperature sampling of
+language pairs.
 
     python examples/multi30k/baseline.py --work-dir work/multi30k [--hours 1] [--dry-run] [-- EXTRA FAIRSEQ ARGS]
 

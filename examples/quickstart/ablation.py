@@ -9,13 +9,29 @@ after another, every model with the quickstart's budget (same updates and batch 
   (4) (3) - MDropNet           --mdropnet-text-only 0 --mdropnet-image-only 0
   (5) (4) - multilingual       one bilingual model per direction (en-de, de-en)
 
+  (1') (1), MMA outside MMCL  --mma-translation-only: MMA augments only the translation input
+                               (README "MMA inside MMCL")
+
 Shares the quickstart's data and its m3P and text-only models (trained here if missing) and
 writes ``ablation.md`` and ``ablation.json`` into the work directory.
+
+    python examples/quickstart/ablation.py --seeds 1 2 3 [--work-dir-pattern work/quickstart-seed{seed}]
+
+runs the ablation in each seed's quickstart directory (the pattern of seeds.py, so the seeds'
+quickstart models are reused) and writes ``ablation-seeds.md`` / ``.json`` beside them: every
+cell as mean ± sd (min–max) over the seeds.
 """
 
+import argparse
+import json
 import time
+from pathlib import Path
 
-from run import LANG_PAIRS, M3P, TEXT_ONLY, train_and_evaluate  # noqa: E402
+from run import LANG_PAIRS, M3P, REPO, TEXT_ONLY, train_and_evaluate  # noqa: E402
+from seeds import spread  # noqa: E402
+
+from m3p_fairseq.atomic_io import atomic_write_text
+from m3p_fairseq.markdown import markdown_table
 
 
 def without(options, *names):
@@ -39,6 +55,7 @@ NO_MDROPNET = without(NO_CVLM, "--mdropnet-text-only", "--mdropnet-image-only") 
 REPORTED = ["en-de", "de-en"]
 ROWS = [
     ("(1) m3P", {"m3p": (M3P, LANG_PAIRS)}),
+    ("(1') (1), MMA outside MMCL", {"m3p-mma-translation-only": (M3P + ["--mma-translation-only"], LANG_PAIRS)}),
     ("(2) (1) - MMCL", {"no-mmcl": (NO_MMCL, LANG_PAIRS)}),
     ("(3) (2) - CVLM", {"no-mmcl-cvlm": (NO_CVLM, LANG_PAIRS)}),
     ("(4) (3) - MDropNet", {"no-mmcl-cvlm-mdropnet": (NO_MDROPNET, LANG_PAIRS)}),
@@ -47,31 +64,49 @@ ROWS = [
 ]
 
 
-def table(results: dict) -> str:
-    """Rows as in Table 5: BLEU of en-de and de-en on the clean and the degraded test set."""
-    from m3p_fairseq.markdown import markdown_table
+SPLITS = [("test", "clean"), ("test_degraded", "degraded")]
 
-    splits = [("test", "clean"), ("test_degraded", "degraded")]
-    header = ["model"] + [f"{pair} {label}" for _, label in splits for pair in REPORTED]
+
+def table(results_by_seed: dict) -> str:
+    """Rows as in Table 5: BLEU of en-de and de-en on the clean and the degraded test set; with
+    several seeds (seed -> results) each cell is mean ± sd (min–max)."""
+    header = ["model"] + [f"{pair} {label}" for _, label in SPLITS for pair in REPORTED]
     rows = []
     for row, models in ROWS:
         cells = []
-        for split, _ in splits:
+        for split, _ in SPLITS:
             for pair in REPORTED:
                 name = next(n for n, (_, pairs) in models.items() if pair in pairs)
-                cells.append(f"{results[name][split][pair]['bleu']:.1f}")
+                values = [results[name][split][pair]["bleu"] for results in results_by_seed.values()]
+                cells.append(spread(values) if len(values) > 1 else f"{values[0]:.1f}")
         rows.append([row, *cells])
     return markdown_table(header, rows, align="l" * len(header)) + "\n"
 
 
 def main(argv=None):
-    began = time.time()
-    results, work = train_and_evaluate({name: spec for _, models in ROWS for name, spec in models.items()},
-                                       "ablation.json", __doc__, argv, score_pairs=REPORTED)
-    markdown = table(results)
-    (work / "ablation.md").write_text(markdown, encoding="utf-8")
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--seeds", type=int, nargs="+", help="run in each seed's quickstart directory")
+    parser.add_argument("--work-dir-pattern", default=str(REPO / "work" / "quickstart-seed{seed}"),
+                        help="with --seeds: each seed's work directory; {seed} is replaced")
+    args, rest = parser.parse_known_args(argv)
+    began, models = time.time(), {name: spec for _, models in ROWS for name, spec in models.items()}
+    if not args.seeds:
+        results, work = train_and_evaluate(models, "ablation.json", __doc__, rest, score_pairs=REPORTED)
+        by_seed, output = {None: results}, work / "ablation.md"
+    else:
+        by_seed = {}
+        for seed in args.seeds:
+            work = Path(args.work_dir_pattern.format(seed=seed))
+            print(f"=== seed {seed}: {work}", flush=True)
+            by_seed[seed], _ = train_and_evaluate(models, "ablation.json", __doc__,
+                                                  ["--seed", str(seed), "--work-dir", str(work), *rest],
+                                                  score_pairs=REPORTED)
+        output = Path(args.work_dir_pattern.format(seed="s")).parent / "ablation-seeds.md"
+        atomic_write_text(output.with_suffix(".json"), json.dumps(by_seed, indent=1, ensure_ascii=False))
+    markdown = table(by_seed)
+    atomic_write_text(output, markdown)
     print(markdown)
-    print(f"total {time.time() - began:.0f} s; written to {work / 'ablation.md'}")
+    print(f"total {time.time() - began:.0f} s; written to {output}")
 
 
 if __name__ == "__main__":
