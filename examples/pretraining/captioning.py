@@ -24,7 +24,7 @@ import argparse
 import time
 from pathlib import Path
 
-from synthetic_data import PYTHON, prepare, quickstart
+from synthetic_data import PYTHON, prepare, pretraining_command, quickstart, training_options
 
 from m3p_fairseq.data.languages import split_languages
 
@@ -56,24 +56,10 @@ def add_options(parser):
                                                                  "(one captioner per language), all (one for all)")
 
 
-def sizes(args):
-    """The same sizes for the pre-training model and both captioners (a checkpoint fits by name)."""
-    return ["--embed-dim", args.embed_dim, "--ffn-embed-dim", 4 * args.embed_dim, "--attention-heads", 4,
-            "--understanding-layers", args.layers, "--generation-layers", args.layers]
-
-
-def common(args, save_dir: Path, updates: int):
-    return [*quickstart.optimizer_options(args, save_dir, updates, args.warmup_updates, log_interval=50),
-            "--dropout", "0.1", *sizes(args)]
-
-
 def pretrain(work: Path, data: Path, args) -> Path:
     """Step 2; returns the pre-training checkpoint."""
-    updates = args.pretraining_updates
-    save = train(work, "pretraining", lambda save_dir: [
-        "fairseq-train", data, "--task", "m3p_pretraining", "--arch", "m3p_pretraining_tiny", "--criterion",
-        "m3p_pretraining", "--batch-size", args.pretraining_batch_size, "--updates-per-epoch", 100,
-        *common(args, save_dir, updates)], updates)
+    save = train(work, "pretraining", lambda save_dir: pretraining_command(data, save_dir, args),
+                 args.pretraining_updates)
     return save / "checkpoint_last.pt"
 
 
@@ -86,7 +72,7 @@ def captioner(work: Path, data: Path, langs, label: str, pretrained, args) -> Pa
         "fairseq-train", data, "--task", "m3p_captioning", "--caption-langs", ",".join(langs),
         "--arch", "m3p_captioning_tiny",
         "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", args.max_tokens,
-        *common(args, save_dir, updates), *init], updates)
+        *training_options(args, save_dir, updates), *init], updates)
     return save / "checkpoint_best.pt"
 
 

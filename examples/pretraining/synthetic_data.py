@@ -1,6 +1,8 @@
-"""What the pre-training recipes (captioning.py, retrieval.py) share: the quickstart's command
-runner (examples/quickstart/run.py, imported as ``quickstart``) and step 1, the synthetic corpus
-in every caption language, its image features and one shared dictionary."""
+"""What the pre-training recipes (captioning.py, retrieval.py, translation.py) share: the
+quickstart's command runner (examples/quickstart/run.py, imported as ``quickstart``), step 1
+(the synthetic corpus in every caption language, its image features and one shared
+dictionary) and, for captioning.py and translation.py, the pre-training command with the model
+sizes that the models initialised from it repeat."""
 
 import importlib.util
 import sys
@@ -35,3 +37,26 @@ def prepare(work: Path, args, langs) -> Path:
                         "--lang-pairs", pairs, "--splits", "train,valid,test", "--spm-vocab-size", args.spm_vocab_size,
                         "--spm-user-defined-symbols", MASK_WORD], log_file=work / "binarize.log")
     return data
+
+
+def model_sizes(args) -> list:
+    """The pre-training model's sizes (``args.embed_dim``, ``args.layers``); a model initialised
+    from it must have the same ones (its checkpoint fits by name and shape)."""
+    return ["--embed-dim", args.embed_dim, "--ffn-embed-dim", 4 * args.embed_dim, "--attention-heads", 4,
+            "--understanding-layers", args.layers, "--generation-layers", args.layers]
+
+
+def training_options(args, save_dir: Path, updates: int) -> list:
+    """Optimizer, schedule (``args.lr``, ``args.warmup_updates``, ``args.seed``), dropout 0.1 and
+    the model sizes of a pre-training or captioning run of ``updates`` updates."""
+    return [*quickstart.optimizer_options(args, save_dir, updates, args.warmup_updates, log_interval=50),
+            "--dropout", "0.1", *model_sizes(args)]
+
+
+def pretraining_command(data: Path, save_dir: Path, args, objectives=None) -> list:
+    """``fairseq-train --task m3p_pretraining`` for ``args.pretraining_updates`` updates of
+    ``args.pretraining_batch_size`` examples; ``objectives`` (names) default to every one."""
+    chosen = ["--objectives", ",".join(objectives)] if objectives else []
+    return ["fairseq-train", data, "--task", "m3p_pretraining", "--arch", "m3p_pretraining_tiny", "--criterion",
+            "m3p_pretraining", "--batch-size", args.pretraining_batch_size, "--updates-per-epoch", 100, *chosen,
+            *training_options(args, save_dir, args.pretraining_updates)]
