@@ -1,5 +1,6 @@
-"""--decoder-langtok: the decoder starts with the target language's tag instead of </s>, per row of
-a batch that mixes directions, and generation starts from the same tag."""
+"""--decoder-langtok, as fairseq's translation_multi_simple_epoch has it: the target language's
+tag also starts every target (so the decoder reads </s>, tag, words), generation forces it as the
+first token, per row of a batch that mixes directions, and the output leaves it out."""
 
 from argparse import Namespace
 
@@ -8,6 +9,7 @@ import torch
 from fairseq.dataclass.configs import GenerationConfig
 
 from helpers import setup_task
+from m3p_fairseq.evaluation.translation import translate_dataset
 
 
 def collate(task, split, indices):
@@ -15,7 +17,7 @@ def collate(task, split, indices):
     return dataset.collater([dataset[i] for i in indices])
 
 
-def test_each_row_of_a_mixed_batch_starts_with_its_own_target_tag(data_dir):
+def test_every_target_starts_with_its_own_tag_in_a_mixed_batch(data_dir):
     plain, _ = setup_task(data_dir, "--fusion", "none")
     tagged, _ = setup_task(data_dir, "--fusion", "none", "--decoder-langtok")
     for task in (plain, tagged):
@@ -23,34 +25,33 @@ def test_each_row_of_a_mixed_batch_starts_with_its_own_target_tag(data_dir):
     parts = tagged.dataset("valid").datasets  # en-de, de-en, en-fr
     indices = [0, len(parts[0]) + 1, len(parts[0]) + len(parts[1]) + 2]
     without, with_tag = collate(plain, "valid", indices), collate(tagged, "valid", indices)
-    assert torch.equal(without["id"], with_tag["id"]) and torch.equal(without["target"], with_tag["target"])
-    prev_plain = without["net_input"]["prev_output_tokens"]
-    prev_tagged = with_tag["net_input"]["prev_output_tokens"]
-    assert prev_plain[:, 0].tolist() == [plain.src_dict.eos()] * 3
-    # the batch is ordered by length: find each row's direction from its source tag
-    targets = [tagged.src_dict[int(row[row != tagged.src_dict.pad()][0])] for row in with_tag["net_input"]["src_tokens"]]
-    assert sorted(targets) == ["__de__", "__en__", "__fr__"]
-    assert prev_tagged[:, 0].tolist() == [tagged.src_dict.index(tag) for tag in targets]
-    assert torch.equal(prev_tagged[:, 1:], prev_plain[:, 1:])
+    assert torch.equal(without["id"], with_tag["id"])
     assert torch.equal(with_tag["net_input"]["src_tokens"], without["net_input"]["src_tokens"])
+    # each row's direction, from its source tag (the batch is ordered by length)
+    tags = [tagged.src_dict[int(row[row != tagged.src_dict.pad()][0])] for row in with_tag["net_input"]["src_tokens"]]
+    assert sorted(tags) == ["__de__", "__en__", "__fr__"]
+    tag_ids = torch.tensor([tagged.src_dict.index(tag) for tag in tags])
+    eos, pad = tagged.src_dict.eos(), tagged.src_dict.pad()
+    for row in range(3):
+        plain_target = without["target"][row][without["target"][row] != pad]
+        tagged_target = with_tag["target"][row][with_tag["target"][row] != pad]
+        assert tagged_target.tolist() == [int(tag_ids[row])] + plain_target.tolist()
+        prev = with_tag["net_input"]["prev_output_tokens"][row]
+        assert prev[prev != pad].tolist() == [eos, int(tag_ids[row])] + plain_target.tolist()[:-1]
+    assert with_tag["ntokens"] == without["ntokens"] + 3
 
 
-def greedy_by_hand(model, sample, start, max_len):
-    """Greedy decoding from ``start`` the way fairseq's generator scores (no <pad>, no </s> at
-    the first step), one forward pass per step over the whole prefix."""
+def greedy_by_hand(model, sample, forced, max_len):
+    """Greedy decoding after </s> and the ``forced`` first tokens [B], scored the way fairseq's
+    generator does (no <pad>, no </s> before ``max_len``), one forward pass per step."""
     net_input = sample["net_input"]
-    tokens = torch.full((net_input["src_tokens"].size(0), 1), start)
-    finished = torch.zeros(tokens.size(0), dtype=torch.bool)
     eos, pad = 2, 1
-    for step in range(max_len):
+    tokens = torch.stack([torch.full_like(forced, eos), forced], dim=1)
+    finished = torch.zeros(tokens.size(0), dtype=torch.bool)
+    for step in range(1, max_len):
         logits = model(**{**net_input, "prev_output_tokens": tokens})[0][:, -1].float()
         logits[:, pad] = -float("inf")
-        if step == 0:
-            logits[:, eos] = -float("inf")
-        if step == max_len - 1:
-            next_token = torch.full((tokens.size(0),), eos)
-        else:
-            next_token = logits.argmax(-1)
+        next_token = logits.argmax(-1) if step < max_len - 1 else torch.full_like(forced, eos)
         next_token[finished] = pad
         finished |= next_token == eos
         tokens = torch.cat([tokens, next_token[:, None]], 1)
@@ -59,30 +60,42 @@ def greedy_by_hand(model, sample, start, max_len):
     return [row[1:][row[1:] != pad].tolist() for row in tokens]
 
 
-def test_generation_starts_from_the_target_tag(data_dir):
-    task, cfg = setup_task(data_dir, "--fusion", "none", "--decoder-langtok", "--source-lang", "en",
-                           "--target-lang", "fr")
+def test_generation_forces_each_rows_tag_first_and_leaves_it_out_of_the_text(data_dir):
+    task, cfg = setup_task(data_dir, "--fusion", "none", "--decoder-langtok")
     torch.manual_seed(0)
     model = task.build_model(cfg.model).eval()
-    task.load_dataset("test")
-    sample = collate(task, "test", [0, 1, 2])
-    generator = task.build_generator([model], GenerationConfig(beam=1, max_len_a=0, max_len_b=6))
-    outputs = task.inference_step(generator, [model], sample)
-    hypotheses = [output[0]["tokens"].tolist() for output in outputs]
-    with torch.no_grad():
-        from_tag = greedy_by_hand(model, sample, task.src_dict.index("__fr__"), 7)
-        from_eos = greedy_by_hand(model, sample, task.src_dict.eos(), 7)
-    assert hypotheses == from_tag
-    assert from_tag != from_eos  # the start symbol matters: the check above can tell them apart
-
-
-def test_generation_needs_a_target_language(data_dir):
-    task, cfg = setup_task(data_dir, "--fusion", "none", "--decoder-langtok")
-    model = task.build_model(cfg.model).eval()
     task.load_dataset("valid")
-    generator = task.build_generator([model], GenerationConfig(beam=1, max_len_b=3))
-    with pytest.raises(ValueError, match="one direction per run: pass --target-lang"):
-        task.inference_step(generator, [model], collate(task, "valid", [0]))
+    parts = task.dataset("valid").datasets
+    sample = collate(task, "valid", [0, len(parts[0]) + 1, len(parts[0]) + len(parts[1]) + 2])  # 3 directions
+    generator = task.build_generator([model], GenerationConfig(beam=1, max_len_a=0, max_len_b=6))
+    hypotheses = [output[0]["tokens"].tolist() for output in task.inference_step(generator, [model], sample)]
+    forced = sample["target"][:, 0]
+    with torch.no_grad():
+        assert hypotheses == greedy_by_hand(model, sample, forced, 7)
+    assert [h[0] for h in hypotheses] == forced.tolist()
+    tags = {task.src_dict.index(f"__{lang}__") for lang in task.languages}
+    assert tags <= generator.symbols_to_strip_from_output
+
+
+def test_translated_text_and_references_have_no_tag(data_dir):
+    task, cfg = setup_task(data_dir, "--fusion", "none", "--decoder-langtok", "--source-lang", "en",
+                           "--target-lang", "fr")
+    model = task.build_model(cfg.model).eval()
+    task.load_dataset("test")
+    hypotheses, references = translate_dataset([model], task, task.dataset("test"), beam=2, max_len_b=5)
+    assert len(hypotheses) == len(references) == 40
+    assert not any("__" in text for text in hypotheses + references)
+    assert references[0] and references[0] == task.target_dictionary.string(
+        task.dataset("test")[0]["target"][1:], "sentencepiece")  # the reference without its tag
+
+
+def test_fairseq_interactive_input_gets_the_target_tag_from_the_option(data_dir):
+    task, cfg = setup_task(data_dir, "--fusion", "none", "--decoder-langtok", "--target-lang", "de")
+    sample = {"net_input": {"src_tokens": torch.tensor([[5, 6, 2], [7, 8, 2]])}}  # no target
+    assert task._target_tags(sample).tolist() == [[task.src_dict.index("__de__")]] * 2
+    task.cfg.target_lang = None
+    with pytest.raises(ValueError, match="--decoder-langtok needs --target-lang"):
+        task._target_tags(sample)
 
 
 def test_fairseq_generate_takes_the_setting_from_the_checkpoint(data_dir):
@@ -90,7 +103,7 @@ def test_fairseq_generate_takes_the_setting_from_the_checkpoint(data_dir):
     task, _ = setup_task(data_dir, "--fusion", "none", "--source-lang", "en", "--target-lang", "de")
     task.load_dataset("test", task_cfg=Namespace(decoder_langtok=True))
     assert task.cfg.decoder_langtok
-    assert collate(task, "test", [0])["net_input"]["prev_output_tokens"][0, 0] == task.src_dict.index("__de__")
+    assert collate(task, "test", [0])["target"][0, 0] == task.src_dict.index("__de__")
 
 
 def test_the_decoder_only_model_refuses_it(data_dir):

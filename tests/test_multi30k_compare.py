@@ -6,13 +6,15 @@ recipe-against-baseline run, checkpoint averaging and the paper's table layouts.
 import gzip
 import json
 import random
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from helpers import REPO, import_script, setup_task
+from helpers import REPO, import_script, setup_task, write_random_features
+from m3p_fairseq.data.image_features import read_image_ids
 from m3p_fairseq.evaluation.cli import main as evaluate_main
 from m3p_fairseq.evaluation.tables import multi30k_tables
 
@@ -153,6 +155,26 @@ def test_compare_trains_both_and_tables_every_test_set(prepared, tmp_path):
     (out / "results.json").unlink()
     evaluate_main(["--rescore", str(out), "--references-dir", str(prepared / "raw")])
     assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_compare_runs_the_m3p_configuration_with_features(prepared, tmp_path):
+    """cpu-m3p against the same baseline, on a copy of the data with (random) image features:
+    there are no Flickr30k images on this machine, so only that the comparison runs is checked."""
+    work = tmp_path / "work"
+    shutil.copytree(prepared, work, ignore=shutil.ignore_patterns("compare-*"))
+    data = work / "data-bin"
+    ids = sorted({i for path in data.glob("*.image_ids") for i in read_image_ids(path)})
+    write_random_features(data / "image_features.h5", ids, num_patches=4, feature_dim=8)
+    out = tmp_path / "compare"
+    printed = run([sys.executable, "examples/multi30k/compare.py", "--work-dir", work, "--out-dir", out,
+                   "--config", "cpu-m3p", "--minutes", 5, "--max-update", 2, "--average-last", 1, "--beam", 2,
+                   "--max-len-b", 4, "--", "--save-interval-updates", 1, "--validate-interval-updates", 1, *TOY])
+    recipe_command = next(line for line in printed.splitlines() if line.startswith("[cpu-m3p] $"))
+    assert "--fusion cvlm" in recipe_command and "--criterion m3p_loss" in recipe_command
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"cpu-m3p", "fairseq-baseline"}
+    assert set(results["cpu-m3p"]["test_2016_flickr"]) == {"en-de", "de-en", "en-fr", "fr-en", "en-cs", "cs-en"}
+    assert "| ratio cpu-m3p / fairseq-baseline |" in (out / "comparison.md").read_text()
 
 
 def entry(bleu, chrf=50.0):

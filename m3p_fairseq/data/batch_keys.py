@@ -26,9 +26,6 @@ IMAGE_ROW = "image_row"
 # the model projects and encodes every distinct image once. Without it they are per row.
 IMAGE_INDEX = "image_index"
 SOURCE_LANG = "source_lang"  # (B,) long: dictionary index of the source-language tag
-# --- an example's key (not in the batch): the first decoder input of --decoder-langtok, the
-# target-language tag's index; the collater writes it into prev_output_tokens[:, 0] ---
-DECODER_START = "decoder_start"
 # (B,) long, optional: each sentence's MDropNet mode (models/mdropnet.py), fixed by a caller
 # (tests, analysis) instead of drawn in training
 MODALITIES = "modalities"

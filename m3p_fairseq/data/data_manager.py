@@ -85,6 +85,8 @@ class MultimodalDataManager:
                 TruncateDataset(StripTokenDataset(src_data, self.dictionary.eos()), cfg.max_source_positions - 2),
                 self.dictionary.eos())
         src_data = PrependTokenDataset(src_data, self.tag_index(tgt))  # Eq. 2: the target's tag
+        if cfg.decoder_langtok:  # fairseq's --decoder-langtok: the target starts with its tag too
+            tgt_data = PrependTokenDataset(tgt_data, self.tag_index(tgt))
         image_store, image_rows = self.image_rows(directory, split, stem, f"{src_prefix}.bin", len(src_data))
         return MultimodalLanguagePairDataset(
             src_data, src_data.sizes, self.dictionary, tgt_data, tgt_data.sizes, self.dictionary,
@@ -94,7 +96,6 @@ class MultimodalDataManager:
             image_store=image_store, image_rows=image_rows,
             augmentation=self.augmentation(f"{src}-{tgt}") if training else None,
             source_lang_index=self.tag_index(src), image_demand=self.image_demand,
-            decoder_start_index=self.tag_index(tgt) if cfg.decoder_langtok else None,
             object_tags=self.object_tags(image_store.path) if image_store is not None else None)
 
     def augmentation(self, direction: str) -> Optional[MultimodalAugmentation]:

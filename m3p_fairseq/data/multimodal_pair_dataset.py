@@ -7,7 +7,6 @@ import torch
 from fairseq.data import LanguagePairDataset, data_utils
 
 from .batch_keys import (
-    DECODER_START,
     IMAGE_GLOBAL,
     IMAGE_INDEX,
     IMAGE_NEGATIVE_GLOBAL,
@@ -106,10 +105,6 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
       augmented pair of each sentence for MMCL, with an ``augmentation`` that has
       ``contrastive_pair`` (and an image store).
 
-    With ``decoder_start_index`` (the target language's tag, ``--decoder-langtok``) the decoder
-    input ``prev_output_tokens`` starts with it instead of ``</s>``, per example, so a batch that
-    mixes directions starts each row with its own target language's tag.
-
     ``example_ids`` replaces the ``id`` of each example (fairseq-interactive's line numbers
     when some input lines were skipped). With an ``image_demand`` that does not want images
     (the task built only text-only models) no image is read and the batches are text-only.
@@ -118,8 +113,8 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
     def __init__(self, *args, image_store: Optional[ImageFeatureStore] = None,
                  image_rows: Optional[np.ndarray] = None,
                  augmentation: Optional[MultimodalAugmentation] = None,
-                 source_lang_index: Optional[int] = None, decoder_start_index: Optional[int] = None,
-                 example_ids: Optional[Sequence[int]] = None, image_demand: Optional[ImageDemand] = None, object_tags: Optional[FeatureFileTags] = None,
+                 source_lang_index: Optional[int] = None, example_ids: Optional[Sequence[int]] = None,
+                 image_demand: Optional[ImageDemand] = None, object_tags: Optional[FeatureFileTags] = None,
                  **kwargs):
         super().__init__(*args, **kwargs)
         if (image_store is None) != (image_rows is None):
@@ -140,7 +135,6 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         self.image_rows = image_rows
         self.augmentation = augmentation
         self.source_lang_index = source_lang_index
-        self.decoder_start_index = decoder_start_index
         self.example_ids = example_ids
         self.image_demand = image_demand
         self.object_tags = object_tags if image_store is not None else None
@@ -166,8 +160,6 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
             example["id"] = int(self.example_ids[index])
         if self.source_lang_index is not None:
             example[SOURCE_LANG] = self.source_lang_index
-        if self.decoder_start_index is not None:
-            example[DECODER_START] = self.decoder_start_index
         augmentation = self.augmentation
         rng = augmentation.generator(self.epoch, index) if augmentation is not None else None
         clean_source = example["source"]
@@ -212,7 +204,6 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         net_input = batch["net_input"]
         if all(SOURCE_LANG in s for s in ordered):
             net_input[SOURCE_LANG] = torch.tensor([s[SOURCE_LANG] for s in ordered])
-        self._start_decoder_with_tags(net_input, ordered)
         with_image = [IMAGE_PATCHES in s for s in ordered]
         if not any(with_image):
             return batch
@@ -239,22 +230,6 @@ class MultimodalLanguagePairDataset(LanguagePairDataset):
         if MMA_SRC_TOKENS in ordered[0]:
             self._collate_augmented_pairs(net_input, ordered)
         return batch
-
-    def _start_decoder_with_tags(self, net_input: dict, ordered: List[dict]) -> None:
-        """``--decoder-langtok``: each row's first decoder input (``</s>``, moved there by fairseq's
-        collate) becomes its example's target-language tag, as fairseq's multilingual task does."""
-        starts = [s.get(DECODER_START) for s in ordered]
-        prev = net_input.get("prev_output_tokens")
-        if prev is None or all(start is None for start in starts):
-            return
-        if any(start is None for start in starts):  # a ConcatDataset of differently loaded directions
-            raise ValueError("a batch mixes examples with and without a decoder-start tag (--decoder-langtok): "
-                             f"example id(s) {[int(s['id']) for s in ordered if DECODER_START not in s][:10]}")
-        first = (prev != self.tgt_dict.pad()).long().argmax(1)  # column 0 unless the target is left-padded
-        rows = torch.arange(prev.size(0))
-        if not bool((prev[rows, first] == self.eos).all()):
-            raise RuntimeError("prev_output_tokens does not start with </s>: cannot put the target tag there")
-        prev[rows, first] = torch.tensor(starts, dtype=prev.dtype)
 
     def _collate_augmented_pairs(self, net_input: dict, ordered: List[dict]) -> None:
         """MMA's augmented pairs, in the batch's order, padded like the sources."""

@@ -46,14 +46,17 @@ def translate_dataset(models, task, dataset, beam: int = 5, batch_size: int = 64
     hypotheses: Dict[int, str] = {}
     references: Dict[int, str] = {}
     pad = task.target_dictionary.pad()
+    # e.g. the target tag that --decoder-langtok forces as the first token, as fairseq-generate strips it
+    strip = getattr(generator, "symbols_to_strip_from_output", None)
     for sample in iterator:
         if torch.cuda.is_available():
             sample = utils.move_to_cuda(sample)
         outputs = task.inference_step(generator, models, sample)
         for i, sample_id in enumerate(sample["id"].tolist()):
-            hypotheses[sample_id] = task.target_dictionary.string(outputs[i][0]["tokens"].int().cpu(), "sentencepiece")
+            hypotheses[sample_id] = task.target_dictionary.string(outputs[i][0]["tokens"].int().cpu(), "sentencepiece",
+                                                                  extra_symbols_to_ignore=strip)
             references[sample_id] = task.target_dictionary.string(
-                utils.strip_pad(sample["target"][i], pad).int().cpu(), "sentencepiece")
+                utils.strip_pad(sample["target"][i], pad).int().cpu(), "sentencepiece", extra_symbols_to_ignore=strip)
     order = sorted(hypotheses)
     return [hypotheses[i] for i in order], [references[i] for i in order]
 

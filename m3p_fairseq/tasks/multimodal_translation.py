@@ -2,8 +2,8 @@
 
 * one shared dictionary holding a ``__xx__`` tag per language; the tag of the *target* language
   is prefixed to every source sentence (paper Eq. 2), at training and at generation time, and
-  with ``--decoder-langtok`` also starts the decoder's input instead of ``</s>`` (as fairseq's
-  ``translation_multi_simple_epoch --decoder-langtok``);
+  with ``--decoder-langtok`` also to every target, as fairseq's ``translation_multi_simple_epoch
+  --decoder-langtok`` does (generation forces it as the first token and strips it from the output);
 * every ``--lang-pairs`` direction loaded at once, mixed by temperature-based sampling (Eq. 7);
 * image features looked up in HDF5 through an image-id list aligned with the text, and the
   images' object tags from the same file for a model that reads them (``--arch vlp_mmt*
@@ -100,10 +100,11 @@ class MultimodalTranslationConfig(TranslationConfig):
                                           "of MMCL (paper Sec. 2.5; README 'MMA inside MMCL')"},
     )
     decoder_langtok: bool = field(
-        default=False, metadata={"help": "also start the decoder with the target language's tag instead of </s> "
-                                          "(fairseq's --decoder-langtok; the source keeps its tag). Generation "
-                                          "then needs --target-lang; fairseq-generate takes the setting from "
-                                          "the checkpoint, fairseq-interactive needs the flag again"},
+        default=False, metadata={"help": "also prefix the target language's tag to every target, as fairseq's "
+                                          "--decoder-langtok (the source keeps its tag): generation forces it "
+                                          "as the first token and strips it from the output. fairseq-generate "
+                                          "takes the setting from the checkpoint, fairseq-interactive needs the "
+                                          "flag again"},
     )
     seed: int = II("common.seed")  # seeds the per-epoch draw of the pair mix and MMA
 
@@ -287,12 +288,25 @@ class MultimodalTranslationTask(TranslationTask):
             net_input[SOURCE_LANG] = torch.full((net_input["src_tokens"].size(0),),
                                                 self.lang_tag_index(self.cfg.source_lang),
                                                 dtype=torch.long, device=net_input["src_tokens"].device)
-        if not self.cfg.decoder_langtok:
-            return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
-                                          constraints=constraints)
-        if not self.cfg.target_lang:  # the generator takes one start symbol per batch
-            raise ValueError("a model trained with --decoder-langtok translates one direction per run: "
-                             "pass --target-lang (and --source-lang)")
-        with torch.no_grad():
-            return generator.generate(models, sample, prefix_tokens=prefix_tokens, constraints=constraints,
-                                      bos_token=self.lang_tag_index(self.cfg.target_lang))
+        if self.cfg.decoder_langtok and prefix_tokens is None:
+            prefix_tokens = self._target_tags(sample)
+        return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
+                                      constraints=constraints)
+
+    def _target_tags(self, sample) -> torch.Tensor:
+        """[B, 1]: each sentence's target tag, the first output token under --decoder-langtok: the
+        first target token of a loaded split (so a batch may mix directions), else --target-lang's."""
+        src_tokens = sample["net_input"]["src_tokens"]
+        if sample.get("target") is not None:
+            return sample["target"][:, :1]
+        if not self.cfg.target_lang:
+            raise ValueError("generation with --decoder-langtok needs --target-lang (the first output token)")
+        return torch.full((src_tokens.size(0), 1), self.lang_tag_index(self.cfg.target_lang),
+                          dtype=src_tokens.dtype, device=src_tokens.device)
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        if self.cfg.decoder_langtok:  # the forced target tag is not part of the translation
+            tags = {self.src_dict.index(lang_tag(lang)) for lang in self.languages}
+            extra_gen_cls_kwargs = {**(extra_gen_cls_kwargs or {}), "symbols_to_strip_from_output": tags}
+        return super().build_generator(models, args, seq_gen_cls=seq_gen_cls,
+                                       extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)
