@@ -84,7 +84,7 @@ def table(results_by_seed: dict) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # --work-dir is not --work-dir-pattern
     parser.add_argument("--seeds", type=int, nargs="+", help="run in each seed's quickstart directory")
     parser.add_argument("--work-dir-pattern", default=str(REPO / "work" / "quickstart-seed{seed}"),
                         help="with --seeds: each seed's work directory; {seed} is replaced")

@@ -57,7 +57,8 @@ def _bleu(scores: dict, pair: str) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # quickstart options pass through whole
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--work-dir-pattern", default=str(run.REPO / "work" / "quickstart-seed{seed}"),
                         help="each seed's work directory; {seed} is replaced")
