@@ -27,8 +27,8 @@ import json
 import time
 from pathlib import Path
 
-from run import LANG_PAIRS, M3P, REPO, TEXT_ONLY, train_and_evaluate  # noqa: E402
-from seeds import spread  # noqa: E402
+from run import LANG_PAIRS, M3P, TEXT_ONLY, train_and_evaluate  # noqa: E402
+from seeds import WORK_DIR_PATTERN, spread  # noqa: E402
 
 from m3p_fairseq.atomic_io import atomic_write_text
 from m3p_fairseq.markdown import markdown_table
@@ -86,7 +86,7 @@ def table(results_by_seed: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # --work-dir is not --work-dir-pattern
     parser.add_argument("--seeds", type=int, nargs="+", help="run in each seed's quickstart directory")
-    parser.add_argument("--work-dir-pattern", default=str(REPO / "work" / "quickstart-seed{seed}"),
+    parser.add_argument("--work-dir-pattern", default=WORK_DIR_PATTERN,
                         help="with --seeds: each seed's work directory; {seed} is replaced")
     args, rest = parser.parse_known_args(argv)
     began, models = time.time(), {name: spec for _, models in ROWS for name, spec in models.items()}

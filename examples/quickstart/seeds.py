@@ -21,6 +21,8 @@ from m3p_fairseq.markdown import markdown_table
 
 MODELS = ("text-only", "m3p")
 SPLITS = (("test", "clean"), ("test_degraded", "degraded"))
+# each seed's quickstart directory (ablation.py --seeds reuses the same ones)
+WORK_DIR_PATTERN = str(run.REPO / "work" / "quickstart-seed{seed}")
 
 
 def spread(values) -> str:
@@ -60,7 +62,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)  # quickstart options pass through whole
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--work-dir-pattern", default=str(run.REPO / "work" / "quickstart-seed{seed}"),
+    parser.add_argument("--work-dir-pattern", default=WORK_DIR_PATTERN,
                         help="each seed's work directory; {seed} is replaced")
     args, quickstart_options = parser.parse_known_args(argv)
     began, results = time.time(), {}

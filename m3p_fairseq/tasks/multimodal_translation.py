@@ -166,7 +166,8 @@ class MultimodalTranslationTask(TranslationTask):
         return self.lang_pairs
 
     def load_dataset(self, split, epoch=1, combine=False, task_cfg=None, **kwargs):
-        # fairseq-generate passes the checkpoint's task config: its decoder start must be used
+        # fairseq-generate passes the checkpoint's task config: a model trained on tagged targets
+        # must generate with the tag forced first
         if task_cfg is not None and getattr(task_cfg, "decoder_langtok", False) and not self.cfg.decoder_langtok:
             logger.info("the checkpoint was trained with --decoder-langtok: generating with it")
             self.cfg.decoder_langtok = True
@@ -306,7 +307,7 @@ class MultimodalTranslationTask(TranslationTask):
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         if self.cfg.decoder_langtok:  # the forced target tag is not part of the translation
-            tags = {self.src_dict.index(lang_tag(lang)) for lang in self.languages}
+            tags = {self.lang_tag_index(lang) for lang in self.languages}
             extra_gen_cls_kwargs = {**(extra_gen_cls_kwargs or {}), "symbols_to_strip_from_output": tags}
         return super().build_generator(models, args, seq_gen_cls=seq_gen_cls,
                                        extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)
