@@ -156,6 +156,56 @@ def test_compare_trains_both_and_tables_every_test_set(prepared, tmp_path):
     evaluate_main(["--rescore", str(out), "--references-dir", str(prepared / "raw")])
     assert json.loads((out / "results.json").read_text()) == results
 
+    # same_weights.py: the baseline's weights in the recipe's model, through the recipe's
+    # evaluation, give the hypotheses of fairseq's own task (two updates leave them empty here)
+    printed = run([sys.executable, "examples/multi30k/same_weights.py", "--work-dir", prepared, "--out-dir", out,
+                   "--split", "test_2018_flickr", "--directions", "en-cs,de-en", "--beam", 2, "--max-len-b", 4])
+    assert "test_2018_flickr en-cs: 7 of 7 hypotheses equal" in printed
+    assert "test_2018_flickr de-en: 7 of 7 hypotheses equal" in printed
+    assert_same_logits_with_the_baselines_weights(prepared, out / "checkpoints")
+
+
+def assert_same_logits_with_the_baselines_weights(work, checkpoints):
+    """The plugin's text-only path is fairseq's: with the baseline's weights, random ones so that
+    every parameter matters (except the version buffers, which decide whether fairseq keeps the
+    final layer norm), the recipe's model gives the baseline's logits on a padded batch of a test
+    set with its language tags, over every symbol both dictionaries have."""
+    from fairseq import checkpoint_utils
+
+    from m3p_fairseq.evaluation.translation import direction_dataset
+    same_weights = import_script(REPO / "examples" / "multi30k" / "same_weights.py")
+    theirs_path = checkpoints / "fairseq-baseline" / "checkpoint_last.pt"
+    state = torch.load(theirs_path, weights_only=False)
+    generator = torch.Generator().manual_seed(0)
+    state["model"] = {name: value if name.endswith(".version") else torch.randn(value.shape, generator=generator)
+                      for name, value in state["model"].items()}
+    for shared in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):  # --share-all-embeddings
+        state["model"][shared] = state["model"]["encoder.embed_tokens.weight"]
+    torch.save(state, theirs_path)
+    models, task = same_weights.baseline_weights_in_recipe_model(checkpoints / "cpu-text-only" / "checkpoint_last.pt",
+                                                                 theirs_path, work)
+    theirs, _cfg, their_task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(theirs_path)], arg_overrides={"data": str(work / baseline.DATA_DIR), "source_lang": "en",
+                                           "target_lang": "cs"})
+    their_task.load_dataset("test_2018_flickr")
+    ours_data, their_data = direction_dataset(task, "test_2018_flickr", "en", "cs"), their_task.dataset("test_2018_flickr")
+    ours_batch, their_batch = ours_data.collater([ours_data[i] for i in range(7)]), their_data.collater(
+        [their_data[i] for i in range(7)])
+    assert ours_batch["net_input"]["src_tokens"].eq(task.source_dictionary.pad()).any()  # padding is exercised
+    ours_dict, their_dict = task.target_dictionary, their_task.target_dictionary
+    symbols = [ours_dict[i] for i in range(len(ours_dict)) if their_dict.index(ours_dict[i]) != their_dict.unk()
+               or ours_dict[i] == "<unk>"]
+    assert len(symbols) == len(their_dict) and "__cs__" in symbols
+    # the same sources (fairseq pads them on the right here, the plugin on the left: the
+    # encoder masks padding and counts positions without it, so the side does not matter)
+    tokens = [[ours_dict[i] for i in row if i != ours_dict.pad()] for row in ours_batch["net_input"]["src_tokens"].tolist()]
+    assert tokens == [[their_dict[i] for i in row if i != their_dict.pad()]
+                      for row in their_batch["net_input"]["src_tokens"].tolist()]
+    with torch.no_grad():
+        ours = models[0].eval()(**ours_batch["net_input"])[0][..., [ours_dict.index(x) for x in symbols]]
+        expected = theirs[0].eval()(**their_batch["net_input"])[0][..., [their_dict.index(x) for x in symbols]]
+    assert ours.abs().max() > 1 and torch.allclose(ours, expected, atol=1e-4, rtol=1e-4)
+
 
 def test_compare_runs_the_m3p_configuration_with_features(prepared, tmp_path):
     """cpu-m3p against the same baseline, on a copy of the data with (random) image features:

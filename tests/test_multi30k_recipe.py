@@ -95,9 +95,12 @@ def test_cpu_configuration_has_the_papers_directions_and_the_baselines_settings(
     out = dry_run("cpu-text-only")
     assert "--lang-pairs en-de,de-en,en-fr,fr-en,en-cs,cs-en " in out
     for expected in ("--encoder-normalize-before", "--decoder-normalize-before", "--lr 2e-3",
-                     "--warmup-updates 1000", "--dropout 0.3", "--sampling-temperature 1.5",
-                     "--decoder-attention-heads 4", "--decoder-langtok"):
+                     "--sampling-temperature 1.5", "--decoder-attention-heads 4", "--decoder-langtok",
+                     "--warmup-updates 500", "--dropout 0.1"):  # the recipe's own, chosen on validation
         assert expected in out
+    baseline = subprocess.run([sys.executable, "examples/multi30k/baseline.py", "--dry-run"], cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout
+    assert "--warmup-updates 1000 --dropout 0.3" in baseline and "--lr 2e-3" in baseline
     twelve = dry_run("cpu-text-only-12")
     pairs = twelve.split("--lang-pairs ", 1)[1].split()[0].split(",")
     assert sorted(pairs) == sorted(f"{s}-{t}" for s in "en de fr cs".split() for t in "en de fr cs".split() if s != t)

@@ -46,19 +46,23 @@ TEXT_ONLY = ["--fusion", "none", "--criterion", "label_smoothed_cross_entropy"]
 PAPER = ["--arch", "m3p_transformer_base", "--lr", "5e-4", "--warmup-updates", "4000",
          "--max-tokens", "2048", "--dropout", "0.1", "--max-update", "100000"]
 # The small model and the optimiser settings it shares with the plain-fairseq baseline
-# (baseline.py): pre-norm trains stably at lr 2e-3, where post-norm needed half of it; dropout
-# 0.3 because 29k sentences overfit a 256-wide model early. Chosen on the validation split.
+# (baseline.py): pre-norm trains stably at lr 2e-3, where post-norm needed half of it.
 CPU_MODEL = ["--encoder-layers", "3", "--decoder-layers", "3",
              "--encoder-embed-dim", "256", "--encoder-ffn-embed-dim", "1024", "--encoder-attention-heads", "4",
              "--decoder-embed-dim", "256", "--decoder-ffn-embed-dim", "1024", "--decoder-attention-heads", "4",
              "--encoder-normalize-before", "--decoder-normalize-before"]
-CPU_OPTIMISATION = ["--lr", "2e-3", "--warmup-updates", "1000", "--max-tokens", "4096", "--dropout", "0.3",
+CPU_OPTIMISATION = ["--lr", "2e-3", "--max-tokens", "4096",
                     "--validate-interval-updates", "500", "--save-interval-updates", "500",
                     "--keep-interval-updates", "5"]
+# The baseline keeps the settings issue 17 measured it with; the recipe's warm-up and dropout
+# were chosen for a budget of hours on the validation split (README "Why the CPU configuration
+# changed": NLL 4.44 against 5.40 at update 500).
+BASELINE_SCHEDULE = ["--warmup-updates", "1000", "--dropout", "0.3"]
+CPU_SCHEDULE = ["--warmup-updates", "500", "--dropout", "0.1"]
 CPU_TEMPERATURE = 1.5
 # The target's tag also starts every target, as the baseline's fairseq --decoder-langtok does
 # (README "Why the CPU configuration changed": validation and the one-hour comparison).
-CPU = ["--arch", "m3p_transformer", *CPU_MODEL, *CPU_OPTIMISATION,
+CPU = ["--arch", "m3p_transformer", *CPU_MODEL, *CPU_OPTIMISATION, *CPU_SCHEDULE,
        "--sampling-temperature", str(CPU_TEMPERATURE), "--decoder-langtok"]
 BASE_CONFIGS = {
     "paper": PAPER + M3P_TRAINING,
