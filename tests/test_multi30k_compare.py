@@ -162,6 +162,19 @@ def test_compare_trains_both_and_tables_every_test_set(prepared, tmp_path):
                    "--split", "test_2018_flickr", "--directions", "en-cs,de-en", "--beam", 2, "--max-len-b", 4])
     assert "test_2018_flickr en-cs: 7 of 7 hypotheses equal" in printed
     assert "test_2018_flickr de-en: 7 of 7 hypotheses equal" in printed
+    # score_checkpoint.py: both systems at an earlier checkpoint, beside the chosen one
+    printed = run([sys.executable, "examples/multi30k/score_checkpoint.py", "--work-dir", prepared, "--out-dir", out,
+                   "--checkpoint", "checkpoint_1_1.pt", "--beam", 2, "--max-len-b", 4])
+    earlier = json.loads((out / "at-checkpoint_1_1" / "results.json").read_text())
+    assert {system: set(splits) for system, splits in earlier.items()} == {
+        system: set(results[system]) for system in selection}
+    assert "| ratio cpu-text-only / fairseq-baseline |" in printed
+    missing = subprocess.run([sys.executable, "examples/multi30k/score_checkpoint.py", "--work-dir", str(prepared),
+                              "--out-dir", str(out), "--checkpoint", "checkpoint_9_9.pt"], cwd=REPO,
+                             capture_output=True, text=True)
+    assert missing.returncode != 0
+    assert f"{out / 'checkpoints' / 'cpu-text-only' / 'checkpoint_9_9.pt'}: no such checkpoint" in missing.stderr
+
     assert_same_logits_with_the_baselines_weights(prepared, out / "checkpoints")
 
 
