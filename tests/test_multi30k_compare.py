@@ -21,6 +21,8 @@ from m3p_fairseq.evaluation.tables import multi30k_tables
 prepare = import_script(REPO / "examples" / "multi30k" / "prepare.py")
 import_script(REPO / "examples" / "multi30k" / "train.py")  # baseline.py imports it
 baseline = import_script(REPO / "examples" / "multi30k" / "baseline.py")
+import_script(REPO / "examples" / "multi30k" / "averaging.py")  # compare.py imports it
+import_script(REPO / "examples" / "multi30k" / "compare.py")  # same_weights.py imports it
 
 WORDS = {"en": "a man dog runs in the park with two women ball".split(),
          "de": "ein mann hund läuft im park mit zwei frauen ball".split(),
@@ -183,8 +185,6 @@ def assert_same_logits_with_the_baselines_weights(work, checkpoints):
     every parameter matters (except the version buffers, which decide whether fairseq keeps the
     final layer norm), the recipe's model gives the baseline's logits on a padded batch of a test
     set with its language tags, over every symbol both dictionaries have."""
-    from fairseq import checkpoint_utils
-
     from m3p_fairseq.evaluation.translation import direction_dataset
     same_weights = import_script(REPO / "examples" / "multi30k" / "same_weights.py")
     theirs_path = checkpoints / "fairseq-baseline" / "checkpoint_last.pt"
@@ -197,9 +197,7 @@ def assert_same_logits_with_the_baselines_weights(work, checkpoints):
     torch.save(state, theirs_path)
     models, task = same_weights.baseline_weights_in_recipe_model(checkpoints / "cpu-text-only" / "checkpoint_last.pt",
                                                                  theirs_path, work)
-    theirs, _cfg, their_task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(theirs_path)], arg_overrides={"data": str(work / baseline.DATA_DIR), "source_lang": "en",
-                                           "target_lang": "cs"})
+    theirs, their_task = baseline.load(theirs_path, work / baseline.DATA_DIR, "en", "cs")
     their_task.load_dataset("test_2018_flickr")
     ours_data, their_data = direction_dataset(task, "test_2018_flickr", "en", "cs"), their_task.dataset("test_2018_flickr")
     ours_batch, their_batch = ours_data.collater([ours_data[i] for i in range(7)]), their_data.collater(
@@ -215,8 +213,8 @@ def assert_same_logits_with_the_baselines_weights(work, checkpoints):
     assert tokens == [[their_dict[i] for i in row if i != their_dict.pad()]
                       for row in their_batch["net_input"]["src_tokens"].tolist()]
     with torch.no_grad():
-        ours = models[0].eval()(**ours_batch["net_input"])[0][..., [ours_dict.index(x) for x in symbols]]
-        expected = theirs[0].eval()(**their_batch["net_input"])[0][..., [their_dict.index(x) for x in symbols]]
+        ours = models[0](**ours_batch["net_input"])[0][..., [ours_dict.index(x) for x in symbols]]
+        expected = theirs[0](**their_batch["net_input"])[0][..., [their_dict.index(x) for x in symbols]]
     assert ours.abs().max() > 1 and torch.allclose(ours, expected, atol=1e-4, rtol=1e-4)
 
 

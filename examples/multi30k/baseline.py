@@ -24,7 +24,7 @@ import sys
 import tempfile
 from itertools import combinations
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from prepare import LANGS, REPO  # noqa: E402
 from train import BASELINE_SCHEDULE, CPU_MODEL, CPU_OPTIMISATION, CPU_TEMPERATURE, lang_pairs  # noqa: E402
@@ -120,19 +120,26 @@ def command(work: Path, hours: float, directions: Sequence[str], save_dir: Path,
             "--stop-time-hours", str(hours), "--save-dir", str(save_dir), *map(str, extra)]
 
 
+def load(checkpoint: Path, data: Path, src: Optional[str] = None, tgt: Optional[str] = None):
+    """(models in eval mode, task) of a baseline checkpoint with fairseq's own task reading
+    ``data``; ``src``/``tgt`` as fairseq-generate's --source-lang/--target-lang."""
+    from fairseq import checkpoint_utils
+
+    overrides = {"data": str(data), **({"source_lang": src, "target_lang": tgt} if src else {})}
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides=overrides)
+    for model in models:
+        model.eval()
+    return models, task
+
+
 def translate(checkpoint: Path, data: Path, split: str, src: str, tgt: str, beam: int = 5,
               batch_size: int = 64, max_len_b: int = 200) -> List[str]:
     """Beam-search hypotheses of one direction, in corpus order, detokenized, as fairseq-generate
     --source-lang SRC --target-lang TGT --gen-subset SPLIT --remove-bpe sentencepiece gives them
     (fairseq's task puts the language tags in and strips them from the output)."""
-    from fairseq import checkpoint_utils
-
     from m3p_fairseq.evaluation.translation import translate_dataset
 
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(checkpoint)], arg_overrides={"data": str(data), "source_lang": src, "target_lang": tgt})
-    for model in models:
-        model.eval()
+    models, task = load(checkpoint, data, src, tgt)
     task.load_dataset(split)
     hypotheses, _references = translate_dataset(models, task, task.dataset(split), beam, batch_size, max_len_b)
     # fairseq-generate drops the target tag (the decoder's first token) when it writes a

@@ -181,9 +181,26 @@ def translate_all(systems: Dict[str, dict], work: Path, out: Path, tests: Dict[s
                 print(f"{system} {split} {pair}: translated in {time.time() - began:.0f} s", flush=True)
 
 
-def report(out: Path, work: Path, config: str, budget_hours: float, systems: Dict[str, dict], argv: List[str]) -> str:
+def translate_and_score(systems: Dict[str, dict], work: Path, out: Path, config: str, beam: int, batch_size: int,
+                        max_len_b: int) -> dict:
+    """Translate (:func:`translate_all`) every test set the data has in the configuration's
+    directions, score every kept hypothesis and write OUT's tables with the row recipe / baseline;
+    the results."""
+    translate_all(systems, work, out, test_directions(work, train.lang_pairs(config)), beam, batch_size, max_len_b)
     results = rescore(out, references_dir=work / "raw")
     write_reports(results, out, ["bleu", "chrf"], ratio=(config, baseline.NAME))
+    return results
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """The beam search options, shared by the scripts that translate a comparison's checkpoints."""
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-len-b", type=int, default=200, help="longest hypothesis, in tokens")
+
+
+def report(out: Path, config: str, budget_hours: float, systems: Dict[str, dict], results: dict,
+           argv: List[str]) -> str:
     lines = [f"# {config} against {baseline.NAME}", "",
              "$ python examples/multi30k/compare.py " + " ".join(shlex.quote(a) for a in argv), "",
              f"Wall-clock budget {budget_hours * 60:g} min each, trained at the same time, one thread each; "
@@ -215,9 +232,7 @@ def main(argv=None):
     parser.add_argument("--average-last", type=int, default=5,
                         help="try the average of the last N interval checkpoints; kept if it lowers "
                              "the validation loss (0 or 1: never average)")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-len-b", type=int, default=200, help="longest hypothesis, in tokens")
+    add_decoding_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the two training commands and exit")
     args = parser.parse_args(own)
     setup_logging()
@@ -243,8 +258,8 @@ def main(argv=None):
         systems[system]["updates"] = updates_reached(out / "logs" / f"{system}.log")
     forget_stale_hypotheses(out, systems)
     atomic_write_text(out / "selection.json", json.dumps(systems, indent=1))
-    translate_all(systems, work, out, test_directions(work, pairs), args.beam, args.batch_size, args.max_len_b)
-    print(report(out, work, args.config, hours, systems, argv))
+    results = translate_and_score(systems, work, out, args.config, args.beam, args.batch_size, args.max_len_b)
+    print(report(out, args.config, hours, systems, results, argv))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import baseline  # noqa: E402
+import compare  # noqa: E402
 import torch
 from prepare import REPO  # noqa: E402
 
@@ -29,11 +30,8 @@ def baseline_weights_in_recipe_model(recipe_checkpoint: Path, baseline_checkpoin
     """(models, task) of the recipe's checkpoint whose model carries the baseline's weights:
     fairseq's encoder.* is the plugin's encoder.text_encoder.*, vocabulary rows are matched by
     symbol."""
-    from fairseq import checkpoint_utils
-
     models, task = load(str(recipe_checkpoint), str(work / "data-bin"))
-    theirs, _cfg, their_task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(baseline_checkpoint)], arg_overrides={"data": str(work / baseline.DATA_DIR)})
+    theirs, their_task = baseline.load(baseline_checkpoint, work / baseline.DATA_DIR)
     ours, their_dict = task.target_dictionary, their_task.target_dictionary
     rows = [(i, their_dict.index(ours[i])) for i in range(len(ours))]
     rows = torch.tensor([(i, j) for i, j in rows if their_dict[j] == ours[i]])
@@ -50,9 +48,9 @@ def baseline_weights_in_recipe_model(recipe_checkpoint: Path, baseline_checkpoin
 
 
 def reproduced_hypotheses(out: Path, work: Path, split: str, directions: List[str], config: str = "cpu-text-only",
-                          beam: int = 5, max_len_b: int = 200) -> Dict[str, Tuple[int, int]]:
+                          beam: int = 5, batch_size: int = 64, max_len_b: int = 200) -> Dict[str, Tuple[int, int]]:
     """{direction: (how many of the baseline's saved hypotheses the recipe's pipeline
-    reproduces, how many there are)}; ``beam`` and ``max_len_b`` as compare.py translated them."""
+    reproduces, how many there are)}; decoding options as compare.py translated them."""
     save = out / "checkpoints"
     models, task = baseline_weights_in_recipe_model(save / config / "checkpoint_last.pt",
                                                     save / baseline.NAME / "checkpoint_last.pt", work)
@@ -60,7 +58,7 @@ def reproduced_hypotheses(out: Path, work: Path, split: str, directions: List[st
     for direction in directions:
         src, tgt = direction.split("-")
         ours, _references = translate_dataset(models, task, direction_dataset(task, split, src, tgt),
-                                              beam=beam, max_len_b=max_len_b)
+                                              beam, batch_size, max_len_b)
         theirs = saved_hypotheses.read_lines(saved_hypotheses.hypothesis_path(out, baseline.NAME, split, direction))
         equal[direction] = (sum(a == b for a, b in zip(ours, theirs)), len(theirs))
         print(f"{split} {direction}: {equal[direction][0]} of {len(theirs)} hypotheses equal", flush=True)
@@ -74,11 +72,11 @@ def main(argv=None):
     parser.add_argument("--config", default="cpu-text-only", help="compare.py's --config (the recipe's system)")
     parser.add_argument("--split", default="test_2016_flickr")
     parser.add_argument("--directions", default="de-en", help="comma-separated, e.g. de-en,en-cs")
-    parser.add_argument("--beam", type=int, default=5, help="compare.py's --beam")
-    parser.add_argument("--max-len-b", type=int, default=200, help="compare.py's --max-len-b")
+    compare.add_decoding_arguments(parser)  # as compare.py translated
     args = parser.parse_args(argv)
     equal = reproduced_hypotheses(args.out_dir.resolve(), args.work_dir.resolve(), args.split,
-                                  args.directions.split(","), args.config, args.beam, args.max_len_b)
+                                  args.directions.split(","), args.config, args.beam, args.batch_size,
+                                  args.max_len_b)
     sys.exit(0 if all(same == total for same, total in equal.values()) else 1)
 
 

@@ -14,10 +14,7 @@ from pathlib import Path
 
 import baseline  # noqa: E402
 import compare  # noqa: E402
-import train  # noqa: E402
 from prepare import REPO  # noqa: E402
-
-from m3p_fairseq.evaluation.cli import rescore, write_reports
 
 
 def main(argv=None):
@@ -26,9 +23,7 @@ def main(argv=None):
     parser.add_argument("--out-dir", type=Path, required=True, help="compare.py's output directory")
     parser.add_argument("--checkpoint", required=True, help="a file name in both systems' checkpoint directories")
     parser.add_argument("--config", default="cpu-text-only", help="compare.py's --config (the recipe's system)")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-len-b", type=int, default=200)
+    compare.add_decoding_arguments(parser)
     args = parser.parse_args(argv)
     work, out = args.work_dir.resolve(), args.out_dir.resolve()
     systems = {}
@@ -38,10 +33,7 @@ def main(argv=None):
             raise SystemExit(f"{path}: no such checkpoint (expected a file of {path.parent})")
         systems[system] = {"checkpoint": str(path)}
     scored = out / f"at-{Path(args.checkpoint).stem}"
-    compare.translate_all(systems, work, scored, compare.test_directions(work, train.lang_pairs(args.config)),
-                          args.beam, args.batch_size, args.max_len_b)
-    write_reports(rescore(scored, references_dir=work / "raw"), scored, ["bleu", "chrf"],
-                  ratio=(args.config, baseline.NAME))
+    compare.translate_and_score(systems, work, scored, args.config, args.beam, args.batch_size, args.max_len_b)
     print((scored / "multi30k.md").read_text(encoding="utf-8"))
 
 
