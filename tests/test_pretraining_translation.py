@@ -34,6 +34,8 @@ def test_subset_sizes_and_names():
     assert recipe.training_sentences(40, 0.5) == 20
     assert recipe.training_sentences(3, 0.1) == 1  # never an empty training set
     assert [recipe.percent(f) for f in (0.1, 0.25, 0.5, 1.0)] == ["10pct", "25pct", "50pct", "100pct"]
+    assert [recipe.percent(f) for f in (0.01, 0.025)] == ["1pct", "2.5pct"]
+    assert [recipe.share_label(f) for f in (0.025, 0.1, 1.0)] == ["2.5%", "10%", "100%"]  # not '2%'
     with pytest.raises(ValueError, match="--curve-fractions 0.5,1.5: every share must be in"):
         recipe.fractions("0.5,1.5", "--curve-fractions")
 
@@ -54,6 +56,19 @@ def test_every_table_row_has_one_run():
     assert recipe.PRETRAININGS == {"all": ("xmlm", "mmlm", "mrm", "vlm", "xdae", "ic", "dic"),
                                    "no-understanding": ("xdae", "ic", "dic"),
                                    "no-generation": ("xmlm", "mmlm", "mrm", "vlm")}
+
+
+def test_fig5_is_drawn_on_a_log_axis_labelled_with_the_shares(monkeypatch, tmp_path):
+    from m3p_fairseq.evaluation import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda figure, path: drawn.append(figure))
+    curve = [(0.01, 40.0), (0.025, 50.0), (0.1, 70.0), (1.0, 90.0)]
+    figures.plot_curves({"from scratch": curve}, tmp_path / "fig.png", "data (%)", log_x=True)
+    axes = drawn[0].axes[0]
+    assert axes.get_xscale() == "log"
+    assert [tick.get_text() for tick in axes.get_xticklabels()] == ["1", "2.5", "10", "100"]
+    assert list(axes.lines[0].get_xdata()) == [1.0, 2.5, 10.0, 100.0]
 
 
 def test_bleu_table_layout():

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from ..atomic_io import atomic_path  # noqa: E402
 
@@ -26,13 +27,19 @@ def save_figure(figure, path: Path) -> Path:
 
 
 def plot_curves(curves: Dict[str, Sequence[Tuple[float, float]]], path: Path, xlabel: str,
-                ylabel: str = "BLEU", title: Optional[str] = None, percent: bool = True) -> Path:
-    """One line per system through its (x, y) points; x in [0, 1] drawn as percentages."""
+                ylabel: str = "BLEU", title: Optional[str] = None, percent: bool = True,
+                log_x: bool = False) -> Path:
+    """One line per system through its (x, y) points; x in [0, 1] drawn as percentages, on a
+    logarithmic axis with ``log_x`` (shares from 1 % to 100 % spread evenly)."""
     figure, axes = plt.subplots(figsize=(5, 3.6))
     for number, (system, points) in enumerate(curves.items()):
         xs, ys = zip(*sorted(points))
         xs = [100 * x for x in xs] if percent else list(xs)
         axes.plot(xs, ys, marker=MARKERS[number % len(MARKERS)], label=system)
+    if log_x:
+        axes.set_xscale("log")
+        axes.set_xticks(xs, [f"{x:g}" for x in xs])
+        axes.xaxis.set_minor_formatter(NullFormatter())  # only the shares measured are labelled
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     if title:
