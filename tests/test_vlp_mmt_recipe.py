@@ -14,7 +14,7 @@ import h5py
 import pytest
 import torch
 
-from helpers import REPO
+from helpers import REPO, import_script
 from m3p_fairseq.data.data_dir import DataDirectory
 from m3p_fairseq.data.object_tags import OBJECT_TAGS_DATASET
 
@@ -34,6 +34,24 @@ def recipe(work):
 def ran(tmp_path_factory):
     work = tmp_path_factory.mktemp("vlp_mmt")
     return work, recipe(work)
+
+
+def test_without_tags_the_encoder_is_pretrained_without_them_too(tmp_path, monkeypatch):
+    script = import_script(REPO / "examples" / "vlp_mmt" / "recipe.py")
+    commands = {}
+
+    def record(work, name, command, updates):
+        commands[name] = [str(part) for part in command(work / name)]
+        return work / name
+
+    monkeypatch.setattr(script, "train", record)
+    for tags in ("auto", "no"):
+        args = script.argparse.ArgumentParser()
+        script.add_options(args)
+        script.pretrain(tmp_path, tmp_path / "data-bin", tmp_path / "captions-bin",
+                        args.parse_args(["--object-tags", tags]))
+        for step in ("vlp-captions", "vlp-mmt-pairs"):
+            assert ("--no-object-tags" in commands[step]) == (tags == "no"), (tags, step)
 
 
 def encoder_weights(checkpoint):

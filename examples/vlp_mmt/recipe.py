@@ -80,7 +80,8 @@ def add_options(parser):
     parser.add_argument("--table6", action="store_true", help="also train the other rows of Table 6")
     parser.add_argument("--object-tags", choices=["auto", "no"], default="auto",
                         help="--object-tags of every vlp_mmt model: auto reads the synthetic tags (the true "
-                             "colour/shape words, which test_degraded masks in the sources), no leaves them out")
+                             "colour/shape words, which test_degraded masks in the sources), no leaves them out "
+                             "(also of the VLP pre-training)")
 
 
 def prepare(work: Path, args):
@@ -129,8 +130,10 @@ def restart_from(checkpoint: Path):
 
 def pretrain(work: Path, data: Path, captions: Path, args) -> Path:
     """Steps 2-3; returns the encoder checkpoint."""
+    # without tags the encoder is pre-trained on the input the MMT models get: Cat[Emb(x), FFN(v)]
+    untagged = ["--no-object-tags"] if args.object_tags == "no" else []
     vlp = ["--task", "vlp_pretraining", "--caption-lang", "en", "--arch", "vlp_encoder_tiny",
-           "--encoder-layers", args.layers, "--criterion", "vlp_pretraining_loss"]
+           "--encoder-layers", args.layers, "--criterion", "vlp_pretraining_loss", *untagged]
     external = train(work, "vlp-captions", lambda save: ["fairseq-train", captions, *vlp,
                                                          *common(args, save, args.vlp_updates)], args.vlp_updates)
     continued = train(work, "vlp-mmt-pairs", lambda save: [
