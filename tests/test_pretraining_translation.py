@@ -64,10 +64,12 @@ def test_fig5_is_drawn_on_a_log_axis_labelled_with_the_shares(monkeypatch, tmp_p
     drawn = []
     monkeypatch.setattr(figures, "save_figure", lambda figure, path: drawn.append(figure))
     curve = [(0.01, 40.0), (0.025, 50.0), (0.1, 70.0), (1.0, 90.0)]
-    figures.plot_curves({"from scratch": curve}, tmp_path / "fig.png", "data (%)", log_x=True)
+    other = [(0.05, 60.0), (1.0, 95.0)]  # another system measured at another share
+    figures.plot_curves({"from scratch": curve, "pre-trained": other}, tmp_path / "fig.png", "data (%)",
+                        log_x=True)
     axes = drawn[0].axes[0]
     assert axes.get_xscale() == "log"
-    assert [tick.get_text() for tick in axes.get_xticklabels()] == ["1", "2.5", "10", "100"]
+    assert [tick.get_text() for tick in axes.get_xticklabels()] == ["1", "2.5", "5", "10", "100"]
     assert list(axes.lines[0].get_xdata()) == [1.0, 2.5, 10.0, 100.0]
 
 

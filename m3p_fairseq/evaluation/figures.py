@@ -32,13 +32,15 @@ def plot_curves(curves: Dict[str, Sequence[Tuple[float, float]]], path: Path, xl
     """One line per system through its (x, y) points; x in [0, 1] drawn as percentages, on a
     logarithmic axis with ``log_x`` (shares from 1 % to 100 % spread evenly)."""
     figure, axes = plt.subplots(figsize=(5, 3.6))
+    measured = set()
     for number, (system, points) in enumerate(curves.items()):
         xs, ys = zip(*sorted(points))
         xs = [100 * x for x in xs] if percent else list(xs)
+        measured.update(xs)
         axes.plot(xs, ys, marker=MARKERS[number % len(MARKERS)], label=system)
     if log_x:
         axes.set_xscale("log")
-        axes.set_xticks(xs, [f"{x:g}" for x in xs])
+        axes.set_xticks(sorted(measured), [f"{x:g}" for x in sorted(measured)])
         axes.xaxis.set_minor_formatter(NullFormatter())  # only the shares measured are labelled
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
