@@ -157,3 +157,27 @@ def assert_batch_equals_alone(task, model, dataset, indices):
         alone.update(generate(task, model, dataset, [i]))
     assert batched == alone
     assert len({tuple(tokens) for tokens in batched.values()}) > 1
+
+
+def assert_epoch_workers_exit(task, dataset, **batching):
+    """Three epochs through fairseq's iterators, one data-loader worker each: each epoch's worker
+    exits with it. The tasks build a new iterator every epoch, and fairseq's iterator and its batch
+    sampler refer to each other, so a persistent worker lived on until the cycle collector ran
+    (dozens in a quickstart run). gc is off here, as it is in effect between its rare full
+    collections; data_buffer_size is fairseq-train's --data-buffer-size default."""
+    import gc
+    import multiprocessing
+    import time
+
+    assert task.cfg.persistent_workers is False
+    gc.disable()
+    try:
+        for epoch in (1, 2, 3):
+            epoch_itr = task.get_batch_iterator(dataset, num_workers=1, epoch=epoch, data_buffer_size=10, **batching)
+            assert sum(1 for _ in epoch_itr.next_epoch_itr(shuffle=True)) > 1
+            deadline = time.time() + 20
+            while multiprocessing.active_children() and time.time() < deadline:
+                time.sleep(0.1)
+            assert multiprocessing.active_children() == [], f"epoch {epoch}'s worker is still alive"
+    finally:
+        gc.enable()

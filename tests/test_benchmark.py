@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 
 from helpers import REPO
 from m3p_fairseq.benchmark.configs import TINY
@@ -68,8 +69,38 @@ def test_tiny_benchmark_writes_results_table_and_plot(tmp_path):
     assert "| model | parameters | train words/s | train ratio |" in table
     assert "| m3p cvlm +MMCL | " in table and "| transformer | " in table
     assert "| ImageFeatureStore (HDF5) | 200 |" in table and "| one .npy, np.load | 50 |" in table
-    assert "| training ratio, CVLM + MMCL | >= 0.90 |" in table
+    assert "| training ratio, m3p cvlm +MMCL | >= 0.90 |" in table
     assert (out / "throughput_vs_batch_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_baseline_reads_the_same_tokens_as_m3p_and_without_the_tag_one_fewer(tmp_path):
+    import logging
+
+    import m3p_fairseq  # noqa: F401  (registers the task)
+    from m3p_fairseq.benchmark.configs import BASELINE, UNTAGGED_BASELINE
+    from m3p_fairseq.benchmark.harness import model_job, prepare_data
+    from m3p_fairseq.benchmark.worker import build_run, training_set
+
+    logging.disable(logging.WARNING)
+    job = model_job(0, [], [4], False, TINY, prepare_data(tmp_path, TINY))
+    ids = [3, 0, 7, 12]
+    batches = {}
+    for name in (BASELINE, UNTAGGED_BASELINE, "m3p none"):
+        _, task, _ = build_run(job, name, 4)
+        train = training_set(task)
+        batches[name] = train.collater([train[i] for i in ids])
+    tagged, untagged, m3p = batches[BASELINE], batches[UNTAGGED_BASELINE], batches["m3p none"]
+    for key in ("src_tokens", "src_lengths"):
+        assert torch.equal(tagged["net_input"][key], m3p["net_input"][key]), key
+    assert torch.equal(tagged["net_input"]["prev_output_tokens"], m3p["net_input"]["prev_output_tokens"])
+    assert torch.equal(tagged["target"], m3p["target"])
+    assert torch.equal(untagged["net_input"]["src_lengths"] + 1, m3p["net_input"]["src_lengths"])
+    de_tag = task.src_dict.index("__de__")
+    for row in range(len(ids)):  # sources are padded on the left: the tag is the first real token
+        with_tag = m3p["net_input"]["src_tokens"][row]
+        with_tag = with_tag[with_tag != task.src_dict.pad()]
+        without = untagged["net_input"]["src_tokens"][row]
+        assert with_tag[0] == de_tag and torch.equal(with_tag[1:], without[without != task.src_dict.pad()])
 
 
 def test_ratios_are_taken_against_the_baseline_of_the_same_round():

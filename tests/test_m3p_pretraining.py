@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, parse_train_args
+from helpers import REPO, assert_epoch_workers_exit, parse_train_args
 from m3p_fairseq.data.batch_keys import (
     MRM_MASKED,
     MRM_TARGET,
@@ -162,6 +162,10 @@ def test_vlm_batch_labels_say_whether_the_regions_belong_to_the_caption(task, da
             checked += 1
     assert checked >= 40
     assert labels_seen == {0, 1}
+
+
+def test_each_epochs_data_loader_workers_exit_with_it(task):
+    assert_epoch_workers_exit(task, task.datasets["train"], max_sentences=6)
 
 
 def test_a_batch_never_mixes_objectives(task):

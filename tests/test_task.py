@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from helpers import setup_task, write_random_features
+from helpers import assert_epoch_workers_exit, setup_task, write_random_features
 from m3p_fairseq.data.batch_keys import IMAGE_INPUTS, SOURCE_LANG
 from m3p_fairseq.data.image_features import ImageFeatureError
 
@@ -185,3 +185,11 @@ def test_batches_carry_the_source_language_for_every_model(data_dir):
     model = task.build_model(cfg.model)  # the encoder-decoder model does not read it
     assert model(**batch["net_input"])[0].shape[0] == 3
     assert all(not hasattr(part, "emit_source_lang") for part in task.dataset("valid").datasets)
+
+
+
+def test_each_epochs_data_loader_workers_exit_with_it(data_dir):
+    task, cfg = setup_task(data_dir)
+    task.build_model(cfg.model)
+    task.load_dataset("train")
+    assert_epoch_workers_exit(task, task.dataset("train"), max_tokens=400)

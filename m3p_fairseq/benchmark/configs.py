@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 BASELINE = "transformer"
+UNTAGGED_BASELINE = "transformer, no tag"  # what the one extra source token costs
 LANGS = ("en", "de")
 
 
@@ -15,6 +16,9 @@ class ModelConfig:
     fusion: Optional[str]  # None: fairseq's transformer with --task translation (the baseline)
     mmcl: bool = False
     mdropnet: bool = False
+    # fusion None only: start every source with the target-language tag, as the m3P task does
+    # (Eq. 2; fairseq's --encoder-langtok tgt), so that both read identical batches
+    source_tag: bool = True
 
     def train_options(self) -> List[str]:
         if self.fusion is None:
@@ -29,7 +33,8 @@ class ModelConfig:
 
 
 def _configs() -> List[ModelConfig]:
-    configs = [ModelConfig(BASELINE, None), ModelConfig("m3p none", "none")]
+    configs = [ModelConfig(BASELINE, None), ModelConfig(UNTAGGED_BASELINE, None, source_tag=False),
+               ModelConfig("m3p none", "none")]
     for fusion in ("gated", "concat", "selective", "cvlm"):
         configs.append(ModelConfig(f"m3p {fusion}", fusion))
         if fusion == "cvlm":
@@ -43,6 +48,9 @@ CONFIGS = {config.name: config for config in _configs()}
 SWEEP_CONFIGS = [BASELINE, "m3p cvlm +MMCL +MDropNet"]
 TARGET_CONFIG = "m3p cvlm +MMCL"  # the training target: CVLM with MMCL
 KEY_CONFIGS = [BASELINE, TARGET_CONFIG, "m3p cvlm +MMCL +MDropNet"]
+# issue 16's goals: (row, "train" or "generation", least ratio to the baseline)
+SPEED_GOALS = [("m3p none", "train", 0.98), ("m3p none", "generation", 0.99), (TARGET_CONFIG, "train", 0.90),
+               (TARGET_CONFIG, "generation", 0.95), ("m3p cvlm +MMCL +MDropNet", "train", 0.88)]
 
 
 @dataclass

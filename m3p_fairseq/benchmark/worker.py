@@ -18,6 +18,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from ..data.vocabulary import lang_tag
 from .configs import CONFIGS, LANGS
 from .measuring import Clock, current_rss_mib, peak_rss_mib, profile_summary, release_memory
 
@@ -52,15 +53,14 @@ def model_round(job: dict) -> List[dict]:
     return [model_run(job, run) for run in job["runs"]]
 
 
-def model_run(job: dict, run: dict, steps: Optional[int] = None) -> dict:
-    """Train one configuration on the job's fixed batches, then (optionally) generate."""
+def build_run(job: dict, config_name: str, batch_size: int):
+    """The configuration's fairseq task (training set loaded) and model, built as fairseq-train
+    would from the job's data directory."""
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq.trainer import Trainer
 
-    config = CONFIGS[run["config"]]
+    config = CONFIGS[config_name]
     s = job["settings"]
-    rss_start = release_memory()
     argv = [job["baseline_dir"] if config.fusion is None else job["data_dir"], *config.train_options(),
             "--source-lang", LANGS[0], "--target-lang", LANGS[1],
             "--encoder-embed-dim", s["embed_dim"], "--encoder-ffn-embed-dim", s["ffn_dim"],
@@ -68,17 +68,45 @@ def model_run(job: dict, run: dict, steps: Optional[int] = None) -> dict:
             "--decoder-embed-dim", s["embed_dim"], "--decoder-ffn-embed-dim", s["ffn_dim"],
             "--decoder-attention-heads", s["heads"], "--decoder-layers", s["layers"],
             "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "5e-4", "--seed", "1",
-            "--batch-size", run["batch_size"], "--max-tokens", "100000", "--dataset-impl", "mmap",
+            "--batch-size", batch_size, "--max-tokens", "100000", "--dataset-impl", "mmap",
             "--num-workers", "0"]
     if not torch.cuda.is_available():
         argv.append("--cpu")
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(
         options.get_training_parser(), input_args=[str(a) for a in argv]))
     task = tasks.setup_task(cfg.task)
-    task.load_dataset("train")
+    load_split(task, config, "train")
+    return cfg, task, task.build_model(cfg.model)
+
+
+def training_set(task):
+    """The dataset that collates the training batches (for m3P, the en-de one inside the sampler)."""
     train = task.dataset("train")
-    train = getattr(train, "datasets", [train])[0]  # m3P: the en-de dataset inside the sampler
-    model = task.build_model(cfg.model)
+    return getattr(train, "datasets", [train])[0]
+
+
+def load_split(task, config, split: str) -> None:
+    """Loads ``split``. The baseline's sources then start with the target-language tag, unless
+    the configuration says otherwise: the m3P task tags them for every model (Eq. 2, as fairseq's
+    ``--encoder-langtok tgt``), and so both read batches of exactly the same tokens."""
+    from fairseq.data import PrependTokenDataset
+
+    task.load_dataset(split)
+    if config.fusion is None and config.source_tag:
+        dataset = task.dataset(split)
+        dataset.src = PrependTokenDataset(dataset.src, task.src_dict.index(lang_tag(LANGS[1])))
+        dataset.src_sizes = dataset.src.sizes
+
+
+def model_run(job: dict, run: dict, steps: Optional[int] = None) -> dict:
+    """Train one configuration on the job's fixed batches, then (optionally) generate."""
+    from fairseq.trainer import Trainer
+
+    config = CONFIGS[run["config"]]
+    s = job["settings"]
+    rss_start = release_memory()
+    cfg, task, model = build_run(job, run["config"], run["batch_size"])
+    train = training_set(task)
     trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -116,15 +144,15 @@ def model_run(job: dict, run: dict, steps: Optional[int] = None) -> dict:
     if torch.cuda.is_available():
         result["cuda_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
     if run["generate"]:
-        result.update(_generation(task, model, s))
+        result.update(_generation(task, model, config, s))
     return result
 
 
-def _generation(task, model, s: dict) -> dict:
+def _generation(task, model, config, s: dict) -> dict:
     from fairseq import utils
     from fairseq.dataclass.configs import GenerationConfig
 
-    task.load_dataset("test")
+    load_split(task, config, "test")
     test = task.dataset("test")
     model.eval()
     # exactly gen_length steps for every sentence and model: no early EOS (min_len), forced EOS after

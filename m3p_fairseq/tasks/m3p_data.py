@@ -1,6 +1,7 @@
-"""What the tasks over one data directory share. TaggedDictionaryTask: the dictionary with its
-language tags (also vlp_pretraining's); M3PDataTask (pre-training, retrieval, captioning): the
-data options and the region reader of each split's feature file (data/m3p_regions.py)."""
+"""What the tasks over one data directory share. DataLoaderConfig: every task's data-loader
+option; TaggedDictionaryTask: the dictionary with its language tags (also vlp_pretraining's);
+M3PDataTask (pre-training, retrieval, captioning): the data options and the region reader of each
+split's feature file (data/m3p_regions.py)."""
 
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -18,7 +19,17 @@ from ..data.vocabulary import lang_tag, tagged_languages
 
 
 @dataclass
-class M3PDataConfig(FairseqDataclass):
+class DataLoaderConfig(FairseqDataclass):
+    # fairseq reads this from the task's config (FairseqTask.get_batch_iterator), default on
+    persistent_workers: bool = field(default=False, metadata={"help": (
+        "keep --num-workers data-loader processes alive after their epoch. Off by default, as fairseq "
+        "later made it (facebookresearch/fairseq#4524): these tasks build a new iterator for every epoch "
+        "(temperature sampling draws a new mix, pre-training a new schedule), and each epoch's workers "
+        "would live on beside the next one's, one more set per epoch")})
+
+
+@dataclass
+class M3PDataConfig(DataLoaderConfig):
     data: str = field(default="", metadata={"help": "data directory (dict.txt, {split}.{lang}.bin/.idx, "
                                                      "{split}.image_ids, image features)"})
     image_features: Optional[str] = field(default=None, metadata={"help": "feature file for every split; default: "

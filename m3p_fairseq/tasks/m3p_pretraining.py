@@ -123,10 +123,13 @@ class M3PPretrainingTask(M3PDataTask):
         def batches(data, batch_epoch):
             return data.batches(training, batch_epoch, self.cfg.updates_per_epoch, max_sentences)
 
-        # the schedule fixes the order of an epoch's batches: fairseq must not shuffle them
+        # the schedule fixes the order of an epoch's batches: fairseq must not shuffle them. The
+        # buffer (--data-buffer-size) reads each epoch's loader to its end, so that its workers exit
         return ScheduleIterator(dataset.schedule.settings() if training else None, dataset, dataset.collater,
                                 batches, seed=seed, num_shards=num_shards, shard_id=shard_id,
-                                num_workers=num_workers, epoch=epoch, disable_shuffling=True)
+                                num_workers=num_workers, epoch=epoch, disable_shuffling=True,
+                                buffer_size=kwargs.get("data_buffer_size", 0),
+                                persistent_workers=self.cfg.persistent_workers)
 
 
 class ScheduleIterator(iterators.EpochBatchIterator):

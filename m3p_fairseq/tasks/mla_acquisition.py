@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Optional
 
 from fairseq.data import Dictionary
-from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
 from ..data.image_features import ImageFeatureStore
 from ..data.languages import split_languages
 from ..data.mla_dataset import NATIVE_IDENTITY_ATTR, MlaDataError, MlaMultilingualDataset, load_caption_dataset
 from ..data.native_identity import NativeIdentity
+from .m3p_data import DataLoaderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def open_image_embeddings(path: Path, native: NativeIdentity) -> ImageFeatureSto
 
 
 @dataclass
-class MlaAcquisitionConfig(FairseqDataclass):
+class MlaAcquisitionConfig(DataLoaderConfig):
     data: str = field(default="", metadata={"help": "directory of {split}.{lang} captions and {split}.image_ids"})
     langs: str = field(default="de,fr", metadata={"help": "comma-separated non-native languages the model "
                                                            "has acquirers for"})

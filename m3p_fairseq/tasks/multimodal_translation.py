@@ -41,6 +41,7 @@ from ..data.languages import parse_lang_pairs  # noqa: F401 (re-exported for scr
 from ..data.multimodal_pair_dataset import MultimodalLanguagePairDataset
 from ..data.temperature_sampling import TemperatureSchedule
 from ..data.vocabulary import MASK_SYMBOL, lang_tag, tagged_languages  # noqa: F401 (lang_tag re-exported)
+from .m3p_data import DataLoaderConfig
 
 logger = logging.getLogger(__name__)
 SOURCE_LANG_NEEDED = ("the model's instruction prompt names the source language: pass --source-lang "
@@ -48,7 +49,7 @@ SOURCE_LANG_NEEDED = ("the model's instruction prompt names the source language:
 
 
 @dataclass
-class MultimodalTranslationConfig(TranslationConfig):
+class MultimodalTranslationConfig(TranslationConfig, DataLoaderConfig):
     lang_pairs: Optional[str] = field(
         default=None,
         metadata={"help": "comma-separated directions, e.g. en-de,de-en,en-fr. Training uses all "

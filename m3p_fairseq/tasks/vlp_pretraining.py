@@ -24,7 +24,6 @@ from typing import Optional
 
 from fairseq import utils
 from fairseq.data import Dictionary, data_utils
-from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import register_task
 from omegaconf import II
 
@@ -33,14 +32,14 @@ from ..data.image_features import ImageFeatureError, ImageFeatureStore, read_ima
 from ..data.object_tags import ObjectTagTokens
 from ..data.vlp_caption_dataset import VLPCaptionDataset
 from ..data.vocabulary import MASK_SYMBOL
-from .m3p_data import TaggedDictionaryTask
+from .m3p_data import DataLoaderConfig, TaggedDictionaryTask
 
 logger = logging.getLogger(__name__)
 SENTENCEPIECE_FILE = "spm.model"
 
 
 @dataclass
-class VLPPretrainingConfig(FairseqDataclass):
+class VLPPretrainingConfig(DataLoaderConfig):
     data: Optional[str] = field(default=None, metadata={"help": "data directory (see the module docstring)"})
     caption_lang: str = field(default="en", metadata={"help": "language of the captions (the MMT source language)"})
     image_features: Optional[str] = field(
