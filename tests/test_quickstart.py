@@ -5,7 +5,9 @@ import json
 import subprocess
 import sys
 
-from helpers import REPO
+import pytest
+
+from helpers import REPO, import_script
 
 
 def test_quickstart_runs_end_to_end_and_resumes(tmp_path):
@@ -43,3 +45,35 @@ def test_quickstart_runs_end_to_end_and_resumes(tmp_path):
     assert set(scores["bilingual-en-de"]["test"]) == {"en-de"}
     assert set(scores["m3p"]["test"]) == {"en-de", "de-en"}  # only the directions in the table
     assert scores["m3p"]["test"]["en-de"] == results["m3p"]["test"]["en-de"]
+
+
+def write_raw(raw):
+    """The files write_directions reads: 20 numbered captions per split and language, each
+    with a degraded twin."""
+    raw.mkdir()
+    for split in ("train", "valid", "test"):
+        for lang in ("en", "de", "fr"):
+            (raw / f"{split}.{lang}").write_text("".join(f"{lang} {i}\n" for i in range(20)))
+            (raw / f"{split}.degraded.{lang}").write_text("".join(f"{lang} [MASK] {i}\n" for i in range(20)))
+    (raw / "test.image_ids").write_text("".join(f"img{i}\n" for i in range(20)))
+
+
+def test_degraded_fraction_sets_the_share_of_degraded_sources_and_is_kept_with_the_data(tmp_path):
+    run = import_script(REPO / "examples" / "quickstart" / "run.py")
+    for fraction, expected in ((0.0, 0), (1.0, 20)):
+        raw = tmp_path / f"raw-{fraction}"
+        write_raw(raw)
+        run.write_directions(raw, degraded_fraction=fraction, seed=1)
+        for split in ("train", "valid"):
+            for pair in run.LANG_PAIRS:
+                sources = (raw / f"{split}.{pair}.{pair[:2]}").read_text().splitlines()
+                assert sum("[MASK]" in line for line in sources) == expected
+                assert (raw / f"{split}.{pair}.{pair[3:]}").read_text() == (raw / f"{split}.{pair[3:]}").read_text()
+        assert all("[MASK]" in line for line in (raw / "test_degraded.en-de.en").read_text().splitlines())
+
+    # a work directory made before the option has the default share; another share is refused
+    run.check_degraded_fraction(tmp_path / "raw-0.0", 0.5)
+    (tmp_path / "raw-0.0" / run.DEGRADED_FRACTION_FILE).write_text("0.0\n")
+    run.check_degraded_fraction(tmp_path / "raw-0.0", 0.0)
+    with pytest.raises(SystemExit, match=r"made with --degraded-fraction 0.0 .*use another --work-dir for 0.5"):
+        run.check_degraded_fraction(tmp_path / "raw-0.0", 0.5)

@@ -9,7 +9,7 @@
    pretrained weights can be downloaded here, and a random patch embedding still keeps colour
    and position), with 2 augmented views per image for MMA;
 3. trains SentencePiece and binarizes four directions (en<->de, en<->fr); half of the
-   training sources are degraded, so a model can learn to look at the image;
+   training sources are degraded (--degraded-fraction), so a model can learn to look at the image;
 4. trains a text-only transformer and m3P (CVLM fusion, MDropNet, MMA, and the m3p_loss
    criterion with MMCL) with ``fairseq-train``, same architecture and budget, side by side;
 5. translates the clean and degraded test sets with beam 5 and prints sacreBLEU per direction.
@@ -43,6 +43,7 @@ M3P = ["--fusion", "cvlm", "--criterion", "m3p_loss", "--mmcl-weight", "0.1",
        "--mma-text-mask-ratio", "0.15", "--mma-patch-mask-ratio", "0.25",
        "--mma-image-view-prob", "0.5", "--mma-view-negatives"]
 MODELS = {"text-only": TEXT_ONLY, "m3p": M3P}
+DEGRADED_FRACTION_FILE = "degraded_fraction.txt"
 
 
 def show(command):
@@ -103,6 +104,15 @@ def write_directions(raw: Path, degraded_fraction: float, seed: int):
     shutil.copyfile(DataDirectory(raw).image_ids("test"), DataDirectory(raw).image_ids("test_degraded"))
 
 
+def check_degraded_fraction(raw: Path, fraction: float):
+    """Stops when the work directory's sources were made with another --degraded-fraction."""
+    path = raw / DEGRADED_FRACTION_FILE
+    made_with = float(path.read_text()) if path.exists() else 0.5  # the only share before the option
+    if made_with != fraction:
+        sys.exit(f"{raw}: its sources were made with --degraded-fraction {made_with} ({path}); "
+                 f"use another --work-dir for {fraction}")
+
+
 def train_command(data: Path, save_dir: Path, model_options: list, args, lang_pairs=LANG_PAIRS) -> list:
     return [
         "fairseq-train", data, "--user-dir", REPO / "m3p_fairseq",
@@ -126,6 +136,8 @@ def add_options(parser):
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup-updates", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--degraded-fraction", type=float, default=0.5,
+                        help="share of training and validation sources whose colour and shape words are masked")
     parser.add_argument("--tensorboard", action="store_true", help="also log training to tensorboard")
 
 
@@ -140,7 +152,9 @@ def prepare_data(work: Path, args) -> Path:
         run([python, "-m", "preprocess.make_synthetic_corpus", "--output-dir", raw,
              "--num-train", args.num_train, "--num-valid", 200, "--num-test", args.num_test,
              "--image-size", 96, "--seed", args.seed])
-        write_directions(raw, degraded_fraction=0.5, seed=args.seed)
+        atomic_write_text(raw / DEGRADED_FRACTION_FILE, f"{args.degraded_fraction}\n")  # before the files it describes
+        write_directions(raw, degraded_fraction=args.degraded_fraction, seed=args.seed)
+    check_degraded_fraction(raw, args.degraded_fraction)
 
     print("== 2/5 image features", flush=True)
     run([python, "-m", "preprocess.extract_image_features", "--images-dir", raw / "images",

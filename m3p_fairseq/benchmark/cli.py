@@ -9,7 +9,7 @@ captions, en-de; random image features of a CLIP ViT-B/32-sized grid) and measur
    ``m3p_transformer`` with every fusion, with and without MMCL / MDropNet, divided by that of
    fairseq's ``transformer`` with the same dimensions, trained with ``--task translation`` on
    the same en-de sentences, each source starting with the target-language tag as the m3P
-   task's do (row "transformer, no tag": without it, what that one token costs);
+   task's do (row "transformer untagged": without it, what that one token costs);
 2. beam-5 generation sentences/s of each, divided by the plain transformer's;
 3. the HDF5 feature reader (ImageFeatureStore): random-access samples/s of one worker and its
    resident-memory growth while reading 1k, 10k and 50k generated images, against loading the

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 BASELINE = "transformer"
-UNTAGGED_BASELINE = "transformer, no tag"  # what the one extra source token costs
+UNTAGGED_BASELINE = "transformer untagged"  # what the one extra source token costs
 LANGS = ("en", "de")
 
 
