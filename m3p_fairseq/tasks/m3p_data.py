@@ -22,10 +22,10 @@ from ..data.vocabulary import lang_tag, tagged_languages
 class DataLoaderConfig(FairseqDataclass):
     # fairseq reads this from the task's config (FairseqTask.get_batch_iterator), default on
     persistent_workers: bool = field(default=False, metadata={"help": (
-        "keep --num-workers data-loader processes alive after their epoch. Off by default, as fairseq "
-        "later made it (facebookresearch/fairseq#4524): these tasks build a new iterator for every epoch "
-        "(temperature sampling draws a new mix, pre-training a new schedule), and each epoch's workers "
-        "would live on beside the next one's, one more set per epoch")})
+        "keep --num-workers data-loader processes alive after their epoch (fairseq's default). Off here: "
+        "these tasks build a new iterator for every epoch (temperature sampling draws a new mix, "
+        "pre-training a new schedule), and each past epoch's workers would live on until Python's "
+        "cycle collector ran, one more set per epoch")})
 
 
 @dataclass
