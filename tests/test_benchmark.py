@@ -74,14 +74,11 @@ def test_tiny_benchmark_writes_results_table_and_plot(tmp_path):
 
 
 def test_the_baseline_reads_the_same_tokens_as_m3p_and_without_the_tag_one_fewer(tmp_path):
-    import logging
-
     import m3p_fairseq  # noqa: F401  (registers the task)
     from m3p_fairseq.benchmark.configs import BASELINE, UNTAGGED_BASELINE
     from m3p_fairseq.benchmark.harness import model_job, prepare_data
     from m3p_fairseq.benchmark.worker import build_run, training_set
 
-    logging.disable(logging.WARNING)
     job = model_job(0, [], [4], False, TINY, prepare_data(tmp_path, TINY))
     ids = [3, 0, 7, 12]
     batches = {}
