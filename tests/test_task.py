@@ -187,7 +187,6 @@ def test_batches_carry_the_source_language_for_every_model(data_dir):
     assert all(not hasattr(part, "emit_source_lang") for part in task.dataset("valid").datasets)
 
 
-
 def test_each_epochs_data_loader_workers_exit_with_it(data_dir):
     task, cfg = setup_task(data_dir)
     task.build_model(cfg.model)

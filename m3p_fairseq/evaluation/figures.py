@@ -40,7 +40,8 @@ def plot_curves(curves: Dict[str, Sequence[Tuple[float, float]]], path: Path, xl
         axes.plot(xs, ys, marker=MARKERS[number % len(MARKERS)], label=system)
     if log_x:
         axes.set_xscale("log")
-        axes.set_xticks(sorted(measured), [f"{x:g}" for x in sorted(measured)])
+        ticks = sorted(measured)
+        axes.set_xticks(ticks, [f"{x:g}" for x in ticks])
         axes.xaxis.set_minor_formatter(NullFormatter())  # only the shares measured are labelled
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)

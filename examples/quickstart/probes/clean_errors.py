@@ -18,6 +18,7 @@ differs from its reference counts as one wrong sentence, and as each kind of err
 
 import argparse
 import difflib
+from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List
 
@@ -29,7 +30,8 @@ def words(line: str) -> List[str]:
     return line.lower().replace(".", " ").replace(",", " ").split()
 
 
-def lexicon_words(lang: str) -> Dict[str, set]:
+@lru_cache(maxsize=None)  # once per language, not once per wrong sentence
+def lexicon_words(lang: str) -> Dict[str, frozenset]:
     """The words that name colours, shapes and positions in ``lang``, every inflected form."""
     from preprocess.synthetic_lexicons import LEXICONS
 
@@ -42,7 +44,8 @@ def lexicon_words(lang: str) -> Dict[str, set]:
     shapes = {word for noun, _ in lexicon["shapes"].values() for word in words(noun)}
     colours = set().union(*(forms(v) for v in lexicon["colours"].values()))
     positions = set().union(*(forms(v) for v in lexicon["positions"].values()))
-    return {"colour": colours, "shape": shapes, "position": positions - colours - shapes}
+    return {"colour": frozenset(colours), "shape": frozenset(shapes),
+            "position": frozenset(positions - colours - shapes)}
 
 
 def error_kinds(hypothesis: str, reference: str, lang: str) -> List[str]:
