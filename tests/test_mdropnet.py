@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from helpers import as_if_trained, setup_task
-from m3p_fairseq.data.batch_keys import IMAGE_GLOBAL, IMAGE_INDEX, IMAGE_PATCHES, IMAGE_ROW, MMCL_IMAGE
 from m3p_fairseq.models.mdropnet import (
     IMAGE_ONLY,
     TEXT_AND_IMAGE,
@@ -13,7 +12,6 @@ from m3p_fairseq.models.mdropnet import (
     MDropNet,
     check_probabilities,
     draw_modalities,
-    other_image_rows,
     per_sentence_memory,
 )
 
@@ -182,59 +180,3 @@ def test_each_sentence_sees_exactly_the_states_of_its_mode(text_length, image_le
     torch.testing.assert_close(seen[1], image[:, 1], rtol=0, atol=0)
     torch.testing.assert_close(seen[2], fused[:, 2], rtol=0, atol=0)
     torch.testing.assert_close(seen[3], fused[1:, 3], rtol=0, atol=0)
-
-
-def test_other_image_rows_move_each_chosen_row_to_a_distinct_other_image():
-    torch.manual_seed(0)
-    donor = other_image_rows(5, share=1.0, image_row=torch.tensor([10, 11, 12, 13, 14]))
-    assert (donor != torch.arange(5)).all()  # every row reads another row's image...
-    assert sorted(donor.tolist()) == [0, 1, 2, 3, 4]  # ...and no row donates twice
-    # rows of one image are not "other" images of each other; nothing moves
-    assert other_image_rows(4, share=1.0, image_row=torch.tensor([7, 7, 7, 7])) is None
-    assert other_image_rows(4, share=0.0) is None and other_image_rows(1, share=1.0) is None
-    # an ineligible row (not fused, or an unusable image) neither moves nor donates
-    eligible = torch.tensor([True, False, True, True, True, True])
-    moved = 0
-    for seed in range(20):
-        torch.manual_seed(seed)
-        donor = other_image_rows(6, share=1.0, eligible=eligible)
-        if donor is not None:
-            assert donor[1] == 1 and (donor[torch.arange(6) != 1] != 1).all()
-            moved += int((donor != torch.arange(6)).sum())
-    assert moved > 0
-
-
-def test_other_image_share_is_the_share_of_rows_moved():
-    torch.manual_seed(0)
-    donor = other_image_rows(100_000, share=0.3)
-    moved = (donor != torch.arange(100_000)).float().mean()
-    assert abs(float(moved) - 0.3) < 0.005
-
-
-def test_other_image_share_fuses_another_sentences_image_in_training_only(data_dir):
-    task, cfg = setup_task(data_dir, "--dropout", "0", "--mdropnet-text-only", "0", "--mdropnet-image-only", "0",
-                           "--other-image-share", "1.0")
-    model = as_if_trained(task.build_model(cfg.model))
-    task.load_dataset("valid")
-    dataset = task.dataset("valid")
-    net_input = dataset.collater([dataset[0], dataset[3]])["net_input"]
-    assert net_input[IMAGE_ROW][0] != net_input[IMAGE_ROW][1]
-    swapped = {key: net_input[key].flip(0) for key in (IMAGE_PATCHES, IMAGE_GLOBAL)}
-    if IMAGE_INDEX in net_input:
-        swapped = {IMAGE_INDEX: net_input[IMAGE_INDEX].flip(0)}
-    # two rows with different images: each one's fusion reads the other's
-    torch.testing.assert_close(decode(model.train(), net_input), decode(model.eval(), net_input, **swapped))
-    assert not torch.allclose(decode(model.eval(), net_input), decode(model.eval(), net_input, **swapped))
-    # MMCL still pairs each sentence with its own image
-    _, extra = model.train()(**net_input, contrastive=True)
-    _, own = model.eval()(**net_input, contrastive=True)
-    torch.testing.assert_close(extra[MMCL_IMAGE], own[MMCL_IMAGE])
-    # two rows of one image: nothing to swap
-    same_image = {**net_input, IMAGE_ROW: net_input[IMAGE_ROW].new_zeros(2)}
-    torch.testing.assert_close(decode(model.train(), same_image), decode(model.eval(), net_input))
-
-
-def test_other_image_share_out_of_range(data_dir):
-    task, cfg = setup_task(data_dir, "--other-image-share", "1.5")
-    with pytest.raises(ValueError, match="--other-image-share must be in \\[0, 1\\], got 1.5"):
-        task.build_model(cfg.model)

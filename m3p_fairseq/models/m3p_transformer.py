@@ -20,7 +20,7 @@ from ..data.batch_keys import IMAGE_GLOBAL_STATE
 from .contrastive_head import mean_over_tokens
 from .fusion import FUSION_CHOICES, build_fusion, fusion_heads, to_rows
 from .image_encoder import ImageFeatureEncoder
-from .mdropnet import TEXT_AND_IMAGE, other_image_rows, per_sentence_memory
+from .mdropnet import per_sentence_memory
 from .multimodal_model import (
     MultimodalEncoderMixin,
     MultimodalModel,
@@ -48,13 +48,6 @@ class M3PModelConfig(MultimodalModelConfig):
     fusion_attention_heads: Optional[int] = field(
         default=None, metadata={"help": "heads of the cvlm/selective attention over patches; default: "
                                          "1 for selective (Li et al. 2022), --encoder-attention-heads for cvlm"},
-    )
-    other_image_share: float = field(
-        default=0.0,
-        metadata={"help": "share of the training sentences decoded from the fused prompt (MDropNet's "
-                          "text-and-image mode, Eq. 11) whose fusion reads another sentence's image, "
-                          "so that a complete source is translated alike whatever image comes with "
-                          "it; not in the paper, 0 turns it off (README: m3P on clean sources)"},
     )
     pretrained_text_encoder: Optional[str] = field(
         default=None,
@@ -84,9 +77,6 @@ class M3PEncoder(MultimodalEncoderMixin, FairseqEncoder):
         cfg = TransformerConfig.from_namespace(args) if args.fusion != "none" else None
         self.init_image_side(args, None if cfg is None else ImageFeatureEncoder(
             cfg, args.image_feature_dim, args.max_image_patches, args.image_encoder_layers))
-        self.other_image_share = getattr(args, "other_image_share", 0.0)
-        if not 0 <= self.other_image_share <= 1:
-            raise ValueError(f"--other-image-share must be in [0, 1], got {self.other_image_share}")
         if cfg is not None:
             heads = fusion_heads(args.fusion, args.fusion_attention_heads, cfg.encoder.attention_heads)
             self.fusion = build_fusion(args.fusion, cfg.encoder.embed_dim, heads, cfg.dropout, cfg.attention_dropout)
@@ -94,14 +84,12 @@ class M3PEncoder(MultimodalEncoderMixin, FairseqEncoder):
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
                 image_patches: Optional[Tensor] = None, image_global: Optional[Tensor] = None,
                 modalities: Optional[Tensor] = None, image_usable: Optional[Tensor] = None,
-                image_index: Optional[Tensor] = None, image_row: Optional[Tensor] = None,
+                image_index: Optional[Tensor] = None,
                 return_all_hiddens: bool = False, token_embeddings: Optional[Tensor] = None, **unused):
         """``modalities`` [B] (mdropnet.TEXT_ONLY / IMAGE_ONLY / TEXT_AND_IMAGE) fixes what each
         sentence's decoder sees; by default MDropNet draws it in training, and inference uses both.
         Sentences whose ``image_usable`` is False (image missing at extraction) are text-only.
-        With ``--other-image-share`` some training sentences fuse another sentence's image
-        (``image_row`` tells which rows show the same image); MMCL and the image-only prompt
-        keep each sentence's own. Other batch keys (data/batch_keys.py) are accepted and ignored."""
+        Other batch keys (data/batch_keys.py) are accepted and ignored."""
         out = self.text_encoder(src_tokens, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens,
                                 token_embeddings=token_embeddings)
         if self.fusion is None:
@@ -110,14 +98,8 @@ class M3PEncoder(MultimodalEncoderMixin, FairseqEncoder):
         # the patch states of each distinct image once: the fusion gathers them (after projecting)
         patches, global_state = self.encode_images(image_patches, image_global, text.dtype, image_index,
                                                    patches_per_row=False)
+        fused, padding_mask = self.fusion(text, text_padding_mask, patches, global_state, image_index)
         modalities = self.modes(modalities, src_tokens.size(0), image_usable, src_tokens.device)
-        fusion_index, fusion_global = image_index, global_state
-        if self.training:
-            donor = self._other_image_donors(modalities, image_usable, image_row, src_tokens)
-            if donor is not None:
-                fusion_index = donor if image_index is None else image_index[donor]
-                fusion_global = global_state[donor]
-        fused, padding_mask = self.fusion(text, text_padding_mask, patches, fusion_global, fusion_index)
         if modalities is not None:
             patches = to_rows(patches, image_index, dim=1)  # MDropNet's image-only prompt is per row
             image_prompt = torch.cat([self._target_language(src_tokens), patches], dim=0)
@@ -125,14 +107,6 @@ class M3PEncoder(MultimodalEncoderMixin, FairseqEncoder):
                                                       padding_mask, image_prompt)
         return {**out, "encoder_out": [fused], "encoder_padding_mask": [padding_mask],
                 "text_states": [text], IMAGE_GLOBAL_STATE: [global_state]}
-
-    def _other_image_donors(self, modalities: Optional[Tensor], image_usable: Optional[Tensor],
-                            image_row: Optional[Tensor], src_tokens: Tensor) -> Optional[Tensor]:
-        """The row whose image each row's fusion reads under --other-image-share, or None."""
-        eligible = None if modalities is None else modalities == TEXT_AND_IMAGE
-        if image_usable is not None:
-            eligible = image_usable if eligible is None else eligible & image_usable
-        return other_image_rows(src_tokens.size(0), self.other_image_share, image_row, eligible, src_tokens.device)
 
     def _target_language(self, src_tokens: Tensor) -> Tensor:
         """[1, B, C]: the embedding of each sentence's first token, the target-language tag the

@@ -95,27 +95,3 @@ def per_sentence_memory(modes: Tensor, text: Tensor, text_padding_mask: Tensor, 
 def _pad_positions(states: Tensor, length: int) -> Tensor:
     """states [L, B, C] -> [length, B, C], zeros after (masked as padding by the caller)."""
     return torch.cat([states, states.new_zeros(length - states.size(0), *states.shape[1:])], dim=0)
-
-
-def other_image_rows(batch_size: int, share: float, image_row: Optional[Tensor] = None,
-                     eligible: Optional[Tensor] = None, device=None) -> Optional[Tensor]:
-    """Training against a conflicting image (not in the paper; README "m3P on clean sources and
-    the seed"): each row, with probability ``share``, takes the image of another row of the batch.
-    Returns the row [B] whose image each row's fusion reads (its own for the rest), or None when
-    no row moved. The donors are a random cyclic shift of the rows, so no row donates twice.
-    A row keeps its own image where the donor shows the same one (``image_row``, the image's
-    identity), and where ``eligible`` [B] is False (rows whose mode does not read the fusion,
-    or whose own or donor's image is unusable)."""
-    if share <= 0 or batch_size < 2:
-        return None
-    order = torch.randperm(batch_size, device=device)
-    donor = torch.empty_like(order)
-    donor[order] = order.roll(-1)  # order[i] reads order[i + 1]'s image: a derangement
-    moved = torch.rand(batch_size, device=device) < share
-    if image_row is not None:
-        moved &= image_row[donor] != image_row
-    if eligible is not None:
-        moved &= eligible & eligible[donor]
-    if not moved.any():
-        return None
-    return torch.where(moved, donor, torch.arange(batch_size, device=device))
