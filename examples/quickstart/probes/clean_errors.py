@@ -22,7 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List
 
-REPO = Path(__file__).resolve().parents[3]
+from preprocess.synthetic_lexicons import LEXICONS
+
 KINDS = ("object left out", "colour", "shape", "position", "other")
 
 
@@ -33,8 +34,6 @@ def words(line: str) -> List[str]:
 @lru_cache(maxsize=None)  # once per language, not once per wrong sentence
 def lexicon_words(lang: str) -> Dict[str, frozenset]:
     """The words that name colours, shapes and positions in ``lang``, every inflected form."""
-    from preprocess.synthetic_lexicons import LEXICONS
-
     lexicon = LEXICONS[lang]
 
     def forms(value) -> set:
@@ -50,8 +49,6 @@ def lexicon_words(lang: str) -> Dict[str, frozenset]:
 
 def error_kinds(hypothesis: str, reference: str, lang: str) -> List[str]:
     """The kinds of error of one wrong hypothesis (see the module's docstring)."""
-    from preprocess.synthetic_lexicons import LEXICONS
-
     hyp, ref = words(hypothesis), words(reference)
     conjunction = LEXICONS[lang]["conjunction"]
     kinds = []
