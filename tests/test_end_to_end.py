@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO
+from helpers import REPO, import_script
 
 PYTHON = sys.executable
 
@@ -174,3 +174,14 @@ def test_fairseq_interactive_skips_a_line_without_image_id(trained):
     assert result.returncode == 0  # reported and skipped; tests/test_direction_images.py has the rest
     assert "input line 1 skipped: expected IMAGE_ID<TAB>sentence" in result.stdout + result.stderr
     assert not re.search(r"^H-", result.stdout, flags=re.M)
+
+
+def test_search_errors_probe_splits_every_wrong_test_sentence(trained, capsys):
+    probe = import_script(REPO / "examples" / "quickstart" / "probes" / "search_errors.py")
+    counts = probe.main(["--data", str(trained["data"]), "--checkpoint", str(trained["checkpoint"]),
+                         "--lang-pairs", "en-de,de-en"])
+    for pair in ("en-de", "de-en"):
+        row = counts[pair]
+        assert row["sentences"] == 10  # --num-test 10
+        assert row["search errors"] + row["model errors"] == row["wrong"] <= 10
+    assert "| **all** |" in capsys.readouterr().out
