@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from helpers import setup_task
+from helpers import as_if_trained, generate, setup_task
+from m3p_fairseq.data.batch_keys import IMAGE_USABLE
 from m3p_fairseq.evaluation import hypotheses
 from m3p_fairseq.evaluation.language_id import langid_code, off_target_rate
 from m3p_fairseq.evaluation.probes import (
@@ -18,9 +19,11 @@ from m3p_fairseq.evaluation.probes import (
     masked_word_order,
     with_incongruent_images,
     with_masked_source,
+    without_images,
 )
 from m3p_fairseq.evaluation.scoring import average, corpus_scores
 from m3p_fairseq.evaluation.tables import csv_table, image_awareness_table, markdown_tables
+from m3p_fairseq.models.mdropnet import TEXT_ONLY
 
 RESULTS = {
     "text-only": {"test": {"en-de": {"bleu": 30.0, "chrf": 50.0}, "de-en": {"bleu": 34.0, "chrf": 55.0}}},
@@ -234,3 +237,19 @@ def test_same_label_neighbours_separates_clusters_from_a_mix():
     assert 0.3 < same_label_neighbours(mixed, labels, k=5) < 0.7
     pairs = np.array([[0.0], [0.1], [5.0], [5.1]])  # each point's nearest neighbour has the other label
     assert same_label_neighbours(pairs, ["en", "de", "en", "de"], k=1) == 0.0
+
+
+def test_without_images_every_sentence_takes_the_text_only_path(data_dir):
+    task, cfg = setup_task(data_dir, "--fusion", "cvlm", "--source-lang", "en", "--target-lang", "de")
+    model = as_if_trained(task.build_model(cfg.model)).eval()
+    task.load_dataset("test")
+    dataset = task.dataset("test")
+    shuffled, _ = with_incongruent_images(dataset, seed=3)
+    indices = list(range(8))
+    assert generate(task, model, dataset, indices) != generate(task, model, shuffled, indices)  # images matter
+    blind = without_images(dataset)
+    assert generate(task, model, blind, indices) == generate(task, model, without_images(shuffled), indices)
+    # the same as asking the encoder for MDropNet's text-only mode (Eq. 9) with the images given
+    assert generate(task, model, blind, indices) == generate(task, model, dataset, indices, modality=TEXT_ONLY)
+    assert blind[0][IMAGE_USABLE] is False and dataset[0][IMAGE_USABLE] is True  # the loaded split untouched
+    assert blind.image_store.num_unusable == len(blind.image_store.usable)

@@ -1,6 +1,6 @@
 """scripts/evaluate.py and scripts/figures.py on two tiny models trained here (text-only and
-CVLM): the table files, saved hypotheses and --rescore, the incongruent-image probe, and every
-figure command producing a PNG."""
+CVLM): the table files, saved hypotheses and --rescore, the incongruent-image and without-images
+probes, and every figure command producing a PNG."""
 
 import json
 import math
@@ -49,12 +49,13 @@ def test_evaluate_writes_tables_hypotheses_and_the_probes(checkpoints, data_dir,
     out = tmp_path / "eval"
     printed = cli(capsys, evaluate, ["--data", data_dir, "--checkpoint", f"text-only={checkpoints['text-only']}",
                    "--checkpoint", f"cvlm={checkpoints['cvlm']}", "--lang-pairs", "en-de,de-en", "--beam", 2, "--max-len-b", 6,
-                   "--output-dir", out, "--incongruent-images", "--off-target", "--output", tmp_path / "r.json"])
+                   "--output-dir", out, "--incongruent-images", "--without-images", "--off-target",
+                   "--output", tmp_path / "r.json"])
     assert "sacreBLEU signatures: BLEU nrefs:1|case:mixed|eff:no|tok:13a" in printed
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8")) == results
-    assert set(results["text-only"]) == {"test"}  # a text-only model has no images to shuffle
-    assert set(results["cvlm"]) == {"test", "test-incongruent"}
+    assert set(results["text-only"]) == {"test"}  # a text-only model has no images to shuffle or withhold
+    assert set(results["cvlm"]) == {"test", "test-incongruent", "test-without-images"}
     for system, by_split in results.items():
         for split, scores in by_split.items():
             for direction in ("en-de", "de-en"):

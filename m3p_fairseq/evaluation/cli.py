@@ -21,7 +21,9 @@ the commit of the code that scored it.
 
 Probes: --incongruent-images translates each split a second time with every sentence given
 another sentence's image (a seeded derangement) and writes OUT/image_awareness.md: BLEU with
-correct and incongruent images and the drop. --off-target adds the share of hypotheses that
+correct and incongruent images and the drop. --without-images translates each split again with
+every image withheld, as if missing (MDropNet's text-only path), as split SPLIT-without-images.
+--off-target adds the share of hypotheses that
 py3langid does not detect as the target language.
 """
 
@@ -40,7 +42,7 @@ from m3p_fairseq.data.data_dir import DataDirectory
 from m3p_fairseq.data.text_lines import read_lines
 from m3p_fairseq.evaluation import hypotheses as saved_hypotheses
 from m3p_fairseq.evaluation.language_id import off_target_rate
-from m3p_fairseq.evaluation.probes import with_incongruent_images
+from m3p_fairseq.evaluation.probes import with_incongruent_images, without_images
 from m3p_fairseq.evaluation.scoring import corpus_scores
 from m3p_fairseq.evaluation.selection import UnknownDirectionError, named_checkpoints, select_directions
 from m3p_fairseq.evaluation.tables import (
@@ -55,6 +57,12 @@ from m3p_fairseq.logging_setup import setup_logging
 from m3p_fairseq.tasks.multimodal_translation import parse_lang_pairs
 
 INCONGRUENT = "-incongruent"  # suffix of the pseudo-split translated with shuffled images
+WITHOUT_IMAGES = "-without-images"  # suffix of the pseudo-split translated with every image withheld
+
+
+def base_split(label: str) -> str:
+    """The split a (pseudo-)split label was translated from."""
+    return label.removesuffix(INCONGRUENT).removesuffix(WITHOUT_IMAGES)
 
 
 def raw_references(references_dir: Path, split: str, src: str, tgt: str, expected: int) -> List[str]:
@@ -86,9 +94,10 @@ def score(hypotheses: List[str], references: List[str], tgt: str, off_target_can
 def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pairs: Optional[str] = None,
              beam: int = 5, batch_size: int = 64, max_len_b: int = 200, references_dir: Optional[Path] = None,
              output_dir: Optional[Path] = None, incongruent_seed: Optional[int] = None,
-             off_target: bool = False, langid_all_languages: bool = False) -> dict:
+             off_target: bool = False, langid_all_languages: bool = False, withhold_images: bool = False) -> dict:
     """results[system][split][direction] = scores; with ``incongruent_seed`` also
-    results[system][split + "-incongruent"] (systems that read images only). ``lang_pairs``
+    results[system][split + "-incongruent"], with ``withhold_images`` also
+    results[system][split + "-without-images"] (systems that read images only). ``lang_pairs``
     ("en-de,de-en"): only these directions, each of which every model must translate
     (UnknownDirectionError otherwise)."""
     results = {}
@@ -107,6 +116,8 @@ def evaluate(checkpoints: Dict[str, str], data: str, splits: List[str], lang_pai
                         print(f"{name} {split} {src}-{tgt}: {unchanged} sentences keep their own image "
                               "(their image id is repeated in the split)", file=sys.stderr)
                     variants.append((split + INCONGRUENT, shuffled))
+                if withhold_images and reads_images(models[0]):
+                    variants.append((split + WITHOUT_IMAGES, without_images(dataset)))
                 for label, variant in variants:
                     began = time.time()
                     hypotheses, references = translate_dataset(models, task, variant, beam, batch_size, max_len_b)
@@ -133,7 +144,7 @@ def rescore(out_dir: Path, references_dir: Optional[Path] = None, off_target: bo
             for direction, (hypotheses, references) in by_direction.items():
                 src, tgt = direction.split("-")
                 if references_dir is not None:
-                    references = raw_references(references_dir, label.removesuffix(INCONGRUENT), src, tgt,
+                    references = raw_references(references_dir, base_split(label), src, tgt,
                                                 len(hypotheses))
                 results.setdefault(name, {}).setdefault(label, {})[direction] = score(
                     hypotheses, references, tgt, candidates)
@@ -207,6 +218,9 @@ def main(argv=None):
                         help="image-awareness probe: also translate every split with each sentence given "
                              "another sentence's image (a seeded derangement), as split SPLIT-incongruent")
     parser.add_argument("--shuffle-seed", type=int, default=1, help="seed of the incongruent-image derangement")
+    parser.add_argument("--without-images", action="store_true",
+                        help="also translate every split with every sentence's image withheld, as if missing "
+                             "(MDropNet's text-only path), as split SPLIT-without-images")
     parser.add_argument("--off-target", action="store_true",
                         help="also report the percentage of hypotheses py3langid detects as another "
                              "language than the target")
@@ -230,7 +244,7 @@ def main(argv=None):
             results = evaluate(checkpoints, args.data, args.splits.split(","), args.lang_pairs, args.beam,
                                args.batch_size, args.max_len_b, args.references_dir, args.output_dir,
                                args.shuffle_seed if args.incongruent_images else None,
-                               args.off_target, args.langid_all_languages)
+                               args.off_target, args.langid_all_languages, args.without_images)
         except UnknownDirectionError as error:
             parser.error(str(error))
     print(directions_table(results))

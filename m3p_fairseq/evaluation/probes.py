@@ -1,5 +1,6 @@
 """Test-time probes of how much a model uses its inputs: the same test set with the images of
-other sentences (incongruent images), and with a share of the source words masked (Fig. 7).
+other sentences (incongruent images), with no image at all, and with a share of the source
+words masked (Fig. 7).
 
 Both build a modified copy of a loaded test dataset rather than adding task options: they are
 for analysis only, must never reach training, and a copy leaves the task and the loaded split
@@ -39,6 +40,20 @@ def with_incongruent_images(dataset: MultimodalLanguagePairDataset, seed: int):
     rows = np.asarray(dataset.image_rows)
     shuffled.image_rows = rows[derangement(len(rows), seed)]
     return shuffled, int((shuffled.image_rows == rows).sum())
+
+
+def without_images(dataset: MultimodalLanguagePairDataset) -> MultimodalLanguagePairDataset:
+    """A copy of ``dataset`` in which every sentence's image counts as unusable, as if it had been
+    missing at extraction: an image model then translates each sentence from its text alone,
+    through the text-only path that MDropNet trains (Eq. 9)."""
+    if not getattr(dataset, "has_images", False):
+        raise ValueError("the split has no image features: there are no images to withhold")
+    store = copy.copy(dataset.image_store)
+    store.usable = np.zeros_like(store.usable)
+    store.num_unusable = len(store.usable)
+    blind = copy.copy(dataset)
+    blind.image_store = store
+    return blind
 
 
 def masked_word_order(num_words: int, seed: int, sentence: int) -> np.ndarray:
