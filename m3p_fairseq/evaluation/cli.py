@@ -23,8 +23,7 @@ Probes: --incongruent-images translates each split a second time with every sent
 another sentence's image (a seeded derangement) and writes OUT/image_awareness.md: BLEU with
 correct and incongruent images and the drop. --without-images translates each split again with
 every image withheld, as if missing (MDropNet's text-only path), as split SPLIT-without-images.
---off-target adds the share of hypotheses that
-py3langid does not detect as the target language.
+--off-target adds the share of hypotheses that py3langid does not detect as the target language.
 """
 
 import argparse

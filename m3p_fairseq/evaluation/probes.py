@@ -2,7 +2,7 @@
 other sentences (incongruent images), with no image at all, and with a share of the source
 words masked (Fig. 7).
 
-Both build a modified copy of a loaded test dataset rather than adding task options: they are
+Each builds a modified copy of a loaded test dataset rather than adding task options: they are
 for analysis only, must never reach training, and a copy leaves the task and the loaded split
 untouched for the ordinary run that they are compared with."""
 
