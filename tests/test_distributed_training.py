@@ -17,6 +17,7 @@ file (``file://``), so no port has to be found free and then raced for."""
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,25 @@ def test_mmcl_negatives_are_gathered_from_both_workers(two_workers):
     assert [r["update"] for r in image_rows[0]] == [0, 1, 2]
     for on_rank0, on_rank1 in zip(*image_rows):
         assert on_rank0["gathered"] == on_rank1["gathered"] == on_rank0["local"] + on_rank1["local"]
+
+
+EXIT_PROBE = """
+import atexit, sys
+import torch.distributed as dist
+# registered before the plugin's handler, so it runs after it (exit handlers run last-in, first-out)
+atexit.register(lambda: print("group at exit:", dist.is_initialized(), flush=True))
+import m3p_fairseq
+from m3p_fairseq.process_group_exit import destroy_gloo_process_group
+print("without a group:", destroy_gloo_process_group())
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+print("group:", dist.get_backend())
+"""
+
+
+def test_the_plugin_destroys_a_gloo_group_before_the_interpreter_exits(tmp_path):
+    """fairseq-train never destroys its process group; left to C++ destructors, gloo's threads can
+    end a finished run in std::terminate (exit status 134). Importing the plugin prevents that."""
+    result = subprocess.run([sys.executable, "-c", EXIT_PROBE, str(tmp_path / "rendezvous")], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["without a group: False", "group: gloo", "group at exit: False"]
