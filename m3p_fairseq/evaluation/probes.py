@@ -30,12 +30,16 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return permutation
 
 
+def require_images(dataset: MultimodalLanguagePairDataset, probe: str) -> None:
+    if not getattr(dataset, "has_images", False):
+        raise ValueError(f"the split has no image features: there are no images to {probe}")
+
+
 def with_incongruent_images(dataset: MultimodalLanguagePairDataset, seed: int):
     """A copy of ``dataset`` in which sentence i has the image of sentence derangement[i].
     Returns (copy, number of sentences whose new image is still their own: the same image id
     appearing on several lines of the split)."""
-    if not getattr(dataset, "has_images", False):
-        raise ValueError("the split has no image features: there are no images to shuffle")
+    require_images(dataset, "shuffle")
     shuffled = copy.copy(dataset)
     rows = np.asarray(dataset.image_rows)
     shuffled.image_rows = rows[derangement(len(rows), seed)]
@@ -46,8 +50,7 @@ def without_images(dataset: MultimodalLanguagePairDataset) -> MultimodalLanguage
     """A copy of ``dataset`` in which every sentence's image counts as unusable, as if it had been
     missing at extraction: an image model then translates each sentence from its text alone,
     through the text-only path that MDropNet trains (Eq. 9)."""
-    if not getattr(dataset, "has_images", False):
-        raise ValueError("the split has no image features: there are no images to withhold")
+    require_images(dataset, "withhold")
     store = copy.copy(dataset.image_store)
     store.usable = np.zeros_like(store.usable)
     store.num_unusable = len(store.usable)
