@@ -185,3 +185,16 @@ def test_search_errors_probe_splits_every_wrong_test_sentence(trained, capsys):
         assert row["sentences"] == 10  # --num-test 10
         assert row["search errors"] + row["model errors"] == row["wrong"] <= 10
     assert "| **all** |" in capsys.readouterr().out
+
+
+def test_mdropnet_paths_probe_scores_each_path_of_each_split(trained, capsys):
+    probe = import_script(REPO / "examples" / "quickstart" / "probes" / "mdropnet_paths.py")
+    results = probe.main(["--data", str(trained["data"]), "--checkpoint", str(trained["checkpoint"]),
+                          "--splits", "train,test", "--lang-pairs", "en-de,de-en", "--sentences", "6"])
+    for split in ("train", "test"):
+        for pair in ("en-de", "de-en"):
+            assert sorted(results[split][pair]) == ["image only", "text and image", "text only"]
+            for scores in results[split][pair].values():
+                assert scores["sentences"] == 6
+                assert scores["exact"] in {100.0 * k / 6 for k in range(7)}
+    assert "| train | en-de | image only | 6 |" in capsys.readouterr().out

@@ -8,22 +8,25 @@ import io
 import numpy as np
 import pytest
 import sacrebleu
+import torch
 
 from helpers import as_if_trained, generate, setup_task
-from m3p_fairseq.data.batch_keys import IMAGE_USABLE
+from m3p_fairseq.data.batch_keys import IMAGE_USABLE, MODALITIES
 from m3p_fairseq.evaluation import hypotheses
 from m3p_fairseq.evaluation.language_id import langid_code, off_target_rate
 from m3p_fairseq.evaluation.probes import (
     derangement,
+    first_sentences,
     mask_words,
     masked_word_order,
+    through_mdropnet_path,
     with_incongruent_images,
     with_masked_source,
     without_images,
 )
 from m3p_fairseq.evaluation.scoring import average, corpus_scores
 from m3p_fairseq.evaluation.tables import csv_table, image_awareness_table, markdown_tables
-from m3p_fairseq.models.mdropnet import TEXT_ONLY
+from m3p_fairseq.models.mdropnet import IMAGE_ONLY, TEXT_AND_IMAGE, TEXT_ONLY
 
 RESULTS = {
     "text-only": {"test": {"en-de": {"bleu": 30.0, "chrf": 50.0}, "de-en": {"bleu": 34.0, "chrf": 55.0}}},
@@ -254,3 +257,25 @@ def test_without_images_every_sentence_takes_the_text_only_path(data_dir):
     assert from_text == generate(task, model, dataset, indices, modality=TEXT_ONLY)
     assert blind[0][IMAGE_USABLE] is False and dataset[0][IMAGE_USABLE] is True  # the loaded split untouched
     assert blind.image_store.num_unusable == len(blind.image_store.usable)
+
+
+def test_each_mdropnet_path_reads_only_its_inputs(data_dir):
+    torch.manual_seed(0)
+    task, cfg = setup_task(data_dir, "--fusion", "cvlm", "--source-lang", "en", "--target-lang", "de")
+    model = as_if_trained(task.build_model(cfg.model)).eval()
+    task.load_dataset("test")
+    dataset = task.dataset("test")
+    indices = list(range(8))
+    shuffled, _ = with_incongruent_images(dataset, seed=3)
+    other_sources = first_sentences(dataset, len(indices), sources=[dataset.src[i] for i in reversed(indices)])
+
+    def through(mode, variant):
+        return generate(task, model, through_mdropnet_path(variant, mode), indices)
+
+    captions = through(IMAGE_ONLY, dataset)  # Eq. 10: the image and the target tag only
+    assert captions == through(IMAGE_ONLY, other_sources)
+    assert captions != through(IMAGE_ONLY, shuffled)
+    from_text = through(TEXT_ONLY, dataset)  # Eq. 9: the source only
+    assert from_text == through(TEXT_ONLY, shuffled) == generate(task, model, without_images(dataset), indices)
+    assert through(TEXT_AND_IMAGE, dataset) == generate(task, model, dataset, indices)  # what inference does
+    assert MODALITIES not in dataset.collater([dataset[0]])["net_input"]  # the loaded split untouched

@@ -152,3 +152,75 @@ def test_selective_attention_is_single_head_by_default(data_dir, fusion, option,
     model = task.build_model(cfg.model)
     assert model.encoder.fusion.attention.num_heads == heads
     assert model.encoder.fusion.attention.head_dim == 128 // heads
+
+
+def cvlm_with_null_attention():
+    return as_if_trained(build_fusion("cvlm", C, 2, 0.0, 0.0, null_attention=True)).eval()
+
+
+def test_cvlm_null_attention_is_a_zero_value_beside_the_patches():
+    """One head, worked out with the attention's weights: softmax over the P patch keys and the
+    null key; the null key's value is zero, so it only takes weight away from the patches."""
+    fusion = build_fusion("cvlm", C, 1, 0.0, 0.0, null_attention=True).eval()
+    as_if_trained(fusion)
+    with torch.no_grad():
+        fusion.null_key.normal_()
+    text, padding, patches, global_state = inputs()
+    attention = fusion.attention
+    q, k, v = attention.q_proj(text), attention.k_proj(patches), attention.v_proj(patches)  # [T|P, B, C]
+    logits = torch.einsum("tbc,pbc->btp", q, k) / C ** 0.5
+    null_logits = torch.einsum("tbc,c->bt", q, fusion.null_key[0]).unsqueeze(-1) / C ** 0.5
+    weights = torch.softmax(torch.cat([logits, null_logits], dim=-1), dim=-1)[..., :P]  # [B, T, P]
+    assert torch.all(weights.sum(-1) < 1)
+    attended = attention.out_proj(torch.einsum("btp,pbc->tbc", weights, v))
+    expected = fusion.layer_norm(text + attended)
+    fused, mask = fusion(text, padding, patches, global_state)
+    torch.testing.assert_close(fused, expected)
+    assert torch.equal(mask, padding)
+
+
+def test_a_token_attending_to_the_null_key_takes_nothing_from_the_image():
+    fusion = cvlm_with_null_attention()
+    attention = fusion.attention
+    with torch.no_grad():  # every query (a constant) matches the null key far better than any patch
+        attention.q_proj.weight.zero_()
+        attention.q_proj.bias.fill_(1.0)
+        attention.k_proj.weight.zero_()
+        attention.k_proj.bias.zero_()
+        fusion.null_key.fill_(50.0)
+    text, padding, patches, global_state = inputs()
+    fused, _ = fusion(text, padding, patches, global_state)
+    torch.testing.assert_close(fused, fusion.layer_norm(text + attention.out_proj.bias))
+    # the same weights without the null key average the patches' values into every token
+    plain = build_fusion("cvlm", C, 2, 0.0, 0.0).eval()
+    plain.load_state_dict({name: value for name, value in fusion.state_dict().items() if name != "null_key"})
+    assert not torch.allclose(plain(text, padding, patches, global_state)[0], fused)
+
+
+def test_cvlm_null_attention_gives_the_same_states_with_each_image_once():
+    fusion = cvlm_with_null_attention()
+    with torch.no_grad():
+        fusion.null_key.normal_()
+    text, padding, patches, global_state = inputs()
+    distinct = patches[:, :2]
+    image_index = torch.tensor([1, 0, 1])
+    per_row, _ = fusion(text, padding, distinct.index_select(1, image_index), global_state)
+    once, _ = fusion(text, padding, distinct, global_state, image_index=image_index)
+    torch.testing.assert_close(once, per_row)
+
+
+def test_null_attention_belongs_to_cvlm():
+    with pytest.raises(ValueError, match="--cvlm-null-attention is an option of --fusion cvlm, not selective"):
+        build_fusion("selective", C, 1, 0.0, 0.0, null_attention=True)
+
+
+def test_the_null_attention_option_reaches_the_model(data_dir):
+    task, cfg = setup_task(data_dir, "--fusion", "cvlm", "--cvlm-null-attention")
+    model = task.build_model(cfg.model)
+    assert model.encoder.fusion.null_key.shape == (4, 32)  # m3p_transformer_tiny: 4 heads of 128 / 4
+    assert "encoder.fusion.null_key" in model.state_dict()
+    task, cfg = setup_task(data_dir, "--fusion", "cvlm")
+    assert task.build_model(cfg.model).encoder.fusion.null_key is None
+    task, cfg = setup_task(data_dir, "--fusion", "selective", "--cvlm-null-attention")
+    with pytest.raises(ValueError, match="--cvlm-null-attention is an option of --fusion cvlm, not selective"):
+        task.build_model(cfg.model)

@@ -13,6 +13,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from ..data.batch_keys import MODALITIES
 from ..data.multimodal_pair_dataset import MultimodalLanguagePairDataset
 from ..data.vocabulary import MASK_SYMBOL, MASK_WORD
 
@@ -57,6 +58,24 @@ def without_images(dataset: MultimodalLanguagePairDataset) -> MultimodalLanguage
     blind = copy.copy(dataset)
     blind.image_store = store
     return blind
+
+
+def through_mdropnet_path(dataset: MultimodalLanguagePairDataset, mode: int) -> MultimodalLanguagePairDataset:
+    """A copy of ``dataset`` whose batches ask every sentence's encoder for one MDropNet mode
+    (models/mdropnet.py: TEXT_ONLY, Eq. 9; IMAGE_ONLY, Eq. 10, captioning from the image and the
+    target tag; TEXT_AND_IMAGE), as MDropNet's draws do in training."""
+    require_images(dataset, "translate through an MDropNet path")
+    collate = dataset.collater
+
+    def collater(samples, pad_to_length=None):
+        batch = collate(samples, pad_to_length=pad_to_length)
+        if "net_input" in batch:
+            batch["net_input"][MODALITIES] = torch.full((len(batch["id"]),), mode)
+        return batch
+
+    forced = copy.copy(dataset)
+    forced.collater = collater
+    return forced
 
 
 def masked_word_order(num_words: int, seed: int, sentence: int) -> np.ndarray:

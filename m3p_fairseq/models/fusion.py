@@ -23,12 +23,13 @@ def to_rows(states: Tensor, image_index: Optional[Tensor], dim: int) -> Tensor:
 
 
 def attend_to_image(attention: MultiheadAttention, text: Tensor, patches: Tensor,
-                    image_index: Optional[Tensor]) -> Tensor:
+                    image_index: Optional[Tensor], null_key: Optional[Tensor] = None) -> Tensor:
     """fairseq's ``attention`` (encoder-decoder, no key padding) of the text [T, B, C] over each
     row's patches. With ``image_index`` the keys and values are projected once per distinct image
     [P, U, C] and gathered to the rows; the rest is MultiheadAttention's math with its own
-    parameters: per head softmax(q k^T / sqrt(d)) v with attention dropout, then out_proj."""
-    if image_index is None:
+    parameters: per head softmax(q k^T / sqrt(d)) v with attention dropout, then out_proj. With
+    ``null_key`` [heads, C / heads] each head also attends to that key, whose value is zero."""
+    if image_index is None and null_key is None:
         return attention(query=text, key=patches, value=patches, need_weights=False)[0]
     length, batch, width = text.shape
 
@@ -37,6 +38,9 @@ def attend_to_image(attention: MultiheadAttention, text: Tensor, patches: Tensor
 
     keys = by_head(to_rows(attention.k_proj(patches), image_index, dim=1))
     values = by_head(to_rows(attention.v_proj(patches), image_index, dim=1))
+    if null_key is not None:  # attention on the null key adds nothing to the token
+        keys = torch.cat([keys, null_key.expand(batch, -1, -1).unsqueeze(2)], dim=2)
+        values = torch.cat([values, values.new_zeros(batch, values.size(1), 1, values.size(3))], dim=2)
     dropout = attention.dropout_module
     attended = F.scaled_dot_product_attention(
         by_head(attention.q_proj(text)), keys, values,
@@ -76,10 +80,15 @@ class ConditionalVisionLanguageMemory(nn.Module):
     image patches as keys and values, added to the text states and layer-normalised. The result,
     one state per source token, is the multimodal prompt the decoder attends to."""
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float, attention_dropout: float):
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float, attention_dropout: float,
+                 null_attention: bool = False):
         super().__init__()
         self.attention = MultiheadAttention(embed_dim, num_heads, dropout=attention_dropout,
                                             encoder_decoder_attention=True)
+        # A learned key per head with a zero value: a source token that needs nothing from the
+        # image can put its attention there and keep its text state (softmax over patches alone
+        # must mix some image into every token).
+        self.null_key = nn.Parameter(torch.zeros(num_heads, embed_dim // num_heads)) if null_attention else None
         # Zero-initialised output projection: a fresh CVLM passes the text states through
         # (up to the layer norm) and mixes the image in only as fast as training finds it useful,
         # so the text side learns as quickly as a text-only model (cf. Flamingo's zero gates).
@@ -90,7 +99,7 @@ class ConditionalVisionLanguageMemory(nn.Module):
 
     def forward(self, text: Tensor, text_padding_mask: Tensor, patches: Tensor, global_state: Tensor,
                 image_index: Optional[Tensor] = None):
-        attended = attend_to_image(self.attention, text, patches, image_index)
+        attended = attend_to_image(self.attention, text, patches, image_index, self.null_key)
         return self.layer_norm(text + self.dropout(attended)), text_padding_mask
 
 
@@ -132,7 +141,11 @@ def fusion_heads(name: str, requested: Optional[int], model_heads: int) -> int:
 
 
 def build_fusion(name: str, embed_dim: int, num_heads: int, dropout: float,
-                 attention_dropout: float) -> nn.Module:
+                 attention_dropout: float, null_attention: bool = False) -> nn.Module:
     if name not in FUSIONS:
         raise ValueError(f"unknown fusion {name!r}; choose from {', '.join(FUSION_CHOICES)}")
-    return FUSIONS[name](embed_dim, num_heads, dropout, attention_dropout)
+    if not null_attention:
+        return FUSIONS[name](embed_dim, num_heads, dropout, attention_dropout)
+    if name != "cvlm":
+        raise ValueError(f"--cvlm-null-attention is an option of --fusion cvlm, not {name}")
+    return FUSIONS[name](embed_dim, num_heads, dropout, attention_dropout, null_attention=True)

@@ -49,6 +49,10 @@ class M3PModelConfig(MultimodalModelConfig):
         default=None, metadata={"help": "heads of the cvlm/selective attention over patches; default: "
                                          "1 for selective (Li et al. 2022), --encoder-attention-heads for cvlm"},
     )
+    cvlm_null_attention: bool = field(
+        default=False, metadata={"help": "give CVLM's attention one more key per head, learned, whose value is "
+                                         "zero, so that a source token can take nothing from the image"},
+    )
     pretrained_text_encoder: Optional[str] = field(
         default=None,
         metadata={"help": "initialise the text encoder and the (shared) token embeddings from a local "
@@ -79,7 +83,8 @@ class M3PEncoder(MultimodalEncoderMixin, FairseqEncoder):
             cfg, args.image_feature_dim, args.max_image_patches, args.image_encoder_layers))
         if cfg is not None:
             heads = fusion_heads(args.fusion, args.fusion_attention_heads, cfg.encoder.attention_heads)
-            self.fusion = build_fusion(args.fusion, cfg.encoder.embed_dim, heads, cfg.dropout, cfg.attention_dropout)
+            self.fusion = build_fusion(args.fusion, cfg.encoder.embed_dim, heads, cfg.dropout, cfg.attention_dropout,
+                                       null_attention=getattr(args, "cvlm_null_attention", False))
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
                 image_patches: Optional[Tensor] = None, image_global: Optional[Tensor] = None,
