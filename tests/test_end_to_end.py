@@ -198,3 +198,4 @@ def test_mdropnet_paths_probe_scores_each_path_of_each_split(trained, capsys):
                 assert scores["sentences"] == 6
                 assert scores["exact"] in {100.0 * k / 6 for k in range(7)}
     assert "| train | en-de | image only | 6 |" in capsys.readouterr().out
+    assert torch.is_grad_enabled()  # it runs in the test process: no global switch may stay behind

@@ -81,9 +81,11 @@ def test_deduplicated_images_give_the_per_row_outputs(data_dir, arch, fusion):
         row_logits, row_extra = model(**per_row, contrastive=True)
         loss, _, logs = criterion(model, batch)
         row_loss, _, row_logs = criterion(model, {**batch, "net_input": per_row})
-    torch.testing.assert_close(logits, row_logits, rtol=0, atol=1e-6)
+    # float32 kernels chosen by batch shape (and CPU: AVX2 or AVX-512) sum in different orders;
+    # a row given another row's image would differ by far more than 1e-5
+    torch.testing.assert_close(logits, row_logits, rtol=0, atol=1e-5)
     for key in ("mmcl_text", "mmcl_image"):
-        torch.testing.assert_close(extra[key], row_extra[key], rtol=0, atol=1e-6)
+        torch.testing.assert_close(extra[key], row_extra[key], rtol=0, atol=1e-5)
     torch.testing.assert_close(loss, row_loss, rtol=1e-6, atol=0)
     assert logs["mmcl_correct"] == row_logs["mmcl_correct"]
 

@@ -14,10 +14,7 @@ their reference; BLEU is sacreBLEU's, as ``m3p-evaluate`` reports it.
 """
 
 import argparse
-import logging
 from typing import Dict
-
-import torch
 
 from m3p_fairseq.evaluation.probes import first_sentences, through_mdropnet_path
 from m3p_fairseq.evaluation.scoring import corpus_scores
@@ -41,9 +38,6 @@ def main(argv=None) -> Dict[str, Dict[str, Dict[str, dict]]]:
     parser.add_argument("--sentences", type=int, default=300, help="the first N sentences of each split and direction")
     parser.add_argument("--beam", type=int, default=1)
     args = parser.parse_args(argv)
-    logging.disable(logging.WARNING)  # fairseq's loading chatter; the table is the output
-    torch.set_grad_enabled(False)
-
     models, task = load(args.checkpoint, args.data)
     manager = task.data_manager
     results: Dict[str, Dict[str, Dict[str, dict]]] = {}
