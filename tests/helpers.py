@@ -15,7 +15,6 @@ from fairseq.dataclass.configs import GenerationConfig
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import m3p_fairseq  # noqa: F401  (registers the task and models)
-from m3p_fairseq.data.batch_keys import MODALITIES
 from m3p_fairseq.data.random_features import write_random_features  # noqa: F401  (shared with the benchmark)
 from m3p_fairseq.models.fusion import ConditionalVisionLanguageMemory
 
@@ -140,13 +139,11 @@ def by_hand(model, batch, mmcl_weight):
             "mmcl_sum": sum(losses), "mmcl_mean": mean_mmcl, "correct": correct}
 
 
-def generate(task, model, dataset, indices, beam=5, modality=None):
-    """Beam search on the given examples of ``dataset``: {example id: hypothesis tokens}; with
-    ``modality`` (an MDropNet mode) every sentence's encoder is asked for that mode."""
+def generate(task, model, dataset, indices, beam=5):
+    """Beam search on the given examples of ``dataset``: {example id: hypothesis tokens}. To ask
+    every sentence's encoder for one MDropNet mode, pass ``through_mdropnet_path(dataset, mode)``."""
     generator = task.build_generator([model], GenerationConfig(beam=beam, max_len_b=12))
     batch = dataset.collater([dataset[i] for i in indices])
-    if modality is not None:
-        batch["net_input"][MODALITIES] = torch.full((len(indices),), modality)
     with torch.no_grad():
         outputs = task.inference_step(generator, [model], batch)
     return {int(i): output[0]["tokens"].tolist() for i, output in zip(batch["id"], outputs)}

@@ -254,7 +254,7 @@ def test_without_images_every_sentence_takes_the_text_only_path(data_dir):
     from_text = generate(task, model, blind, indices)
     assert from_text == generate(task, model, without_images(shuffled), indices)
     # the same as asking the encoder for MDropNet's text-only mode (Eq. 9) with the images given
-    assert from_text == generate(task, model, dataset, indices, modality=TEXT_ONLY)
+    assert from_text == generate(task, model, through_mdropnet_path(dataset, TEXT_ONLY), indices)
     assert blind[0][IMAGE_USABLE] is False and dataset[0][IMAGE_USABLE] is True  # the loaded split untouched
     assert blind.image_store.num_unusable == len(blind.image_store.usable)
 
