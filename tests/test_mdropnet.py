@@ -92,6 +92,22 @@ def test_both_mode_is_decoded_exactly_as_at_inference_in_a_mixed_batch(model_and
     assert not torch.allclose(training[~both], inference[~both])
 
 
+
+@pytest.mark.parametrize("codes,fused_batch", [
+    ((TEXT_ONLY, TEXT_AND_IMAGE, IMAGE_ONLY, TEXT_AND_IMAGE, TEXT_ONLY, TEXT_AND_IMAGE), 3),
+    ((TEXT_AND_IMAGE,) * 6, 6),
+    ((TEXT_ONLY, IMAGE_ONLY) * 3, 6),  # no fused sentence: the whole batch keeps the fusion in the graph
+])
+def test_the_fusion_runs_on_the_sentences_that_read_it(model_and_batch, codes, fused_batch):
+    model, net_input = model_and_batch
+    batch_sizes = []
+    hook = model.encoder.fusion.register_forward_hook(lambda module, args, output: batch_sizes.append(args[0].size(1)))
+    try:
+        decode(model, net_input, modes(*codes))
+    finally:
+        hook.remove()
+    assert batch_sizes == [fused_batch]
+
 def _gradient_norms(model, net_input, modalities):
     model.zero_grad()
     decode(model, net_input, modalities).logsumexp(-1).sum().backward()

@@ -6,13 +6,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from helpers import REPO, import_script
 
 
 def test_quickstart_runs_end_to_end_and_resumes(tmp_path):
     command = [sys.executable, "examples/quickstart/run.py", "--work-dir", str(tmp_path), "--num-train", "40",
-               "--num-test", "12", "--max-update", "8", "--max-tokens", "600", "--warmup-updates", "4"]
+               "--num-test", "12", "--max-update", "8", "--m3p-updates", "4", "--max-tokens", "600",
+               "--warmup-updates", "4"]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -30,11 +32,16 @@ def test_quickstart_runs_end_to_end_and_resumes(tmp_path):
     assert "make_synthetic_corpus" not in again.stdout
     assert "fairseq-train" not in again.stdout
 
-    # the ablation reuses the data and both models, and trains the other six
+    # m3P started from the text-only model, and trained its own updates
+    m3p = torch.load(tmp_path / "checkpoints" / "m3p" / "checkpoint_last.pt", weights_only=False)
+    assert m3p["cfg"]["model"].init_from_text_model == str(tmp_path / "checkpoints" / "text-only" / "checkpoint_last.pt")
+    assert m3p["optimizer_history"][-1]["num_updates"] == 4
+
+    # the ablation reuses the data and the text-only model, and trains its seven others from scratch
     ablation = subprocess.run([sys.executable, "examples/quickstart/ablation.py", *command[2:]],
                               cwd=REPO, capture_output=True, text=True)
     assert ablation.returncode == 0, ablation.stdout[-3000:] + ablation.stderr[-3000:]
-    assert ablation.stdout.count("fairseq-train") == 6
+    assert ablation.stdout.count("fairseq-train") == 7
     assert "checkpoints/m3p " not in ablation.stdout
     table = (tmp_path / "ablation.md").read_text().splitlines()
     assert table[0] == "| model | en-de clean | de-en clean | en-de degraded | de-en degraded |"
@@ -43,8 +50,8 @@ def test_quickstart_runs_end_to_end_and_resumes(tmp_path):
         "| (5) (4) - multilingual", "| text-only transformer"]
     scores = json.loads((tmp_path / "ablation.json").read_text())
     assert set(scores["bilingual-en-de"]["test"]) == {"en-de"}
-    assert set(scores["m3p"]["test"]) == {"en-de", "de-en"}  # only the directions in the table
-    assert scores["m3p"]["test"]["en-de"] == results["m3p"]["test"]["en-de"]
+    assert set(scores["m3p-from-scratch"]["test"]) == {"en-de", "de-en"}  # only the directions in the table
+    assert scores["text-only"]["test"]["en-de"] == results["text-only"]["test"]["en-de"]
 
 
 def write_raw(raw):

@@ -12,8 +12,9 @@ after another, every model with the quickstart's budget (same updates and batch 
   (1') (1), MMA outside MMCL  --mma-translation-only: MMA augments only the translation input
                                (README "MMA inside MMCL")
 
-Shares the quickstart's data and its m3P and text-only models (trained here if missing) and
-writes ``ablation.md`` and ``ablation.json`` into the work directory.
+Every row trains from scratch: (1) is m3p-from-scratch, not the quickstart's m3P, which starts
+from the text-only model. Shares the quickstart's data and its text-only model (trained here if
+missing) and writes ``ablation.md`` and ``ablation.json`` into the work directory.
 
     python examples/quickstart/ablation.py --seeds 1 2 3 [--work-dir-pattern work/quickstart-seed{seed}]
 
@@ -27,7 +28,7 @@ import json
 import time
 from pathlib import Path
 
-from run import LANG_PAIRS, M3P, TEXT_ONLY, train_and_evaluate  # noqa: E402
+from run import FROM_SCRATCH, LANG_PAIRS, M3P, TEXT_ONLY, train_and_evaluate  # noqa: E402
 from seeds import WORK_DIR_PATTERN, spread  # noqa: E402
 
 from m3p_fairseq.atomic_io import atomic_write_text
@@ -54,7 +55,7 @@ NO_MDROPNET = without(NO_CVLM, "--mdropnet-text-only", "--mdropnet-image-only") 
     "--mdropnet-text-only", "0", "--mdropnet-image-only", "0"]
 REPORTED = ["en-de", "de-en"]
 ROWS = [
-    ("(1) m3P", {"m3p": (M3P, LANG_PAIRS)}),
+    ("(1) m3P", {FROM_SCRATCH: (M3P, LANG_PAIRS)}),
     ("(1') (1), MMA outside MMCL", {"m3p-mma-translation-only": (M3P + ["--mma-translation-only"], LANG_PAIRS)}),
     ("(2) (1) - MMCL", {"no-mmcl": (NO_MMCL, LANG_PAIRS)}),
     ("(3) (2) - CVLM", {"no-mmcl-cvlm": (NO_CVLM, LANG_PAIRS)}),

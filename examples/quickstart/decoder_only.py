@@ -3,11 +3,12 @@ and batch size (the paper's Table 1 compares the two).
 
     python examples/quickstart/decoder_only.py [--work-dir work/quickstart] [--max-update 1600]
 
-  m3p (encoder-decoder)   m3p_transformer_tiny, --fusion cvlm     (the quickstart's m3P)
+  m3p-from-scratch        m3p_transformer_tiny, --fusion cvlm     (the quickstart's m3P options)
   decoder-only-m3p        m3p_decoder_only_tiny, --fusion prefix  (image tokens + prompt + source)
 
-Both train with the quickstart's MDropNet, MMA and MMCL options, side by side. Shares the
-quickstart's data (made if missing) and, at the quickstart's budget, its m3P model; writes
+Both train from scratch with the quickstart's MDropNet, MMA and MMCL options, side by side (the
+quickstart's own m3P starts from its text-only model, which a decoder-only model cannot). Shares
+the quickstart's data (made if missing) and the ablation's m3p-from-scratch model; writes
 ``decoder_only.md`` and ``decoder_only.json`` into the work directory. Hypotheses are capped at
 --max-len-b tokens (the captions have fewer than 40).
 """
@@ -19,12 +20,12 @@ import time
 from pathlib import Path
 
 from ablation import without  # noqa: E402
-from run import LANG_PAIRS, M3P, add_options, prepare_data, run, train  # noqa: E402
+from run import FROM_SCRATCH, LANG_PAIRS, M3P, add_options, prepare_data, run, train  # noqa: E402
 
 from m3p_fairseq.data.data_dir import DataDirectory  # noqa: E402
 
 DECODER_ONLY = ["--arch", "m3p_decoder_only_tiny", "--fusion", "prefix"] + without(M3P, "--fusion")
-MODELS = {"m3p": M3P, "decoder-only-m3p": DECODER_ONLY}
+MODELS = {FROM_SCRATCH: M3P, "decoder-only-m3p": DECODER_ONLY}
 SPLITS = [("test", "clean"), ("test_degraded", "degraded")]
 
 

@@ -10,8 +10,10 @@
    and position), with 2 augmented views per image for MMA;
 3. trains SentencePiece and binarizes four directions (en<->de, en<->fr); half of the
    training sources are degraded (--degraded-fraction), so a model can learn to look at the image;
-4. trains a text-only transformer and m3P (CVLM fusion, MDropNet, MMA, and the m3p_loss
-   criterion with MMCL) with ``fairseq-train``, same architecture and budget, side by side;
+4. trains a text-only transformer with ``fairseq-train``, then m3P (CVLM fusion, MDropNet, MMA,
+   and the m3p_loss criterion with MMCL) from it: the text side starts as the text-only model
+   (``--init-from-text-model``), as the paper builds m3P on a multilingual text model, and
+   trains on with images for --m3p-updates more updates;
 5. translates the clean and degraded test sets with beam 5 and prints sacreBLEU per direction.
 
 Each step prints the command it runs; a step whose output exists is skipped, so an interrupted
@@ -42,7 +44,11 @@ M3P = ["--fusion", "cvlm", "--criterion", "m3p_loss", "--mmcl-weight", "0.1",
        "--mdropnet-text-only", "0.25", "--mdropnet-image-only", "0.25", "--mdropnet-warmup-updates", "400",
        "--mma-text-mask-ratio", "0.15", "--mma-patch-mask-ratio", "0.25",
        "--mma-image-view-prob", "0.5", "--mma-view-negatives"]
-MODELS = {"text-only": TEXT_ONLY, "m3p": M3P}
+MODELS = {"text-only": TEXT_ONLY, "m3p": M3P}  # both from scratch (low_resource.py's small budgets)
+# The quickstart's m3P starts from its text-only model (main); the recipes that compare m3P
+# variants trained from scratch (ablation.py, decoder_only.py) call theirs so, and keep out of
+# the quickstart's m3p checkpoint directory.
+FROM_SCRATCH = "m3p-from-scratch"
 DEGRADED_FRACTION_FILE = "degraded_fraction.txt"
 
 
@@ -136,6 +142,11 @@ def add_options(parser):
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup-updates", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--m3p-updates", type=int, default=800,
+                        help="m3P's updates with images, after the text-only model's --max-update")
+    parser.add_argument("--m3p-lr", type=float, default=7e-4,
+                        help="m3P's peak learning rate, about where the text-only model's schedule ends "
+                             "(2e-3 * sqrt(200 / 1600) = 7.1e-4)")
     parser.add_argument("--degraded-fraction", type=float, default=0.5,
                         help="share of training and validation sources whose colour and shape words are masked")
     parser.add_argument("--tensorboard", action="store_true", help="also log training to tensorboard")
@@ -170,6 +181,22 @@ def prepare_data(work: Path, args) -> Path:
     return data
 
 
+def train_from_text_only(work: Path, data: Path, name: str, options: list, args) -> Path:
+    """Model ``name`` started from the text-only model's checkpoint (``--init-from-text-model``),
+    --m3p-updates updates at --m3p-lr (skipped when finished); returns its checkpoint."""
+    text_only = work / "checkpoints" / "text-only" / "checkpoint_last.pt"
+    save_dir = work / "checkpoints" / name
+    checkpoint = save_dir / "checkpoint_last.pt"
+    if checkpoint.exists() and _checkpoint_option(checkpoint, "init_from_text_model") is None:
+        sys.exit(f"{checkpoint} was trained from scratch (by an earlier quickstart); this one starts {name} from "
+                 f"the text-only model: use another --work-dir, or delete {save_dir}")
+    if not _finished(checkpoint, args.m3p_updates):
+        stage = argparse.Namespace(**{**vars(args), "lr": args.m3p_lr, "max_update": args.m3p_updates})
+        run(train_command(data, save_dir, options + ["--init-from-text-model", text_only], stage),
+            log_file=work / f"train-{name}.log")
+    return checkpoint
+
+
 def train(work: Path, data: Path, models: dict, args) -> dict:
     """models: name -> (model options, language pairs). Trains two at a time (finished ones are
     skipped); returns name -> checkpoint."""
@@ -178,13 +205,24 @@ def train(work: Path, data: Path, models: dict, args) -> dict:
             for name, (options, pairs) in models.items()
             if not _finished(save_dirs[name] / "checkpoint_last.pt", args.max_update)]
     for start in range(0, len(todo), 2):
-        run_side_by_side(todo[start:start + 2])
+        pair = todo[start:start + 2]
+        run_side_by_side(pair) if len(pair) == 2 else run(*pair[0])  # alone, on every core
     return {name: save_dir / "checkpoint_last.pt" for name, save_dir in save_dirs.items()}
 
 
 def _finished(checkpoint: Path, max_update: int) -> bool:
     if not checkpoint.exists():
         return False
+    return _load_checkpoint(checkpoint)["optimizer_history"][-1]["num_updates"] >= max_update
+
+
+def _checkpoint_option(checkpoint: Path, name: str):
+    """A model option a checkpoint was trained with (None when unset)."""
+    options = _load_checkpoint(checkpoint)["cfg"]["model"]  # a Namespace or a dict
+    return options.get(name) if isinstance(options, dict) else getattr(options, name, None)
+
+
+def _load_checkpoint(checkpoint: Path) -> dict:
     import logging
 
     import torch
@@ -192,8 +230,7 @@ def _finished(checkpoint: Path, max_update: int) -> bool:
     import m3p_fairseq  # noqa: F401  (allow-lists the checkpoint's classes)
     logging.disable(logging.NOTSET)
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return state["optimizer_history"][-1]["num_updates"] >= max_update
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)
 
 
 def train_unless_finished(work: Path, name: str, command, updates: int) -> Path:
@@ -225,10 +262,11 @@ def extract_features(raw: Path, output: Path, splits, image_size: int, log_file:
          "--batch-size", 100], log_file=log_file)
 
 
-def train_and_evaluate(models: dict, output_name: str, doc: str, argv=None, score_pairs=None):
-    """Steps 1-5 for ``models`` (name -> (model options, language pairs)); scores every
-    direction a model was trained on, or only ``score_pairs``. Returns the scores and the work
-    directory."""
+def train_and_evaluate(models: dict, output_name: str, doc: str, argv=None, score_pairs=None, from_text_only=None):
+    """Steps 1-5 for ``models`` (name -> (model options, language pairs)), then for
+    ``from_text_only`` (name -> model options, the quickstart's directions), which start from the
+    text-only model of ``models``; scores every direction a model was trained on, or only
+    ``score_pairs``. Returns the scores and the work directory."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser)
     args = parser.parse_args(argv)
@@ -236,6 +274,9 @@ def train_and_evaluate(models: dict, output_name: str, doc: str, argv=None, scor
     data = prepare_data(work, args)
     print("== 4/5 training", flush=True)
     checkpoints = train(work, data, models, args)
+    for name, options in (from_text_only or {}).items():
+        checkpoints[name] = train_from_text_only(work, data, name, options, args)
+        models = {**models, name: (options, LANG_PAIRS)}
     print("== 5/5 beam search (beam 5) and sacreBLEU", flush=True)
     if not score_pairs:
         return evaluate(data, checkpoints, work / output_name), work
@@ -264,8 +305,8 @@ def evaluate(data: Path, checkpoints: dict, output: Path, score_pairs=None) -> d
 
 def main(argv=None):
     began = time.time()
-    results, work = train_and_evaluate({name: (options, LANG_PAIRS) for name, options in MODELS.items()},
-                                       "results.json", __doc__, argv)
+    results, work = train_and_evaluate({"text-only": (TEXT_ONLY, LANG_PAIRS)}, "results.json", __doc__, argv,
+                                       from_text_only={"m3p": M3P})
 
     def average_bleu(model, split):
         scores = results[model][split].values()

@@ -48,6 +48,26 @@ def attend_to_image(attention: MultiheadAttention, text: Tensor, patches: Tensor
     return attention.out_proj(attended.permute(2, 0, 1, 3).reshape(length, batch, width))
 
 
+
+def fuse_rows(fusion: nn.Module, rows: Optional[Tensor], text: Tensor, text_padding_mask: Tensor,
+              patches: Tensor, global_state: Tensor, image_index: Optional[Tensor]):
+    """``fusion`` of the batch rows ``rows`` [R] only (all rows when None); the other rows' fused
+    states are zeros and padding. MDropNet's text-only and image-only sentences never read their
+    fused states, so computing them would only cost time (the fusion is the image side's largest
+    cost: its attention over every patch). ``patches`` are per row, or per distinct image with
+    ``image_index``; ``global_state`` is per row."""
+    if rows is None:
+        return fusion(text, text_padding_mask, patches, global_state, image_index)
+    if image_index is None:
+        patches = patches.index_select(1, rows)
+    else:  # the distinct images stay; only the rows pointing to them are selected
+        image_index = image_index.index_select(0, rows)
+    fused, padding_mask = fusion(text.index_select(1, rows), text_padding_mask.index_select(0, rows), patches,
+                                 global_state.index_select(0, rows), image_index)
+    batch = text.size(1)
+    return (fused.new_zeros(fused.size(0), batch, fused.size(2)).index_copy(1, rows, fused),
+            padding_mask.new_ones(batch, padding_mask.size(1)).index_copy(0, rows, padding_mask))
+
 class GatedFusion(nn.Module):
     """H' = H + Lambda * Wv, Lambda = sigmoid(W_g [H; Wv]): a per-dimension gate on the global vector."""
 

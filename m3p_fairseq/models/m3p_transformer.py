@@ -2,6 +2,7 @@
 them with the text states (``--fusion none|gated|concat|selective|cvlm``), trained with
 MDropNet and, through the ``m3p_loss`` criterion, the MMCL contrastive objective."""
 
+import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -18,9 +19,9 @@ from torch import Tensor
 
 from ..data.batch_keys import IMAGE_GLOBAL_STATE
 from .contrastive_head import mean_over_tokens
-from .fusion import FUSION_CHOICES, build_fusion, fusion_heads, to_rows
+from .fusion import FUSION_CHOICES, build_fusion, fuse_rows, fusion_heads, to_rows
 from .image_encoder import ImageFeatureEncoder
-from .mdropnet import per_sentence_memory
+from .mdropnet import fused_rows, per_sentence_memory
 from .multimodal_model import (
     MultimodalEncoderMixin,
     MultimodalModel,
@@ -29,9 +30,14 @@ from .multimodal_model import (
     set_option_defaults,
 )
 from .pretrained_text_encoder import load_pretrained_text_encoder
+from .text_model_init import OPTION, init_from_text_model
 
-# Set in the model config once --pretrained-text-encoder has been copied in, and saved with it.
+logger = logging.getLogger(__name__)
+
+# Set in the model config once --pretrained-text-encoder / --init-from-text-model has been
+# copied in, and saved with it.
 PRETRAINED_TEXT_ENCODER_LOADED = "pretrained_text_encoder_loaded"
+TEXT_MODEL_LOADED = "text_model_loaded"
 
 
 @dataclass
@@ -53,15 +59,23 @@ class M3PModelConfig(MultimodalModelConfig):
         default=False, metadata={"help": "give CVLM's attention one more key per head, learned, whose value is "
                                          "zero, so that a source token can take nothing from the image"},
     )
+    init_from_text_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "start the text encoder, decoder and embeddings from this checkpoint of a text-only "
+                          "model (--fusion none, same sizes, same data-bin); the image side starts fresh. The "
+                          "paper builds m3P on a multilingual text model (Sec. 3.3, Table 5 (4)). Read when "
+                          "training builds the model (a resumed run reads it again, then loads its own "
+                          "checkpoint over it); generation does not need it"},
+    )
     pretrained_text_encoder: Optional[str] = field(
         default=None,
         metadata={"help": "initialise the text encoder and the (shared) token embeddings from a local "
                           "XLM-R/RoBERTa checkpoint: a directory with model.pt and dict.txt (fairseq's "
                           "xlmr.base layout), or its model.pt. Needs --arch m3p_transformer_xlmr_base "
                           "(or its sizes); embedding rows are matched by symbol, so binarize with "
-                          "--dict DIR/dict.txt --spm-model DIR/sentencepiece.bpe.model. Read once, "
-                          "when the model is first built: checkpoints of the trained model (generation, "
-                          "resuming) do not need these files"},
+                          "--dict DIR/dict.txt --spm-model DIR/sentencepiece.bpe.model. Generation "
+                          "from a trained checkpoint does not need these files (a resumed run reads them "
+                          "again, then loads its own checkpoint over them)"},
     )
 
 
@@ -103,8 +117,9 @@ class M3PEncoder(MultimodalEncoderMixin, FairseqEncoder):
         # the patch states of each distinct image once: the fusion gathers them (after projecting)
         patches, global_state = self.encode_images(image_patches, image_global, text.dtype, image_index,
                                                    patches_per_row=False)
-        fused, padding_mask = self.fusion(text, text_padding_mask, patches, global_state, image_index)
         modalities = self.modes(modalities, src_tokens.size(0), image_usable, src_tokens.device)
+        fused, padding_mask = fuse_rows(self.fusion, fused_rows(modalities), text, text_padding_mask, patches,
+                                        global_state, image_index)
         if modalities is not None:
             patches = to_rows(patches, image_index, dim=1)  # MDropNet's image-only prompt is per row
             image_prompt = torch.cat([self._target_language(src_tokens), patches], dim=0)
@@ -154,6 +169,10 @@ class M3PTransformerModel(MultimodalModel, TransformerModel):
             load_pretrained_text_encoder(model.encoder.text_encoder, args.pretrained_text_encoder,
                                          other_embeddings=[model.decoder.embed_tokens])
             cls.mark_pretrained_loaded(args, PRETRAINED_TEXT_ENCODER_LOADED)
+        if cls.pretrained_to_load(args, "init_from_text_model", TEXT_MODEL_LOADED):
+            logger.info("%s: %d tensors copied from %s", OPTION, init_from_text_model(model, args.init_from_text_model),
+                        args.init_from_text_model)
+            cls.mark_pretrained_loaded(args, TEXT_MODEL_LOADED)
         return model
 
     def __init__(self, args, encoder: M3PEncoder, decoder, language_tags=()):

@@ -3,11 +3,12 @@
 decoder sees in front of the patches) or from the fused
 multimodal prompt (Eq. 11), with probabilities 0.25 / 0.25 / 0.5 in the paper.
 
-The whole batch goes through the text encoder, the image encoder and the fusion; each sentence's
-mode only decides which of those states its decoder may attend to (the others are masked as
-padding). Masked keys get exactly zero attention weight, so a sentence in the "both" mode is
-decoded exactly as at inference, and every parameter stays in the graph, as DistributedDataParallel
-requires, whatever mix a batch draws.
+The whole batch goes through the text encoder and the image encoder, and the fusion through
+the sentences that read its output (:func:`fused_rows`); each sentence's mode decides which of
+those states its decoder may attend to (the others are masked as padding). Masked keys get
+exactly zero attention weight, so a sentence in the "both" mode is decoded exactly as at
+inference, and every parameter stays in the graph, as DistributedDataParallel requires, whatever
+mix a batch draws.
 """
 
 from typing import Optional, Tuple
@@ -64,6 +65,16 @@ class MDropNet:
                 modalities = torch.full_like(image_usable, TEXT_AND_IMAGE, dtype=torch.long)
             modalities = modalities.masked_fill(~image_usable, TEXT_ONLY)
         return modalities
+
+
+def fused_rows(modes: Optional[Tensor]) -> Optional[Tensor]:
+    """The rows [R] whose decoder reads the fused states (TEXT_AND_IMAGE), or None for all rows:
+    when every sentence is fused, and when none is (the fusion then still runs on the whole batch,
+    so that its parameters stay in the graph, as DistributedDataParallel requires)."""
+    if modes is None:
+        return None
+    rows = (modes == TEXT_AND_IMAGE).nonzero().squeeze(1)
+    return None if rows.numel() in (0, modes.numel()) else rows
 
 
 def per_sentence_memory(modes: Tensor, text: Tensor, text_padding_mask: Tensor, fused: Tensor,
