@@ -80,3 +80,10 @@ def test_a_checkpoint_of_another_model_lists_what_does_not_fit(data_dir, tmp_pat
     message = str(error.value)
     assert "not in this model: encoder.layers.0.fc1.weight" in message
     assert "missing from the checkpoint: encoder.text_encoder.layers.0.fc1.weight" in message
+
+
+def test_a_file_that_is_no_checkpoint_is_named(data_dir, tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(TextModelInitError, match=r"weights\.pt: not a fairseq checkpoint \(no 'model' state dict"):
+        _m3p_from(data_dir, path)

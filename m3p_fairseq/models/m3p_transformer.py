@@ -63,7 +63,7 @@ class M3PModelConfig(MultimodalModelConfig):
         default=None,
         metadata={"help": "start the text encoder, decoder and embeddings from this checkpoint of a text-only "
                           "model (--fusion none, same sizes, same data-bin); the image side starts fresh. The "
-                          "paper builds m3P on a multilingual text model (Sec. 3.3, Table 5 (4)). Read when "
+                          "paper builds m3P on a pretrained text encoder (XLM-R, Sec. 3.3). Read when "
                           "training builds the model (a resumed run reads it again, then loads its own "
                           "checkpoint over it); generation does not need it"},
     )

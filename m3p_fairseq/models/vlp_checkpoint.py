@@ -1,12 +1,11 @@
 """Copy the encoder of a ``--task vlp_pretraining`` checkpoint into a VLP-MMT model (Algorithm 1,
 step 5 starts from the encoder of steps 2 and 4)."""
 
-import os
 from typing import Dict
 
-import torch
 from torch import Tensor
 
+from .checkpoint_weights import mismatches, read_model_state
 from .vlp_encoder import VLPEncoder
 
 ENCODER_PREFIX = "encoder."
@@ -19,16 +18,8 @@ class VLPCheckpointError(ValueError):
 
 
 def encoder_state(checkpoint: str) -> Dict[str, Tensor]:
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"--pretrained-vlp-encoder {checkpoint}: no such file (expected a checkpoint "
-                                "written by fairseq-train --task vlp_pretraining)")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise VLPCheckpointError(f"cannot read {checkpoint} safely (torch.load(weights_only=True)): {error}") from error
-    model = state.get("model") if isinstance(state, dict) else None
-    if not isinstance(model, dict):
-        raise VLPCheckpointError(f"{checkpoint} is not a fairseq checkpoint: no 'model' state dict")
+    model = read_model_state(checkpoint, "--pretrained-vlp-encoder",
+                             "a checkpoint written by fairseq-train --task vlp_pretraining", VLPCheckpointError)
     wanted = {key[len(ENCODER_PREFIX):]: value for key, value in model.items()
               if key.startswith(ENCODER_PREFIX) and key[len(ENCODER_PREFIX):].startswith(PRETRAINED_PARTS)}
     if not wanted:
@@ -41,10 +32,7 @@ def load_vlp_encoder(encoder: VLPEncoder, checkpoint: str) -> None:
     """Every pre-trained tensor must find its place with its shape; one error lists what does not."""
     wanted = encoder_state(checkpoint)
     own = {key: value for key, value in encoder.state_dict().items() if key.startswith(PRETRAINED_PARTS)}
-    missing = sorted(set(own) - set(wanted))
-    unexpected = sorted(set(wanted) - set(own))
-    mismatched = [f"{key}: checkpoint {list(wanted[key].shape)}, model {list(own[key].shape)}"
-                  for key in sorted(set(own) & set(wanted)) if wanted[key].shape != own[key].shape]
+    missing, unexpected, mismatched = mismatches(wanted, own)
     if missing or unexpected or mismatched:
         raise VLPCheckpointError(
             f"the encoder of {checkpoint} does not fit this model (give it the pre-training's encoder "
