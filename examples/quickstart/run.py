@@ -206,7 +206,10 @@ def train(work: Path, data: Path, models: dict, args) -> dict:
             if not _finished(save_dirs[name] / "checkpoint_last.pt", args.max_update)]
     for start in range(0, len(todo), 2):
         pair = todo[start:start + 2]
-        run_side_by_side(pair) if len(pair) == 2 else run(*pair[0])  # alone, on every core
+        if len(pair) == 2:
+            run_side_by_side(pair)
+        else:
+            run(*pair[0])  # alone, on every core
     return {name: save_dir / "checkpoint_last.pt" for name, save_dir in save_dirs.items()}
 
 

@@ -48,7 +48,6 @@ def attend_to_image(attention: MultiheadAttention, text: Tensor, patches: Tensor
     return attention.out_proj(attended.permute(2, 0, 1, 3).reshape(length, batch, width))
 
 
-
 def fuse_rows(fusion: nn.Module, rows: Optional[Tensor], text: Tensor, text_padding_mask: Tensor,
               patches: Tensor, global_state: Tensor, image_index: Optional[Tensor]):
     """``fusion`` of the batch rows ``rows`` [R] only (all rows when None); the other rows' fused
@@ -67,6 +66,7 @@ def fuse_rows(fusion: nn.Module, rows: Optional[Tensor], text: Tensor, text_padd
     batch = text.size(1)
     return (fused.new_zeros(fused.size(0), batch, fused.size(2)).index_copy(1, rows, fused),
             padding_mask.new_ones(batch, padding_mask.size(1)).index_copy(0, rows, padding_mask))
+
 
 class GatedFusion(nn.Module):
     """H' = H + Lambda * Wv, Lambda = sigmoid(W_g [H; Wv]): a per-dimension gate on the global vector."""
