@@ -92,7 +92,6 @@ def test_both_mode_is_decoded_exactly_as_at_inference_in_a_mixed_batch(model_and
     assert not torch.allclose(training[~both], inference[~both])
 
 
-
 @pytest.mark.parametrize("codes,fused_batch", [
     ((TEXT_ONLY, TEXT_AND_IMAGE, IMAGE_ONLY, TEXT_AND_IMAGE, TEXT_ONLY, TEXT_AND_IMAGE), 3),
     ((TEXT_AND_IMAGE,) * 6, 6),
@@ -107,6 +106,7 @@ def test_the_fusion_runs_on_the_sentences_that_read_it(model_and_batch, codes, f
     finally:
         hook.remove()
     assert batch_sizes == [fused_batch]
+
 
 def _gradient_norms(model, net_input, modalities):
     model.zero_grad()

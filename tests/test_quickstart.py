@@ -84,3 +84,15 @@ def test_degraded_fraction_sets_the_share_of_degraded_sources_and_is_kept_with_t
     run.check_degraded_fraction(tmp_path / "raw-0.0", 0.0)
     with pytest.raises(SystemExit, match=r"made with --degraded-fraction 0.0 .*use another --work-dir for 0.5"):
         run.check_degraded_fraction(tmp_path / "raw-0.0", 0.5)
+
+
+def test_an_m3p_trained_from_scratch_by_an_earlier_quickstart_is_not_resumed(tmp_path):
+    import argparse
+
+    run = import_script(REPO / "examples" / "quickstart" / "run.py")
+    checkpoint = tmp_path / "checkpoints" / "m3p" / "checkpoint_last.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"cfg": {"model": argparse.Namespace(fusion="cvlm")}, "optimizer_history": [{"num_updates": 1600}]},
+               checkpoint)
+    with pytest.raises(SystemExit, match=r"checkpoint_last\.pt was trained from scratch .* use another --work-dir"):
+        run.train_from_text_only(tmp_path, tmp_path / "data-bin", "m3p", [], argparse.Namespace(m3p_updates=800))

@@ -185,16 +185,15 @@ def train_from_text_only(work: Path, data: Path, name: str, options: list, args)
     """Model ``name`` started from the text-only model's checkpoint (``--init-from-text-model``),
     --m3p-updates updates at --m3p-lr (skipped when finished); returns its checkpoint."""
     text_only = work / "checkpoints" / "text-only" / "checkpoint_last.pt"
-    save_dir = work / "checkpoints" / name
-    checkpoint = save_dir / "checkpoint_last.pt"
+    checkpoint = work / "checkpoints" / name / "checkpoint_last.pt"
     if checkpoint.exists() and _checkpoint_option(checkpoint, "init_from_text_model") is None:
         sys.exit(f"{checkpoint} was trained from scratch (by an earlier quickstart); this one starts {name} from "
-                 f"the text-only model: use another --work-dir, or delete {save_dir}")
-    if not _finished(checkpoint, args.m3p_updates):
-        stage = argparse.Namespace(**{**vars(args), "lr": args.m3p_lr, "max_update": args.m3p_updates})
-        run(train_command(data, save_dir, options + ["--init-from-text-model", text_only], stage),
-            log_file=work / f"train-{name}.log")
-    return checkpoint
+                 f"the text-only model: use another --work-dir, or delete {checkpoint.parent}")
+    stage = argparse.Namespace(**{**vars(args), "lr": args.m3p_lr, "max_update": args.m3p_updates})
+    options = options + ["--init-from-text-model", text_only]
+    save_dir = train_unless_finished(work, name, lambda save_dir: train_command(data, save_dir, options, stage),
+                                     args.m3p_updates)
+    return save_dir / "checkpoint_last.pt"
 
 
 def train(work: Path, data: Path, models: dict, args) -> dict:
