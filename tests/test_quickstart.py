@@ -53,6 +53,25 @@ def test_quickstart_runs_end_to_end_and_resumes(tmp_path):
     assert set(scores["m3p-from-scratch"]["test"]) == {"en-de", "de-en"}  # only the directions in the table
     assert scores["text-only"]["test"]["en-de"] == results["text-only"]["test"]["en-de"]
 
+    # --from-text-only: rows (1') to (4) start from the text-only model; (1) is the quickstart's m3P
+    staged = subprocess.run([sys.executable, "examples/quickstart/ablation.py", "--from-text-only", *command[2:]],
+                            cwd=REPO, capture_output=True, text=True)
+    assert staged.returncode == 0, staged.stdout[-3000:] + staged.stderr[-3000:]
+    assert staged.stdout.count("fairseq-train") == 4
+    table = (tmp_path / "ablation-from-text-only.md").read_text().splitlines()
+    assert [row.split(" |")[0] for row in table[2:]] == [
+        "| (1) m3P", "| (1') (1), MMA outside MMCL", "| (2) (1) - MMCL", "| (3) (2) - CVLM", "| (4) (3) - MDropNet",
+        "| text-only transformer"]
+    scores = json.loads((tmp_path / "ablation-from-text-only.json").read_text())
+    assert scores["m3p"]["test"]["en-de"] == results["m3p"]["test"]["en-de"]
+    for name in ("m3p-mma-translation-only", "no-mmcl", "no-mmcl-cvlm", "no-mmcl-cvlm-mdropnet"):
+        checkpoint = torch.load(tmp_path / "checkpoints" / f"{name}-from-text-only" / "checkpoint_last.pt",
+                                weights_only=False)
+        assert checkpoint["cfg"]["model"].init_from_text_model.endswith("text-only/checkpoint_last.pt")
+        assert checkpoint["optimizer_history"][-1]["num_updates"] == 4
+    assert torch.load(tmp_path / "checkpoints" / "no-mmcl-cvlm-from-text-only" / "checkpoint_last.pt",
+                      weights_only=False)["cfg"]["model"].fusion == "concat"
+
 
 def write_raw(raw):
     """The files write_directions reads: 20 numbered captions per split and language, each

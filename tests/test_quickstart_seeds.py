@@ -45,10 +45,10 @@ def test_ablation_table_over_seeds_by_hand():
                        for split, bump in (("test", 0), ("test_degraded", 1))}
                 for name, pairs in names.items()}
 
-    one = ablation.table({1: seed_results(0)}).splitlines()
+    one = ablation.table(ablation.ROWS, {1: seed_results(0)}).splitlines()
     assert one[2] == "| (1) m3P | 50.0 | 60.0 | 51.0 | 61.0 |"
     # offsets 0, 2, 4 -> mean +2, sd 2: en-de clean 52 ± 2 (50–54)
-    three = ablation.table({s: seed_results(2 * (s - 1)) for s in (1, 2, 3)}).splitlines()
+    three = ablation.table(ablation.ROWS, {s: seed_results(2 * (s - 1)) for s in (1, 2, 3)}).splitlines()
     assert three[3] == ("| (1') (1), MMA outside MMCL | 52.0 ± 2.0 (50.0–54.0) | 62.0 ± 2.0 (60.0–64.0) "
                         "| 53.0 ± 2.0 (51.0–55.0) | 63.0 ± 2.0 (61.0–65.0) |")
     # row (5) takes en-de from the en-de bilingual model and de-en from the de-en one

@@ -16,11 +16,19 @@ Every row trains from scratch: (1) is m3p-from-scratch, not the quickstart's m3P
 from the text-only model. Shares the quickstart's data and its text-only model (trained here if
 missing) and writes ``ablation.md`` and ``ablation.json`` into the work directory.
 
+    python examples/quickstart/ablation.py --from-text-only [--work-dir work/quickstart]
+
+starts every image row from the text-only model instead, as the quickstart's m3P (which is row
+(1) here) starts: --m3p-updates updates with images at --m3p-lr. Row (5) is left out: a model
+started from the multilingual text-only model is not bilingual. Writes
+``ablation-from-text-only.md`` and ``.json``.
+
     python examples/quickstart/ablation.py --seeds 1 2 3 [--work-dir-pattern work/quickstart-seed{seed}]
 
 runs the ablation in each seed's quickstart directory (the pattern of seeds.py, so the seeds'
-quickstart models are reused) and writes ``ablation-seeds.md`` / ``.json`` beside them: every
-cell as mean ± sd (min–max) over the seeds.
+quickstart models are reused) and writes ``ablation-seeds.md`` / ``.json`` beside them (with
+--from-text-only ``ablation-from-text-only-seeds``): every cell as mean ± sd (min–max) over the
+seeds.
 """
 
 import argparse
@@ -63,25 +71,29 @@ ROWS = [
     ("(5) (4) - multilingual", {f"bilingual-{pair}": (NO_MDROPNET, [pair]) for pair in REPORTED}),
     ("text-only transformer", {"text-only": (TEXT_ONLY, LANG_PAIRS)}),
 ]
+# --from-text-only: rows (1) to (4) started from the text-only model; (1) is the quickstart's m3P
+STAGED = "-from-text-only"
+ROWS_FROM_TEXT_ONLY = [("(1) m3P", {"m3p": (M3P, LANG_PAIRS)})] + [
+    (row, {name + STAGED: spec for name, spec in models.items()}) for row, models in ROWS[1:5]] + ROWS[-1:]
 
 
 SPLITS = [("test", "clean"), ("test_degraded", "degraded")]
 
 
-def table(results_by_seed: dict) -> str:
-    """Rows as in Table 5: BLEU of en-de and de-en on the clean and the degraded test set; with
+def table(rows: list, results_by_seed: dict) -> str:
+    """``rows`` as in Table 5: BLEU of en-de and de-en on the clean and the degraded test set; with
     several seeds (seed -> results) each cell is mean ± sd (min–max)."""
     header = ["model"] + [f"{pair} {label}" for _, label in SPLITS for pair in REPORTED]
-    rows = []
-    for row, models in ROWS:
+    lines = []
+    for row, models in rows:
         cells = []
         for split, _ in SPLITS:
             for pair in REPORTED:
                 name = next(n for n, (_, pairs) in models.items() if pair in pairs)
                 values = [results[name][split][pair]["bleu"] for results in results_by_seed.values()]
                 cells.append(spread(values) if len(values) > 1 else f"{values[0]:.1f}")
-        rows.append([row, *cells])
-    return markdown_table(header, rows, align="l" * len(header)) + "\n"
+        lines.append([row, *cells])
+    return markdown_table(header, lines, align="l" * len(header)) + "\n"
 
 
 def main(argv=None):
@@ -89,22 +101,35 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", help="run in each seed's quickstart directory")
     parser.add_argument("--work-dir-pattern", default=WORK_DIR_PATTERN,
                         help="with --seeds: each seed's work directory; {seed} is replaced")
+    parser.add_argument("--from-text-only", action="store_true",
+                        help="start rows (1) to (4) from the text-only model, as the quickstart's m3P")
     args, rest = parser.parse_known_args(argv)
-    began, models = time.time(), {name: spec for _, models in ROWS for name, spec in models.items()}
+    rows = ROWS_FROM_TEXT_ONLY if args.from_text_only else ROWS
+    stem = "ablation-from-text-only" if args.from_text_only else "ablation"
+    models = {name: spec for _, models in rows for name, spec in models.items()}
+    if args.from_text_only:  # only the text-only model trains from scratch; the others start from it
+        staged = {name: options for name, (options, _) in models.items() if name != "text-only"}
+        models = {"text-only": models["text-only"]}
+    else:
+        staged = None
+    began = time.time()
+
+    def ablation(options):
+        return train_and_evaluate(models, f"{stem}.json", __doc__, options, score_pairs=REPORTED,
+                                  from_text_only=staged)
+
     if not args.seeds:
-        results, work = train_and_evaluate(models, "ablation.json", __doc__, rest, score_pairs=REPORTED)
-        by_seed, output = {None: results}, work / "ablation.md"
+        results, work = ablation(rest)
+        by_seed, output = {None: results}, work / f"{stem}.md"
     else:
         by_seed = {}
         for seed in args.seeds:
             work = Path(args.work_dir_pattern.format(seed=seed))
             print(f"=== seed {seed}: {work}", flush=True)
-            by_seed[seed], _ = train_and_evaluate(models, "ablation.json", __doc__,
-                                                  ["--seed", str(seed), "--work-dir", str(work), *rest],
-                                                  score_pairs=REPORTED)
-        output = Path(args.work_dir_pattern.format(seed="s")).parent / "ablation-seeds.md"
+            by_seed[seed], _ = ablation(["--seed", str(seed), "--work-dir", str(work), *rest])
+        output = Path(args.work_dir_pattern.format(seed="s")).parent / f"{stem}-seeds.md"
         atomic_write_text(output.with_suffix(".json"), json.dumps(by_seed, indent=1, ensure_ascii=False))
-    markdown = table(by_seed)
+    markdown = table(rows, by_seed)
     atomic_write_text(output, markdown)
     print(markdown)
     print(f"total {time.time() - began:.0f} s; written to {output}")
