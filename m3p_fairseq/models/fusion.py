@@ -11,9 +11,10 @@ then project keys and values once per distinct image (P x U rows instead of P x 
 from typing import Dict, Optional, Type
 
 import torch
-import torch.nn.functional as F
 from fairseq.modules import FairseqDropout, LayerNorm, MultiheadAttention
 from torch import Tensor, nn
+
+from .packed_memory import attend, split_heads
 
 
 def to_rows(states: Tensor, image_index: Optional[Tensor], dim: int) -> Tensor:
@@ -31,21 +32,13 @@ def attend_to_image(attention: MultiheadAttention, text: Tensor, patches: Tensor
     ``null_key`` [heads, C / heads] each head also attends to that key, whose value is zero."""
     if image_index is None and null_key is None:
         return attention(query=text, key=patches, value=patches, need_weights=False)[0]
-    length, batch, width = text.shape
-
-    def by_head(states: Tensor) -> Tensor:  # [L, B, C] -> [B, heads, L, C / heads]
-        return states.view(states.size(0), batch, attention.num_heads, -1).permute(1, 2, 0, 3)
-
-    keys = by_head(to_rows(attention.k_proj(patches), image_index, dim=1))
-    values = by_head(to_rows(attention.v_proj(patches), image_index, dim=1))
+    batch, heads = text.size(1), attention.num_heads
+    keys = split_heads(to_rows(attention.k_proj(patches), image_index, dim=1), heads)
+    values = split_heads(to_rows(attention.v_proj(patches), image_index, dim=1), heads)
     if null_key is not None:  # attention on the null key adds nothing to the token
         keys = torch.cat([keys, null_key.expand(batch, -1, -1).unsqueeze(2)], dim=2)
         values = torch.cat([values, values.new_zeros(batch, values.size(1), 1, values.size(3))], dim=2)
-    dropout = attention.dropout_module
-    attended = F.scaled_dot_product_attention(
-        by_head(attention.q_proj(text)), keys, values,
-        dropout_p=dropout.p if attention.training or dropout.apply_during_inference else 0.0)
-    return attention.out_proj(attended.permute(2, 0, 1, 3).reshape(length, batch, width))
+    return attend(attention, text, keys, values)
 
 
 def fuse_rows(fusion: nn.Module, rows: Optional[Tensor], text: Tensor, text_padding_mask: Tensor,

@@ -29,6 +29,7 @@ from .multimodal_model import (
     set_default,
     set_option_defaults,
 )
+from .packed_memory import PackedMemoryTransformer
 from .pretrained_text_encoder import load_pretrained_text_encoder
 from .text_model_init import OPTION, init_from_text_model
 
@@ -162,7 +163,7 @@ class M3PTransformerModel(MultimodalModel, TransformerModel):
         m3p_base_architecture(args)
         if args.fusion != "none":
             cls.resolve_image_feature_dim(args, task)
-        text_model = TransformerModel.build_model(args, task)
+        text_model = PackedMemoryTransformer.build_model(args, task)
         model = cls(args, M3PEncoder(args, text_model.encoder), text_model.decoder,
                     language_tags=list(cls.language_tags(task)))
         if cls.pretrained_to_load(args, "pretrained_text_encoder", PRETRAINED_TEXT_ENCODER_LOADED):
