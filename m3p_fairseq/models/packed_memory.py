@@ -2,10 +2,10 @@
 only, in training.
 
 Under MDropNet an image-only sentence's memory is its image prompt (tag + 49 patch states), the
-others' their ~20 source states, so the batch's memory [S, B, C] is ~50 long and more than half
-of it padding. fairseq's attention projects keys and values at every position, padded or not,
-in every decoder layer: on the quickstart's batches that was about as much arithmetic as the
-whole image side. Here the real positions are gathered, projected, and put back; the padded
+others' their source states (about 13 pieces on the quickstart), so the batch's memory [S, B, C]
+is ~50 long and mostly padding. fairseq's attention projects keys and values at every position,
+padded or not, in every decoder layer (3 % of the quickstart m3P's multiply-adds per update:
+docs/benchmarks.md). Here the real positions are gathered, projected, and put back; the padded
 ones stay zero, which the key padding mask hides exactly as before. Parameters and their names
 are fairseq's, so checkpoints load either way.
 """
