@@ -13,8 +13,8 @@ import torch
 from helpers import REPO
 from m3p_fairseq.benchmark.configs import TINY
 from m3p_fairseq.benchmark.measuring import peak_rss_mib, profile_summary, release_memory
-from m3p_fairseq.benchmark.report import ratios, sweep_points
-from m3p_fairseq.benchmark.worker import fixed_batches
+from m3p_fairseq.benchmark.report import median_interval, ratios, sweep_points, targets_table
+from m3p_fairseq.benchmark.worker import fixed_batches, length_sorted_batches
 
 
 def transformer_parameters(vocabulary: int, width: int, ffn: int) -> int:
@@ -81,11 +81,14 @@ def test_the_baseline_reads_the_same_tokens_as_m3p_and_without_the_tag_one_fewer
 
     job = model_job(0, [], [4], False, TINY, prepare_data(tmp_path, TINY))
     ids = [3, 0, 7, 12]
-    batches = {}
+    batches, lengths = {}, {}
     for name in (BASELINE, UNTAGGED_BASELINE, "m3p none"):
         _, task, _ = build_run(job, name, 4)
         train = training_set(task)
         batches[name] = train.collater([train[i] for i in ids])
+        lengths[name] = [train.size(i) for i in range(TINY.train_sentences)]
+    # --length-sorted-batches sorts by these: the same for the baseline and m3P, so the same batches
+    assert lengths[BASELINE] == lengths["m3p none"]
     tagged, untagged, m3p = batches[BASELINE], batches[UNTAGGED_BASELINE], batches["m3p none"]
     for key in ("src_tokens", "src_lengths"):
         assert torch.equal(tagged["net_input"][key], m3p["net_input"][key]), key
@@ -109,12 +112,52 @@ def test_ratios_are_taken_against_the_baseline_of_the_same_round():
     assert ratios(runs, "train_wps", 8) == {"transformer": [1.0, 1.0], "m3p cvlm": [0.9, 0.8]}
 
 
+def test_median_interval_is_the_order_statistics_of_the_binomial_table():
+    # n = 10: P(B <= 1) = 11/1024, coverage of (x_(2), x_(9)) = 1 - 22/1024 = 0.979 >= 0.95, while
+    # (x_(3), x_(8)) covers 1 - 2 * 56/1024 = 0.891: the 2nd smallest and the 2nd largest
+    assert median_interval([7.0, 1.0, 10.0, 3.0, 5.0, 2.0, 9.0, 4.0, 8.0, 6.0]) == (2.0, 9.0)
+    # n = 6: only (min, max) covers enough, 1 - 2/64 = 0.969; n = 5: even that covers 1 - 2/32 = 0.94
+    assert median_interval([0.9, 0.8, 1.0, 0.7, 0.95, 0.85]) == (0.7, 1.0)
+    assert median_interval([0.9, 0.8, 1.0, 0.7, 0.95]) is None
+    assert median_interval([0.9, 0.8, 1.0, 0.7, 0.95], confidence=0.9) == (0.7, 1.0)
+
+
+def test_a_ratio_goal_is_met_only_when_its_whole_interval_clears_it():
+    report = {"reader_runs": [], "settings": {"reader_sizes": []}}
+    train = {"m3p none": [0.99, 1.0, 0.985, 1.02, 0.98, 0.99],  # interval 0.98-1.02: met (>= 0.98)
+             "m3p cvlm +MMCL": [0.85, 0.95, 0.91, 0.88, 0.93, 0.92],  # 0.85-0.95 contains 0.90
+             "m3p cvlm +MMCL +MDropNet": [0.80, 0.87, 0.85, 0.86, 0.84, 0.83]}  # 0.80-0.87 < 0.88
+    generation = {"m3p none": [1.0] * 4}  # 4 rounds: no interval, the median decides
+    lines = targets_table(report, train, generation).splitlines()
+    assert lines[0] == "| target | goal | measured (median) | 95 % interval of the median | met |"
+    assert lines[2:] == [
+        "| training ratio, m3p none | >= 0.98 | 0.990 | 0.980–1.020 | yes |",
+        "| generation ratio, m3p none | >= 0.99 | 1.000 | (too few rounds: 4) | yes |",
+        "| training ratio, m3p cvlm +MMCL | >= 0.90 | 0.915 | 0.850–0.950 | within the noise |",
+        "| training ratio, m3p cvlm +MMCL +MDropNet | >= 0.88 | 0.845 | 0.800–0.870 | no |",
+        "| generation ratio, lowest m3P row (m3p none) | >= 0.95 | 1.000 | (too few rounds: 4) | yes |"]
+
+
 def test_fixed_batches_use_every_sentence_before_repeating_one():
     batches = fixed_batches(10, 4, 5, seed=1)
     assert [len(b) for b in batches] == [4] * 5
     flat = [i for b in batches for i in b]
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
     assert batches == fixed_batches(10, 4, 5, seed=1)
+
+
+def test_length_sorted_batches_are_consecutive_sentences_in_length_order():
+    lengths = [(5, 1), (2, 9), (5, 0), (1, 4), (2, 3), (9, 9)]  # (source, target)
+    # by source, then target: 3 (1,4), 4 (2,3), 1 (2,9), 2 (5,0), 0 (5,1), 5 (9,9)
+    batches = length_sorted_batches(lengths, 2, 3, seed=1)
+    assert sorted(batches) == [[0, 5], [1, 2], [3, 4]]
+    assert batches == length_sorted_batches(lengths, 2, 3, seed=1)  # fixed by the seed
+    more = length_sorted_batches(lengths, 2, 5, seed=1)  # all 3 batches before one repeats
+    assert sorted(more[:3]) == [[0, 5], [1, 2], [3, 4]] and all(b in more[:3] for b in more[3:])
+    assert length_sorted_batches(lengths, 4, 1, seed=1) == [[3, 4, 1, 2]]  # the last, partial batch is left out
+    from m3p_fairseq.benchmark.cli import parser, settings_of
+    assert settings_of(parser().parse_args(["--length-sorted-batches"])).length_sorted_batches
+    assert not settings_of(parser().parse_args([])).length_sorted_batches
 
 
 def test_peak_rss_sees_an_allocation_and_restarts_after_release():

@@ -79,6 +79,10 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows-per-round", type=int,
                         help="split every-row rounds into processes of this many rows plus the "
                              "baseline (default: all rows in one), to spread them over --parallel")
+    parser.add_argument("--length-sorted-batches", action="store_true",
+                        help="train on batches as fairseq-train forms them (sentences sorted by length, "
+                             "consecutive ones batched, batches in random order) instead of random "
+                             "sentences: little padding, as in real training")
     parser.add_argument("--skip-reader", action="store_true", help="leave out the feature-reader part")
     parser.add_argument("--skip-sweep", action="store_true", help="leave out the batch-size sweep")
     parser.add_argument("--profile", action="store_true",
@@ -98,6 +102,7 @@ def settings_of(args) -> Settings:
     s.key_repeats = max(s.key_repeats, s.repeats)
     if args.threads:
         s.threads = args.threads
+    s.length_sorted_batches = args.length_sorted_batches
     return s
 
 

@@ -69,6 +69,8 @@ class Settings:
     batch_size: int = 32  # sentences per update
     sweep_batch_sizes: List[int] = field(default_factory=lambda: [8, 16, 32, 64])
     warmup_steps: int = 2
+    # False: random sentences per batch (the goals' method); True: as fairseq-train, length-sorted
+    length_sorted_batches: bool = False
     timed_steps: int = 6
     # generation
     gen_batch_size: int = 20
