@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from helpers import REPO
@@ -155,6 +156,8 @@ def test_length_sorted_batches_are_consecutive_sentences_in_length_order():
     more = length_sorted_batches(lengths, 2, 5, seed=1)  # all 3 batches before one repeats
     assert sorted(more[:3]) == [[0, 5], [1, 2], [3, 4]] and all(b in more[:3] for b in more[3:])
     assert length_sorted_batches(lengths, 4, 1, seed=1) == [[3, 4, 1, 2]]  # the last, partial batch is left out
+    with pytest.raises(ValueError, match="6 sentences make no batch of 8"):
+        length_sorted_batches(lengths, 8, 1, seed=1)
     from m3p_fairseq.benchmark.cli import parser, settings_of
     assert settings_of(parser().parse_args(["--length-sorted-batches"])).length_sorted_batches
     assert not settings_of(parser().parse_args([])).length_sorted_batches

@@ -53,6 +53,8 @@ def length_sorted_batches(lengths: List[Tuple[int, int]], batch_size: int, count
     order = order[np.argsort(targets[order], kind="mergesort")]
     order = order[np.argsort(sources[order], kind="mergesort")]
     batches = [order[i:i + batch_size].tolist() for i in range(0, len(order) - batch_size + 1, batch_size)]
+    if not batches:
+        raise ValueError(f"{len(lengths)} sentences make no batch of {batch_size}")
     drawn: List[List[int]] = []
     while len(drawn) < count:
         drawn += [batches[i] for i in rng.permutation(len(batches))]
@@ -132,7 +134,7 @@ def model_run(job: dict, run: dict, steps: Optional[int] = None) -> dict:
     wall = cpu = 0.0
     tokens = 0
     steps = steps or s["warmup_steps"] + s["timed_steps"]
-    if s.get("length_sorted_batches"):  # .get: results.json files written before the option
+    if s["length_sorted_batches"]:
         batches = length_sorted_batches([train.size(i) for i in range(s["train_sentences"])], run["batch_size"],
                                         steps, seed=1)
     else:
