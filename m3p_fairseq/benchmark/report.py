@@ -124,13 +124,13 @@ def targets_table(report: dict, train_ratio, gen_ratio) -> str:
 
 
 def _ratio_goal(target: str, measured: List[float], goal: float) -> list:
-    interval = median_interval(measured)
-    if interval is None:  # too few rounds: the median alone
-        return [target, f">= {goal:.2f}", f"{median(measured):.3f}", f"(too few rounds: {len(measured)})",
-                "yes" if median(measured) >= goal else "no"]
-    low, high = interval
-    met = "yes" if low >= goal else "no" if high < goal else "within the noise"
-    return [target, f">= {goal:.2f}", f"{median(measured):.3f}", f"{low:.3f}–{high:.3f}", met]
+    middle, interval = median(measured), median_interval(measured)
+    if interval is None:  # too few rounds: the median alone decides
+        spread, met = f"(too few rounds: {len(measured)})", "yes" if middle >= goal else "no"
+    else:
+        low, high = interval
+        spread, met = f"{low:.3f}–{high:.3f}", "yes" if low >= goal else "no" if high < goal else "within the noise"
+    return [target, f">= {goal:.2f}", f"{middle:.3f}", spread, met]
 
 
 def profile_markdown(results: List[dict]) -> str:
