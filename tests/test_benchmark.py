@@ -14,7 +14,7 @@ import torch
 from helpers import REPO
 from m3p_fairseq.benchmark.configs import TINY
 from m3p_fairseq.benchmark.measuring import peak_rss_mib, profile_summary, release_memory
-from m3p_fairseq.benchmark.report import median_interval, ratios, sweep_points, targets_table
+from m3p_fairseq.benchmark.report import markdown_tables, median_interval, ratios, sweep_points, targets_table
 from m3p_fairseq.benchmark.worker import fixed_batches, length_sorted_batches
 
 
@@ -111,6 +111,29 @@ def test_ratios_are_taken_against_the_baseline_of_the_same_round():
             {"config": "m3p cvlm", "round": 1, "batch_size": 8, "train_wps": 40.0},
             {"config": "m3p cvlm", "round": 0, "batch_size": 16, "train_wps": 1.0}]
     assert ratios(runs, "train_wps", 8) == {"transformer": [1.0, 1.0], "m3p cvlm": [0.9, 0.8]}
+
+
+def test_the_main_table_shows_the_data_share_and_leaves_out_skipped_parts():
+    """A report of --skip-sweep --skip-reader: one batch size, no reader runs. The data column is
+    the median (min-max) of the rounds' shares in per cent; no empty sweep or reader table."""
+    def run(config, round_number, wps, data_share):
+        return {"config": config, "round": round_number, "batch_size": 32, "num_parameters": 5_550_000,
+                "train_wps": wps, "gen_sentences_per_second": 20.0, "data_cpu_share": data_share,
+                "training_rss_growth_mib": 215.0}
+    settings = {"batch_size": 32, "length_sorted_batches": True, "timed_steps": 6, "warmup_steps": 2, "beam": 5,
+                "gen_batches": 9, "gen_batch_size": 20, "gen_length": 20, "repeats": 2, "key_repeats": 2,
+                "threads": 1, "reader_patches": 49, "reader_dim": 512, "reader_sizes": []}
+    report = {"settings": settings, "sweep_batch_sizes": [32], "sweep_runs": [], "reader_runs": [],
+              "model_runs": [run("transformer", 0, 800.0, 0.004), run("m3p cvlm +MMCL", 0, 680.0, 0.017),
+                             run("transformer", 1, 900.0, 0.005), run("m3p cvlm +MMCL", 1, 720.0, 0.019)]}
+    text = markdown_tables(report)
+    assert "| model | parameters | train words/s | train ratio | generation sent/s | generation ratio " \
+           "| reading and collating, % of training CPU | training peak RSS growth, MiB |" in text
+    # ratios 680/800 = 0.85 and 720/900 = 0.80; data shares 1.7 % and 1.9 %: median 1.8
+    assert "| m3p cvlm +MMCL | 5.55 M | 700 (680–720) | 0.825 (0.800–0.850) | 20.00 (20.00–20.00) " \
+           "| 1.000 (1.000–1.000) | 1.8 (1.7–1.9) | 215 (215–215) |" in text
+    assert "| transformer | 5.55 M | 850 (800–900) | 1.000 (1.000–1.000) |" in text
+    assert "against batch size" not in text and "Feature reader" not in text
 
 
 def test_median_interval_is_the_order_statistics_of_the_binomial_table():

@@ -66,6 +66,7 @@ def markdown_tables(report: dict) -> str:
             models.append([name, f"{runs[0]['num_parameters'] / 1e6:.2f} M",
                            _spread([r["train_wps"] for r in runs], 0), _spread(train_ratio[name], 3),
                            _spread([r["gen_sentences_per_second"] for r in runs], 2), _spread(gen_ratio[name], 3),
+                           _spread([100 * r["data_cpu_share"] for r in runs], 1),
                            _spread([r["training_rss_growth_mib"] for r in runs], 0)])
     batch_sizes = report["sweep_batch_sizes"]
     sweep = [[name, *(_spread(points[b], 0) for b in batch_sizes)] for name, points in sweep_points(report).items()]
@@ -85,15 +86,18 @@ def markdown_tables(report: dict) -> str:
         f"the key rows ({', '.join(KEY_CONFIGS)}) in {s['key_repeats']} interleaved rounds: median (min–max over rounds). Words/s and sentences/s are per CPU second of the run's process "
         f"({s['threads']} torch thread(s)); results.json also holds the wall-clock rates.",
         markdown_table(["model", "parameters", "train words/s", "train ratio", "generation sent/s",
-                        "generation ratio", "training peak RSS growth, MiB"], models),
-        "Training words/s against batch size (sentences per update):",
-        markdown_table(["model", *map(str, batch_sizes)], sweep),
-        f"Feature reader: every image of a generated file read once in random order, one process "
-        f"({s['reader_patches']} × {s['reader_dim']} float16 patches per image).",
-        markdown_table(["reader", "images", "features, MiB", "open or load, s", "samples/s", "samples/s (wall)",
-                        "RSS growth, MiB"], readers),
-        targets_table(report, train_ratio, gen_ratio),
+                        "generation ratio", "reading and collating, % of training CPU",
+                        "training peak RSS growth, MiB"], models),
     ]
+    if len(batch_sizes) > 1:  # --skip-sweep leaves one batch size: nothing to compare across
+        parts += ["Training words/s against batch size (sentences per update):",
+                  markdown_table(["model", *map(str, batch_sizes)], sweep)]
+    if readers:
+        parts += [f"Feature reader: every image of a generated file read once in random order, one process "
+                  f"({s['reader_patches']} × {s['reader_dim']} float16 patches per image).",
+                  markdown_table(["reader", "images", "features, MiB", "open or load, s", "samples/s",
+                                  "samples/s (wall)", "RSS growth, MiB"], readers)]
+    parts.append(targets_table(report, train_ratio, gen_ratio))
     return "\n\n".join(parts) + "\n"
 
 
