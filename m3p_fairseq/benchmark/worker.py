@@ -34,10 +34,7 @@ def image_ids(n: int) -> List[str]:
 
 def fixed_batches(num_sentences: int, batch_size: int, count: int, seed: int) -> List[List[int]]:
     """``count`` batches of sentence ids, drawn without repetition until the corpus is used up."""
-    rng = np.random.default_rng(seed)
-    order: List[int] = []
-    while len(order) < batch_size * count:
-        order += rng.permutation(num_sentences).tolist()
+    order = _each_once_before_repeating(list(range(num_sentences)), batch_size * count, np.random.default_rng(seed))
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(count)]
 
 
@@ -55,9 +52,14 @@ def length_sorted_batches(lengths: List[Tuple[int, int]], batch_size: int, count
     batches = [order[i:i + batch_size].tolist() for i in range(0, len(order) - batch_size + 1, batch_size)]
     if not batches:
         raise ValueError(f"{len(lengths)} sentences make no batch of {batch_size}")
-    drawn: List[List[int]] = []
+    return _each_once_before_repeating(batches, count, rng)
+
+
+def _each_once_before_repeating(items: list, count: int, rng: np.random.Generator) -> list:
+    """``count`` draws from ``items``: random permutations of all of them, one after another."""
+    drawn: list = []
     while len(drawn) < count:
-        drawn += [batches[i] for i in rng.permutation(len(batches))]
+        drawn += [items[i] for i in rng.permutation(len(items))]
     return drawn[:count]
 
 
